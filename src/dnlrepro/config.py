@@ -1,0 +1,484 @@
+"""Typed, strict configuration: one complete YAML per mmseg 0.x configuration.
+
+Every file in ``params/`` holds *all* numbers of one row of the DNLNet table (fact sheet
+``mmseg-dnlnet.md`` §4.3); there is no inheritance. The loader turns it into frozen dataclasses
+and refuses anything it does not understand:
+
+* an unknown key        -> ``ConfigError`` naming the file, the dotted key and the allowed keys;
+* a missing key         -> ``ConfigError`` naming the file and the dotted key;
+* a wrong type          -> ``ConfigError`` naming the file, the dotted key, the expected type.
+
+Profiles (``params/profiles.yaml``) are documented sets of dotted-key overrides applied on top of
+the paper values, selected by the single switch ``profile`` in ``params.yaml``. They go through
+the same checks, so a typo in a profile fails exactly like a typo in a config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PARAMS_DIR = REPO_ROOT / "params"
+PROFILES_FILE = PARAMS_DIR / "profiles.yaml"
+PARAMS_YAML = REPO_ROOT / "params.yaml"
+
+# The twelve rows of the mmseg 0.x DNLNet README, in the README's order (fact sheet §6.1).
+CITYSCAPES_CONFIGS: tuple[str, ...] = (
+    "dnl_r50-d8_512x1024_40k_cityscapes",
+    "dnl_r101-d8_512x1024_40k_cityscapes",
+    "dnl_r50-d8_769x769_40k_cityscapes",
+    "dnl_r101-d8_769x769_40k_cityscapes",
+    "dnl_r50-d8_512x1024_80k_cityscapes",
+    "dnl_r101-d8_512x1024_80k_cityscapes",
+    "dnl_r50-d8_769x769_80k_cityscapes",
+    "dnl_r101-d8_769x769_80k_cityscapes",
+)
+ADE20K_CONFIGS: tuple[str, ...] = (
+    "dnl_r50-d8_512x512_80k_ade20k",
+    "dnl_r101-d8_512x512_80k_ade20k",
+    "dnl_r50-d8_512x512_160k_ade20k",
+    "dnl_r101-d8_512x512_160k_ade20k",
+)
+CONFIG_NAMES: tuple[str, ...] = CITYSCAPES_CONFIGS + ADE20K_CONFIGS
+
+PROFILES: tuple[str, ...] = ("smoke", "paper", "published")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message says where and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schema. Field order is the order of the YAML files. Tuples are (h, w) unless said otherwise;
+# ``img_scale`` keeps mmcv's (long, short) convention, e.g. (2048, 1024).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    depth: int  # 50 or 101 (ResNetV1c, §2.1)
+    strides: tuple[int, int, int, int]  # (1, 2, 1, 1) for D8
+    dilations: tuple[int, int, int, int]  # (1, 1, 2, 4) for D8
+    contract_dilation: bool  # first block of a dilated stage uses dilation/2
+    pretrained: str | None  # "resnet50_v1c" | "resnet101_v1c" | None (random init)
+
+
+@dataclass(frozen=True)
+class DecodeHeadConfig:
+    in_channels: int  # 2048, layer4
+    in_index: int  # 3
+    channels: int  # 512
+    dropout_ratio: float  # 0.1
+    reduction: int  # C' = channels / reduction = 256
+    use_scale: bool  # divide pairwise logits by sqrt(C')
+    temperature: float  # 0.05 (class default, not set in the mmseg config)
+    mode: str  # "embedded_gaussian"
+    loss_weight: float  # 1.0
+
+
+@dataclass(frozen=True)
+class AuxHeadConfig:
+    in_channels: int  # 1024, layer3
+    in_index: int  # 2
+    channels: int  # 256
+    num_convs: int  # 1
+    concat_input: bool  # False
+    dropout_ratio: float  # 0.1
+    loss_weight: float  # 0.4
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int  # 19 Cityscapes, 150 ADE20K
+    align_corners: bool  # True only for the 769x769 (8x+1) configs (§4.3)
+    ignore_index: int  # 255
+    norm: str  # "SyncBN" (converted to BN when not distributed)
+    backbone: BackboneConfig
+    decode_head: DecodeHeadConfig
+    auxiliary_head: AuxHeadConfig
+
+
+@dataclass(frozen=True)
+class PhotometricConfig:
+    brightness_delta: int  # 32
+    contrast_range: tuple[float, float]  # (0.5, 1.5)
+    saturation_range: tuple[float, float]  # (0.5, 1.5)
+    hue_delta: int  # 18
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str  # "cityscapes" | "ade20k"
+    data_root: str  # relative to the repository root unless absolute
+    train_split: str  # "train" (Cityscapes) | "training" (ADE20K)
+    val_split: str  # "val" | "validation"
+    reduce_zero_label: bool  # True for ADE20K (§3.2)
+    img_scale: tuple[int, int]  # train resize base scale, mmcv (long, short)
+    ratio_range: tuple[float, float]  # (0.5, 2.0)
+    crop_size: tuple[int, int]  # (h, w)
+    cat_max_ratio: float  # 0.75
+    flip_prob: float  # 0.5
+    photometric: PhotometricConfig
+    mean: tuple[float, float, float]  # RGB
+    std: tuple[float, float, float]  # RGB
+    to_rgb: bool  # True: BGR -> RGB before normalising
+    samples_per_gpu: int  # 2 Cityscapes, 4 ADE20K
+    workers_per_gpu: int  # 2 Cityscapes, 4 ADE20K
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    max_iters: int  # 40000 | 80000 | 160000
+    lr: float  # 0.01
+    momentum: float  # 0.9
+    weight_decay: float  # 5e-4, on every parameter (§4.2)
+    power: float  # 0.9
+    min_lr: float  # 1e-4
+    checkpoint_interval: int  # 4000 | 8000 | 16000
+    eval_interval: int  # same as the checkpoint interval
+    log_interval: int  # 50
+    seed: int  # our choice: mmseg's default seed is None (random)
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    mode: str  # "whole" | "slide"
+    crop_size: tuple[int, int] | None  # slide window (h, w); None for whole
+    stride: tuple[int, int] | None  # slide stride (h, w); None for whole
+    img_scale: tuple[int, int]  # test resize scale, mmcv (long, short)
+    ms_ratios: tuple[float, ...]  # (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    ms_flip: bool  # the ms+flip protocol also flips every scale
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    gpus: int  # GPUs of the published run (4); the effective batch is gpus * samples_per_gpu
+    amp: str  # "none" | "bf16" | "fp16"
+    channels_last: bool
+    cudnn_benchmark: bool  # mmseg's default_runtime sets it True
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    model: ModelConfig
+    data: DataConfig
+    schedule: ScheduleConfig
+    test: TestConfig
+    runtime: RuntimeConfig
+    profile: str = "paper"  # which profile's overrides were applied (not a YAML key)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists) -- what the YAML file would hold."""
+        return _to_plain(dataclasses.asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view, e.g. ``{"model.backbone.depth": 50, ...}`` (MLflow params)."""
+        return flatten(self.to_dict())
+
+    def digest(self) -> str:
+        """sha256 of the resolved config; a checkpoint is only resumed by the same digest."""
+        payload = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()
+
+    @property
+    def dataset(self) -> str:
+        return self.data.dataset
+
+    @property
+    def published_batch(self) -> int:
+        return self.runtime.gpus * self.data.samples_per_gpu
+
+    def replace(self, overrides: Mapping[str, Any], source: str = "<overrides>") -> Config:
+        """A new Config with dotted-key overrides applied and re-validated."""
+        raw = self.to_dict()
+        profile = raw.pop("profile")
+        _apply_overrides(raw, overrides, source)
+        return _build(Config, raw, source, prefix="", extra={"profile": profile})
+
+
+# Allowed values for string fields: plain dicts/tuples so an error can list the choices.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "model.norm": ("SyncBN", "BN"),
+    "model.backbone.depth": (50, 101),
+    "model.backbone.pretrained": ("resnet50_v1c", "resnet101_v1c", None),
+    "model.decode_head.mode": ("embedded_gaussian",),
+    "data.dataset": ("cityscapes", "ade20k"),
+    "test.mode": ("whole", "slide"),
+    "runtime.amp": ("none", "bf16", "fp16"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """Resolve a config name (``dnl_r50-d8_512x1024_40k_cityscapes``) or a YAML path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    candidate = PARAMS_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(available_configs())
+        raise ConfigError(
+            f"unknown config {str(name_or_path)!r}: no {candidate}. Known configs: {known}"
+        )
+    return candidate
+
+
+def available_configs() -> list[str]:
+    return sorted(
+        p.stem for p in PARAMS_DIR.glob("dnl_*.yaml") if p.is_file()
+    )
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+
+
+def load_config(
+    name_or_path: str | Path,
+    profile: str | None = "paper",
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load one configuration, strictly.
+
+    Args:
+        name_or_path: an mmseg config name (looked up in ``params/``) or a path to a YAML file.
+        profile: ``"paper"`` (the file as is), ``"smoke"`` or ``"published"`` (apply that
+            profile's overrides from ``params/profiles.yaml``), or ``None`` for the profile
+            named in ``params.yaml``.
+        overrides: extra dotted-key overrides, applied last (e.g. ``{"schedule.max_iters": 10}``).
+
+    Returns:
+        A frozen :class:`Config`.
+    """
+    path = config_path(name_or_path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    if profile is None:
+        profile = current_profile()
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    name = raw.get("name")
+    for source, ov in profile_overrides(profile, str(name)):
+        _apply_overrides(raw, ov, source)
+    if overrides:
+        _apply_overrides(raw, overrides, "<overrides>")
+    cfg = _build(Config, raw, str(path), prefix="", extra={"profile": profile})
+    if path.parent == PARAMS_DIR and cfg.name != path.stem:
+        raise ConfigError(f"{path}: key 'name' is {cfg.name!r} but the file is named {path.stem!r}")
+    return cfg
+
+
+def current_profile(params_yaml: Path = PARAMS_YAML) -> str:
+    """The ``profile`` switch of ``params.yaml`` (``smoke`` when the file is absent)."""
+    if not params_yaml.is_file():
+        return "smoke"
+    raw = read_yaml(params_yaml) or {}
+    profile = raw.get("profile", "smoke")
+    if profile not in PROFILES:
+        raise ConfigError(
+            f"{params_yaml}: key 'profile' is {profile!r}; choose one of {', '.join(PROFILES)}"
+        )
+    return profile
+
+
+def load_profiles(path: Path = PROFILES_FILE) -> dict[str, Any]:
+    raw = read_yaml(path) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of profile name -> definition")
+    unknown = set(raw) - set(PROFILES)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown profile(s) {sorted(unknown)}; allowed: {', '.join(PROFILES)}"
+        )
+    return raw
+
+
+def profile_overrides(profile: str, name: str) -> list[tuple[str, dict[str, Any]]]:
+    """The (source, overrides) blocks of ``profile`` whose ``match`` pattern fits ``name``."""
+    if profile == "paper" and not PROFILES_FILE.is_file():
+        return []
+    profiles = load_profiles()
+    spec = profiles.get(profile)
+    if spec is None:
+        return []
+    allowed = {"description", "overrides", "settings"}
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ConfigError(
+            f"{PROFILES_FILE}: unknown key(s) {sorted(unknown)} in profile {profile!r}; "
+            f"allowed: {sorted(allowed)}"
+        )
+    out = []
+    for i, block in enumerate(spec.get("overrides") or []):
+        src = f"{PROFILES_FILE}: {profile}.overrides[{i}]"
+        if not isinstance(block, dict) or set(block) != {"match", "set"}:
+            raise ConfigError(f"{src}: each block needs exactly the keys 'match' and 'set'")
+        if fnmatch.fnmatch(name, block["match"]):
+            out.append((src, dict(block["set"])))
+    return out
+
+
+def profile_settings(profile: str | None = None) -> dict[str, Any]:
+    """Free-form, profile-level settings (e.g. synthetic image counts, launcher)."""
+    profile = profile or current_profile()
+    if not PROFILES_FILE.is_file():
+        return {}
+    return dict((load_profiles().get(profile) or {}).get("settings") or {})
+
+
+# --------------------------------------------------------------------------------------------
+# Internals: overrides, type checking
+# --------------------------------------------------------------------------------------------
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], source: str) -> None:
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node: Any = raw
+        cls: Any = Config
+        for depth, key in enumerate(parts):
+            fields = _field_types(cls)
+            if key not in fields:
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(
+                    f"{source}: unknown key {where!r}; allowed keys at this level: "
+                    f"{', '.join(fields)}"
+                )
+            if depth == len(parts) - 1:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+                cls = fields[key]
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "profile"}
+
+
+def _build(cls: type, raw: Any, source: str, prefix: str, extra: dict | None = None) -> Any:
+    where = prefix.rstrip(".") or "<top level>"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: key {where!r} must be a mapping, got {raw!r}")
+    fields = _field_types(cls)
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {prefix + str(unknown[0])!r}; allowed keys here: "
+            f"{', '.join(fields)}"
+        )
+    missing = [k for k in fields if k not in raw]
+    if missing:
+        raise ConfigError(
+            f"{source}: missing key {prefix + missing[0]!r} (every configuration file is "
+            f"complete; copy the value from a sibling file in params/)"
+        )
+    kwargs = {k: _check(tp, raw[k], source, prefix + k) for k, tp in fields.items()}
+    kwargs.update(extra or {})
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check(tp: Any, value: Any, source: str, key: str) -> Any:
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: key {key!r} must be {expected}, got {value!r}")
+
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, key + ".")
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            out = None
+        else:
+            inner = [a for a in args if a is not type(None)]
+            out = _check(inner[0], value, source, key)
+    elif origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise fail(f"a list of {_type_name(args[0])}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            out = tuple(_check(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value))
+        else:
+            if len(value) != len(args):
+                raise fail(f"a list of {len(args)} values")
+            out = tuple(_check(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(
+                zip(args, value, strict=True)))
+    elif tp is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        out = value
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        out = value
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail("a number")
+        out = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        out = value
+    else:  # pragma: no cover - schema error, not user error
+        raise TypeError(f"unsupported type {tp} for {key}")
+    choices = CHOICES.get(key)
+    if choices is not None and out not in choices:
+        raise ConfigError(
+            f"{source}: key {key!r} is {value!r}; choose one of "
+            f"{', '.join(repr(c) for c in choices)}"
+        )
+    return out
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def dataset_of(name: str) -> str:
+    """``cityscapes`` or ``ade20k`` from a config name."""
+    for ds in CHOICES["data.dataset"]:
+        if name.endswith("_" + ds):
+            return ds
+    raise ConfigError(f"config name {name!r} names no dataset; expected a suffix _cityscapes or _ade20k")
