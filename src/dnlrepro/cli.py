@@ -15,13 +15,25 @@ import sys
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "show-config": ("dnlrepro.config_cli", "print a resolved configuration (profile applied)"),
-    "download": ("dnlrepro.data.download", "download (or link local copies of) datasets and weights"),
-    "synth": ("dnlrepro.data.synth", "write synthetic Cityscapes/ADE20K archives in the real formats"),
-    "prepare": ("dnlrepro.data.prepare", "extract, convert and validate a dataset; write a manifest"),
+    "download": (
+        "dnlrepro.data.download",
+        "download (or link local copies of) datasets and weights",
+    ),
+    "synth": (
+        "dnlrepro.data.synth",
+        "write synthetic Cityscapes/ADE20K archives in the real formats",
+    ),
+    "prepare": (
+        "dnlrepro.data.prepare",
+        "extract, convert and validate a dataset; write a manifest",
+    ),
     "train": ("dnlrepro.engine.train", "train one configuration (single process or torchrun)"),
     "evaluate": ("dnlrepro.engine.evaluate", "mIoU/mAcc/aAcc, single-scale and ms+flip"),
     "predict": ("dnlrepro.engine.predict", "label maps (and colour overlays) for images"),
-    "benchmark": ("dnlrepro.engine.benchmark", "inference fps and training memory as mmseg defines them"),
+    "benchmark": (
+        "dnlrepro.engine.benchmark",
+        "inference fps and training memory as mmseg defines them",
+    ),
     "mlflow-init": ("dnlrepro.engine.tracking", "create/migrate the MLflow database once"),
     "tables": ("dnlrepro.reports.tables", "render reports/cityscapes.md and reports/ade20k.md"),
     "diff": ("dnlrepro.reports.diff", "compare reproduced numbers with the published ones"),

@@ -243,9 +243,7 @@ def config_path(name_or_path: str | Path) -> Path:
 
 
 def available_configs() -> list[str]:
-    return sorted(
-        p.stem for p in PARAMS_DIR.glob("dnl_*.yaml") if p.is_file()
-    )
+    return sorted(p.stem for p in PARAMS_DIR.glob("dnl_*.yaml") if p.is_file())
 
 
 def read_yaml(path: Path) -> Any:
@@ -429,8 +427,10 @@ def _check(tp: Any, value: Any, source: str, key: str) -> Any:
         else:
             if len(value) != len(args):
                 raise fail(f"a list of {len(args)} values")
-            out = tuple(_check(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(
-                zip(args, value, strict=True)))
+            out = tuple(
+                _check(a, v, source, f"{key}[{i}]")
+                for i, (a, v) in enumerate(zip(args, value, strict=True))
+            )
     elif tp is bool:
         if not isinstance(value, bool):
             raise fail("true or false")
@@ -481,4 +481,6 @@ def dataset_of(name: str) -> str:
     for ds in CHOICES["data.dataset"]:
         if name.endswith("_" + ds):
             return ds
-    raise ConfigError(f"config name {name!r} names no dataset; expected a suffix _cityscapes or _ade20k")
+    raise ConfigError(
+        f"config name {name!r} names no dataset; expected a suffix _cityscapes or _ade20k"
+    )
