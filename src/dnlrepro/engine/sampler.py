@@ -1,0 +1,100 @@
+"""Seeded, resumable, infinite distributed sampler yielding ``(index, per-sample seed)`` pairs.
+
+mmseg 0.x trains with a shuffling ``DistributedSampler`` (``drop_last=False``) wrapped by mmcv's
+``IterLoader``, which starts a new epoch (``set_epoch``) whenever the loader runs out (§3.5). This
+sampler produces the same kind of stream without the epoch bookkeeping in the loop:
+
+* epoch ``e`` is a permutation of ``range(n)`` drawn from a generator seeded with ``seed + e``
+  (exactly ``DistributedSampler``'s recipe), padded by repeating its head to a multiple of the world
+  size and split round-robin: rank ``r`` takes positions ``r, r + W, r + 2W, ...``;
+* every element is ``(dataset index, sample seed)``; the sample seed is a pure function of
+  ``(seed, epoch, position in the padded permutation)``, so the random augmentation of a sample
+  does not depend on the number of data-loader workers or on where the run was resumed;
+* ``start`` skips the first ``start`` elements of this rank's stream, so a run resumed at
+  iteration ``k`` continues at element ``k * samples_per_gpu`` -- the same stream position the
+  uninterrupted run had.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A 32-bit seed for one sample, decorrelated across (seed, epoch, position) by SeedSequence."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
+
+
+class InfiniteDistributedSampler(Sampler[tuple[int, int]]):
+    """Endless ``(index, seed)`` stream for one rank; see the module docstring.
+
+    Args:
+        num_samples: dataset length ``n`` (> 0).
+        rank: this process's rank in ``[0, world_size)``.
+        world_size: number of processes.
+        seed: base seed (``cfg.schedule.seed``); epoch ``e`` shuffles with ``seed + e``.
+        start: number of this rank's elements to skip (``iteration * samples_per_gpu`` on resume).
+        shuffle: ``False`` gives ``range(n)`` every epoch (still padded and split).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        start: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        if num_samples <= 0:
+            raise ValueError(
+                f"the training set is empty (num_samples={num_samples}); run `dnlrepro prepare` "
+                "for this dataset or check data.data_root"
+            )
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.num_samples = num_samples
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.start = start
+        self.shuffle = shuffle
+        # Per-rank epoch length, DistributedSampler(drop_last=False): ceil(n / W).
+        self.per_rank = math.ceil(num_samples / world_size)
+        self.total_size = self.per_rank * world_size
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        """This rank's dataset indices for ``epoch`` (length ``ceil(n / W)``)."""
+        return [idx for idx, _ in self._epoch_pairs(epoch)]
+
+    def _epoch_pairs(self, epoch: int) -> list[tuple[int, int]]:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + epoch)
+            order = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            order = list(range(self.num_samples))
+        # Pad by repeating the head (as DistributedSampler does) so every rank gets equal work.
+        padding = self.total_size - len(order)
+        if padding > 0:
+            order += (order * math.ceil(padding / len(order)))[:padding]
+        positions = range(self.rank, self.total_size, self.world_size)
+        return [(order[p], sample_seed(self.seed, epoch, p)) for p in positions]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, offset = divmod(self.start, self.per_rank)
+        while True:
+            yield from self._epoch_pairs(epoch)[offset:]
+            epoch += 1
+            offset = 0
+
+    def __len__(self) -> int:
+        # Infinite; report one epoch so tools that call len() (e.g. tqdm) get a sane number.
+        return self.per_rank

@@ -1,0 +1,295 @@
+"""MLflow tracking: one small adapter, used by training and evaluation (rank 0 only).
+
+Behaviour verified on this machine (``shared/spec/dvc-mlflow.md`` §0, §3, §4.2):
+
+* the tracking URI is always absolute -- ``$MLFLOW_TRACKING_URI``, else
+  ``sqlite:///<$DVC_ROOT or REPO_ROOT>/mlflow.db`` -- because MLflow's default ``sqlite:///mlflow.db``
+  is relative to the current directory and DVC stages / queued experiments run elsewhere;
+* a fresh sqlite DB must be created and migrated once before parallel stages start (concurrent
+  first use races in Alembic): ``dnlrepro mlflow-init`` does that;
+* artifacts are stored next to the DB (``<db dir>/mlruns``), never in the current directory;
+* MLflow is a view, not the source of truth: every call here catches its exception and logs a
+  WARNING once per kind of call, so a tracking failure never ends a multi-day training run;
+* ``import mlflow`` takes seconds, so it happens only when a :class:`Tracker` starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import subprocess
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from dnlrepro.config import REPO_ROOT, Config
+
+logger = logging.getLogger(__name__)
+
+PARAM_MAX_CHARS = 500  # the conservative MLflow param value limit (older servers reject more)
+_METRIC_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. /:]")
+
+
+def tracking_root() -> Path:
+    """The folder that holds ``mlflow.db``: ``$DVC_ROOT`` inside a DVC stage, else the repo root."""
+    dvc_root = os.environ.get("DVC_ROOT")
+    return Path(dvc_root).resolve() if dvc_root else REPO_ROOT
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` or the absolute ``sqlite:///.../mlflow.db`` of this checkout."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{tracking_root() / 'mlflow.db'}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :])
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where new experiments keep artifacts: ``mlruns/`` next to a sqlite DB (absolute)."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return None  # a server or other store decides itself
+    return (db.parent / "mlruns").resolve().as_uri()
+
+
+def init_db(uri: str | None = None) -> str:
+    """Create (or migrate) the tracking store once; returns the URI used.
+
+    Raises:
+        RuntimeError: when MLflow cannot open the store (the message names the URI).
+    """
+    uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    from mlflow.tracking import MlflowClient
+
+    try:
+        # Opening the sqlite store runs the Alembic migrations; a query proves it works.
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as e:
+        raise RuntimeError(
+            f"cannot open the MLflow tracking store {uri!r}: {e}. Set MLFLOW_TRACKING_URI to a "
+            "writable sqlite:////abs/path/mlflow.db"
+        ) from e
+    return uri
+
+
+def git_state(repo: Path = REPO_ROOT) -> tuple[str, bool | None]:
+    """(commit sha or "unknown", dirty flag or None when git is unavailable)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        return sha, bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", None
+
+
+def metric_key(name: str) -> str:
+    """An MLflow-safe metric key (class names may hold characters MLflow rejects)."""
+    return _METRIC_KEY_BAD.sub("_", name.strip())
+
+
+class Tracker:
+    """One MLflow run as a context manager; a no-op when ``enabled`` is False (non-zero ranks).
+
+    Args:
+        cfg: the resolved config: experiment = ``cfg.data.dataset``, params = ``cfg.flat()``.
+        stage: ``"train"``, ``"evaluate"``, ...; run name is ``$DVC_STAGE`` or ``stage@cfg.name``.
+        enabled: False on every rank but 0, or when the user turns tracking off.
+
+    Every method swallows its exception and logs one WARNING per method name, so tracking never
+    ends a run. When the run cannot be started at all, the tracker disables itself.
+    """
+
+    def __init__(self, cfg: Config, stage: str, enabled: bool = True) -> None:
+        self.cfg = cfg
+        self.stage = stage
+        self.enabled = enabled
+        self.uri = tracking_uri()
+        self.run_id: str | None = None
+        self._client: Any = None
+        self._warned: set[str] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def __enter__(self) -> Tracker:
+        if self.enabled:
+            self._guard("start", self._start)
+            if self.run_id is None:
+                self.enabled = False
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.run_id is None:
+            return
+        if exc_type is None:
+            status = "FINISHED"
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status = "KILLED"
+        else:
+            status = "FAILED"
+        self._guard("end", lambda: self._client.set_terminated(self.run_id, status=status))
+
+    def _start(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.uri)
+        name = self.cfg.data.dataset
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            try:
+                exp_id = client.create_experiment(
+                    name, artifact_location=artifact_location(self.uri)
+                )
+            except Exception:
+                # Another process created it between our lookup and create (parallel stages).
+                exp = client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+        commit, dirty = git_state()
+        dvc_stage = os.environ.get("DVC_STAGE", "")
+        tags = {
+            "config": self.cfg.name,
+            "dataset": self.cfg.data.dataset,
+            "profile": self.cfg.profile,
+            "stage": self.stage,
+            "git_commit": commit,
+            "git_dirty": str(dirty).lower() if dirty is not None else "unknown",
+            "dvc.stage": dvc_stage or "none",
+            "mlflow.runName": dvc_stage or f"{self.stage}@{self.cfg.name}",
+        }
+        run = client.create_run(exp_id, run_name=tags["mlflow.runName"], tags=tags)
+        self._client = client
+        self.run_id = run.info.run_id
+        logger.info("MLflow run %s in experiment %r at %s", self.run_id, name, self.uri)
+        self.log_params(self.cfg.flat())
+
+    # -- logging API ----------------------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        from_params = [(k, str(v)[:PARAM_MAX_CHARS]) for k, v in params.items()]
+
+        def call() -> None:
+            from mlflow.entities import Param
+
+            self._client.log_batch(self.run_id, params=[Param(k, v) for k, v in from_params])
+
+        self._call("log_params", call)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        def call() -> None:
+            from mlflow.entities import RunTag
+
+            self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+        self._call("set_tags", call)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        def call() -> None:
+            import time
+
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            items = [Metric(metric_key(k), float(v), now, step or 0) for k, v in metrics.items()]
+            self._client.log_batch(self.run_id, metrics=items)
+
+        self._call("log_metrics", call)
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        self._call(
+            "log_artifact",
+            lambda: self._client.log_artifact(self.run_id, str(path), artifact_path),
+        )
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        """JSON, or YAML when ``artifact_file`` ends in .yaml/.yml (MLflow decides by suffix)."""
+        self._call("log_dict", lambda: self._client.log_dict(self.run_id, obj, artifact_file))
+
+    def log_figure(self, fig: Any, artifact_file: str) -> None:
+        self._call("log_figure", lambda: self._client.log_figure(self.run_id, fig, artifact_file))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._call("log_text", lambda: self._client.log_text(self.run_id, text, artifact_file))
+
+    # -- internals ------------------------------------------------------------------------
+    def _call(self, kind: str, fn: Any) -> None:
+        if not self.enabled or self.run_id is None:
+            return
+        self._guard(kind, fn)
+
+    def _guard(self, kind: str, fn: Any) -> None:
+        try:
+            fn()
+        except Exception as e:  # tracking must never end a run
+            if kind not in self._warned:
+                self._warned.add(kind)
+                logger.warning(
+                    "MLflow %s failed (%s: %s) at %s; training continues without it "
+                    "(further %s failures are logged at DEBUG level)",
+                    kind,
+                    type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else "",
+                    self.uri,
+                    kind,
+                )
+            else:
+                logger.debug("MLflow %s failed again: %s", kind, e)
+
+
+# -- `dnlrepro mlflow-init` -------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--uri",
+        default=None,
+        help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<repo>/mlflow.db)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    uri = init_db(args.uri)
+    logger.info("MLflow tracking store ready: %s", uri)
+    print(uri)
+    return 0
+
+
+__all__ = [
+    "Tracker",
+    "artifact_location",
+    "git_state",
+    "init_db",
+    "metric_key",
+    "tracking_root",
+    "tracking_uri",
+]
