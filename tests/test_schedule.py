@@ -1,0 +1,100 @@
+"""Poly lr (mmcv formula, §4.1), SGD settings (§4.2) and the resumable distributed sampler."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from dnlrepro.config import load_config
+from dnlrepro.engine.sampler import InfiniteDistributedSampler, sample_seed
+from dnlrepro.engine.schedule import build_optimizer, lr_at, poly_lr, set_lr
+
+
+@pytest.mark.parametrize(
+    ("it", "expected"),
+    [
+        (0, 0.01),
+        # (0.01 - 1e-4) * (1 - 20000/40000) ** 0.9 + 1e-4, worked out by hand: 0.5 ** 0.9 = 0.535887
+        (20000, 0.0099 * 0.5358867312681466 + 1e-4),
+        (39999, 0.0099 * (1 / 40000) ** 0.9 + 1e-4),
+        (40000, 1e-4),
+    ],
+)
+def test_poly_lr_matches_mmcv_formula(it: int, expected: float) -> None:
+    assert poly_lr(it, 40000, 0.01, 1e-4, 0.9) == pytest.approx(expected, rel=1e-12)
+
+
+def test_poly_lr_is_monotone_and_uses_config_numbers() -> None:
+    cfg = load_config("dnl_r50-d8_512x1024_80k_cityscapes", "paper")
+    lrs = [lr_at(it, cfg.schedule) for it in range(0, 80001, 4000)]
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs[-1] == pytest.approx(1e-4)
+    assert all(a > b for a, b in itertools.pairwise(lrs))
+
+
+def test_poly_lr_rejects_iterations_outside_the_schedule() -> None:
+    with pytest.raises(ValueError, match="outside the schedule"):
+        poly_lr(41, 40, 0.01, 1e-4, 0.9)
+    with pytest.raises(ValueError, match="max_iters"):
+        poly_lr(0, 0, 0.01, 1e-4, 0.9)
+
+
+def test_sgd_decays_every_parameter_with_one_lr() -> None:
+    cfg = load_config("dnl_r50-d8_512x1024_40k_cityscapes", "paper")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=True), nn.BatchNorm2d(4))
+    opt = build_optimizer(model, cfg.schedule)
+    assert len(opt.param_groups) == 1
+    group = opt.param_groups[0]
+    assert len(group["params"]) == len(list(model.parameters()))  # BN weight/bias included
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.01, 0.9, 5e-4)
+    assert group["nesterov"] is False
+    set_lr(opt, 0.005)
+    assert opt.param_groups[0]["lr"] == 0.005
+
+
+@pytest.mark.parametrize(("n", "world"), [(10, 1), (10, 3), (7, 4), (2, 4)])
+def test_sampler_matches_torch_distributed_sampler(n: int, world: int) -> None:
+    for rank in range(world):
+        ours = InfiniteDistributedSampler(n, rank=rank, world_size=world, seed=5)
+        ref = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=5)
+        stream = list(itertools.islice(iter(ours), 3 * len(ref)))
+        for epoch in range(3):
+            ref.set_epoch(epoch)
+            got = [i for i, _ in stream[epoch * len(ref) : (epoch + 1) * len(ref)]]
+            assert got == list(ref), (rank, epoch)
+
+
+def test_sampler_resume_continues_the_same_stream() -> None:
+    full = list(itertools.islice(iter(InfiniteDistributedSampler(5, 1, 2, seed=3)), 20))
+    for start in (0, 1, 3, 7, 11):
+        resumed = InfiniteDistributedSampler(5, 1, 2, seed=3, start=start)
+        assert list(itertools.islice(iter(resumed), 20 - start)) == full[start:]
+
+
+def test_sample_seeds_are_deterministic_and_distinct() -> None:
+    a = list(itertools.islice(iter(InfiniteDistributedSampler(6, 0, 2, seed=0)), 9))
+    b = list(itertools.islice(iter(InfiniteDistributedSampler(6, 1, 2, seed=0)), 9))
+    seeds = [s for _, s in a + b]
+    assert len(set(seeds)) == len(seeds)  # no two samples share augmentation randomness
+    assert a[0][1] == sample_seed(0, 0, 0)
+    assert b[4][1] == sample_seed(0, 1, 1 + 1 * 2)  # rank 1, epoch 1, 2nd element: position 3
+    other = list(itertools.islice(iter(InfiniteDistributedSampler(6, 0, 2, seed=1)), 9))
+    assert [s for _, s in other] != [s for _, s in a]
+
+
+def test_sampler_rejects_empty_dataset_and_bad_rank() -> None:
+    with pytest.raises(ValueError, match="training set is empty"):
+        InfiniteDistributedSampler(0)
+    with pytest.raises(ValueError, match="rank 2"):
+        InfiniteDistributedSampler(4, rank=2, world_size=2)
+
+
+def test_sampler_permutation_uses_torch_generator_recipe() -> None:
+    g = torch.Generator()
+    g.manual_seed(11 + 2)
+    expected = torch.randperm(8, generator=g).tolist()
+    assert InfiniteDistributedSampler(8, seed=11).epoch_indices(2) == expected

@@ -1,0 +1,139 @@
+"""MLflow adapter: absolute URIs, one-time DB init, runs with params/metrics/artifacts, and
+failures that only warn (shared/spec/dvc-mlflow.md §0, §3)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from dnlrepro.config import REPO_ROOT, load_config
+from dnlrepro.engine import tracking
+from dnlrepro.engine.tracking import Tracker, init_db, tracking_uri
+
+CFG = "dnl_r50-d8_512x1024_40k_cityscapes"
+
+
+def test_tracking_uri_is_absolute_and_follows_dvc_root(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert tracking_uri() == f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert tracking_uri().startswith("sqlite:////")  # absolute path -> four slashes
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri() == "http://127.0.0.1:5000"
+
+
+@pytest.fixture(scope="module")
+def db_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    db = tmp_path_factory.mktemp("track") / "sub" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    assert init_db(uri) == uri  # creates the folder and migrates the schema
+    assert db.is_file()
+    return uri
+
+
+def test_run_has_params_tags_metrics_and_artifacts(
+    db_uri: str, monkeypatch, tmp_path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db_uri)
+    monkeypatch.setenv("DVC_STAGE", "train@" + CFG)
+    cfg = load_config(CFG, "smoke")
+    summary = tmp_path / "summary.json"
+    summary.write_text('{"iterations": 4}')
+    with Tracker(cfg, "train") as t:
+        t.set_tags({"world_size": 2, "effective_batch": 4})
+        t.log_metrics({"train/loss": 2.5, "train/lr": 0.01}, step=1)
+        t.log_metrics({"train/loss": 1.5, "train/lr": 0.005}, step=2)
+        t.log_metrics({"IoU/traffic light": 12.5})
+        t.log_dict(cfg.to_dict(), "config.yaml")
+        t.log_artifact(summary)
+        fig, ax = plt.subplots()
+        ax.plot([1, 2], [2.5, 1.5])
+        t.log_figure(fig, "curves.png")
+        plt.close(fig)
+        run_id = t.run_id
+    assert run_id is not None
+    client = MlflowClient(tracking_uri=db_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "train@" + CFG
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == "cityscapes"
+    # Artifacts live next to the DB, never in the current directory.
+    assert exp.artifact_location == (Path(db_uri[len("sqlite:///") :]).parent / "mlruns").as_uri()
+    assert run.data.params["model.backbone.depth"] == "50"
+    assert run.data.params["data.crop_size"] == str(list(cfg.data.crop_size))
+    assert len(run.data.params) == len(cfg.flat())
+    tags = run.data.tags
+    assert tags["config"] == CFG and tags["dataset"] == "cityscapes"
+    assert tags["profile"] == "smoke" and tags["dvc.stage"] == "train@" + CFG
+    assert tags["world_size"] == "2" and tags["effective_batch"] == "4"
+    assert tags["git_dirty"] in {"true", "false", "unknown"}
+    history = client.get_metric_history(run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.5), (2, 1.5)]
+    assert run.data.metrics["IoU/traffic light"] == 12.5
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "summary.json", "curves.png"} <= names
+
+
+def test_failed_body_marks_run_failed(db_uri: str, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db_uri)
+    cfg = load_config(CFG, "smoke")
+    with pytest.raises(RuntimeError, match="boom"), Tracker(cfg, "train") as t:
+        raise RuntimeError("boom")
+    assert MlflowClient(tracking_uri=db_uri).get_run(t.run_id).info.status == "FAILED"
+
+
+def test_bad_uri_only_warns_once(monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere/at/all")
+    cfg = load_config(CFG, "smoke")
+    with caplog.at_level(logging.WARNING, logger=tracking.__name__), Tracker(cfg, "train") as t:
+        t.log_metrics({"train/loss": 1.0}, step=1)
+        t.log_params({"x": 1})
+        assert t.enabled is False and t.run_id is None
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "nosuchscheme://nowhere/at/all" in warnings[0].getMessage()
+
+
+def test_failing_call_warns_once_per_kind(
+    db_uri: str, monkeypatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db_uri)
+    cfg = load_config(CFG, "smoke")
+    with caplog.at_level(logging.WARNING, logger=tracking.__name__), Tracker(cfg, "train") as t:
+        for _ in range(3):
+            t.log_artifact(tmp_path / "missing.json")  # does not exist
+        t.log_metrics({"train/loss": float("nan")}, step=1)  # fine: NaN is a valid metric
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(msgs) == 1 and "log_artifact" in msgs[0]
+
+
+def test_disabled_tracker_never_touches_mlflow(monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://x")
+    with Tracker(load_config(CFG, "smoke"), "train", enabled=False) as t:
+        t.log_metrics({"a": 1.0})
+    assert t.run_id is None and not t._warned
+
+
+def test_init_db_error_names_the_uri(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises((RuntimeError, OSError), match="file"):
+        init_db(f"sqlite:///{blocker}/sub/mlflow.db")
+
+
+def test_metric_key_sanitises_class_names() -> None:
+    assert tracking.metric_key("IoU/bed ") == "IoU/bed"
+    assert tracking.metric_key("IoU/car;auto") == "IoU/car_auto"
