@@ -1,0 +1,72 @@
+"""DNLNet in plain PyTorch: ResNetV1c-D8 + DNLHead + FCN auxiliary head (mmseg 0.x layout).
+
+Public API (docs/architecture.md, "Models"):
+
+* :func:`build_segmentor` -- the random-initialised :class:`EncoderDecoder` for a config (§1.4);
+* :func:`load_checkpoint`, :func:`save_checkpoint`, :func:`read_checkpoint` -- mmseg-format I/O;
+* :func:`load_pretrained_backbone`, :data:`PRETRAINED_URLS` -- ImageNet ``resnet*_v1c`` (§2.2);
+* :func:`convert_sync_batchnorm`, :func:`revert_sync_batchnorm`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dnlrepro.config import Config
+from dnlrepro.models.checkpoint import (
+    PRETRAINED_URLS,
+    convert_sync_batchnorm,
+    load_checkpoint,
+    load_pretrained_backbone,
+    read_checkpoint,
+    revert_sync_batchnorm,
+    save_checkpoint,
+    sha256_prefix_of,
+)
+from dnlrepro.models.dnl_block import DisentangledNonLocal2d
+from dnlrepro.models.heads import DNLHead, FCNHead
+from dnlrepro.models.resnet import ResNetV1c
+from dnlrepro.models.segmentor import EncoderDecoder
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PRETRAINED_URLS",
+    "DNLHead",
+    "DisentangledNonLocal2d",
+    "EncoderDecoder",
+    "FCNHead",
+    "ResNetV1c",
+    "build_segmentor",
+    "convert_sync_batchnorm",
+    "load_checkpoint",
+    "load_pretrained_backbone",
+    "read_checkpoint",
+    "revert_sync_batchnorm",
+    "save_checkpoint",
+    "sha256_prefix_of",
+]
+
+
+def build_segmentor(cfg: Config, *, attention: str = "sdpa") -> EncoderDecoder:
+    """The DNLNet EncoderDecoder for ``cfg`` with mmseg's random init (no download).
+
+    Args:
+        cfg: a loaded :class:`dnlrepro.config.Config` (``cfg.model`` and ``cfg.test`` are used).
+        attention: DNL pairwise implementation, "sdpa" (default, bounded memory) or "naive".
+
+    The ImageNet backbone is NOT loaded here; call :func:`load_pretrained_backbone` with
+    ``cfg.model.backbone.pretrained`` (the trainer does), or :func:`load_checkpoint`.
+    """
+    if not isinstance(cfg, Config):
+        raise TypeError(f"build_segmentor expects a dnlrepro Config, got {type(cfg).__name__}")
+    model = EncoderDecoder(cfg, attention=attention)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "built %s: ResNetV1c-%d D8 + DNLHead, %d classes, %s parameters",
+        cfg.name,
+        cfg.model.backbone.depth,
+        cfg.model.num_classes,
+        f"{n_params:,}",
+    )
+    return model
