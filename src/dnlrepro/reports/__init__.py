@@ -1,0 +1,1 @@
+"""Published numbers, tables, the diff report, the CI check and the multi-GPU launcher."""

@@ -1,0 +1,296 @@
+"""``dnlrepro diff``: every reproduced number against its reference, with tolerance and verdict.
+
+References:
+
+* profiles ``paper`` / ``published``: the published README numbers (``params/published.yaml``),
+  with the per-metric tolerance (0.5 mIoU points by default, §7) or a documented wider one.
+* profile ``smoke``: the recorded smoke baseline (``params/smoke_baseline.json``; deterministic
+  CPU runs, regenerated only by ``dnlrepro diff --update-baseline``). The published numbers are
+  listed too, as ``not comparable`` (random weights, a few iterations, synthetic data).
+
+Verdicts: ``pass`` (|delta| <= tolerance), ``fail``, ``missing`` (we have no number where one is
+expected), ``not comparable`` (nothing published, or hardware-dependent). A configuration without
+a published entry is an error, never a skip. The stage writes ``reports/diff.md`` and
+``reports/diff.json`` and succeeds; ``dnlrepro check`` turns failed verdicts into an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dnlrepro.config import CONFIG_NAMES, REPO_ROOT, current_profile, load_config
+from dnlrepro.reports.published import METRICS, PUBLISHED_FILE, Published, load_published
+from dnlrepro.reports.results import RESULTS_DIR, Measured, load_measured, read_json
+from dnlrepro.reports.tables import environment
+
+logger = logging.getLogger(__name__)
+
+BASELINE_FILE = REPO_ROOT / "params" / "smoke_baseline.json"
+BASELINE_METRICS: tuple[str, ...] = ("mIoU", "mIoU_ms_flip", "mAcc", "aAcc")
+# Seeded single-process CPU runs repeat bit for bit on one machine; another CPU or BLAS can sum
+# in another order and flip the argmax of a few pixels of the tiny synthetic val set.
+BASELINE_TOLERANCE = 0.1
+BASELINE_REASON = (
+    "smoke runs are seeded and single-process, so they repeat exactly on one machine; another "
+    "CPU/BLAS may reorder float sums and flip a few argmax pixels of the tiny synthetic val set"
+)
+VERDICTS: tuple[str, ...] = ("pass", "fail", "missing", "not comparable")
+LABELS = {
+    "mIoU": "mIoU",
+    "mIoU_ms_flip": "mIoU(ms+flip)",
+    "mAcc": "mAcc",
+    "aAcc": "aAcc",
+    "mem_gb": "Mem (GB)",
+    "fps": "fps",
+}
+
+
+def verdict(
+    published: float | None, reproduced: float | None, tolerance: float | None
+) -> tuple[str, float | None]:
+    """(verdict, delta) for one number. ``published``/``tolerance`` None -> not comparable."""
+    if published is None or tolerance is None:
+        return "not comparable", None
+    if reproduced is None:
+        return "missing", None
+    delta = round(reproduced - published, 4)
+    # Numbers are rounded to 2 decimals on both sides; 1e-9 absorbs float noise of the subtraction.
+    return ("pass" if abs(delta) <= tolerance + 1e-9 else "fail"), delta
+
+
+def _published_rows(name: str, pub: Published, meas: Measured, profile: str) -> list[dict]:
+    entry = pub.entry(name)  # raises on a missing entry: never skip a configuration
+    rows = []
+    for metric in METRICS:
+        tol = pub.tolerance(name, metric, profile)
+        value = entry.metrics[metric]
+        if profile == "smoke":
+            # Random weights and synthetic data: shown for orientation, never judged.
+            result, delta = "not comparable", None
+            note = "smoke profile: synthetic data, a few iterations from random weights"
+        else:
+            result, delta = verdict(value, meas.metrics[metric], tol.value)
+            note = entry.notes.get(metric, "") if value is None else ""
+            if value is not None and tol.value is None:
+                note = "hardware-dependent: " + tol.reason
+        rows.append(
+            {
+                "config": name,
+                "dataset": entry.dataset,
+                "metric": metric,
+                "reference": "published",
+                "published": value,
+                "reproduced": meas.metrics[metric],
+                "delta": delta,
+                "tolerance": tol.value,
+                "tolerance_reason": tol.reason,
+                "verdict": result,
+                "note": note,
+            }
+        )
+    return rows
+
+
+def _baseline_rows(name: str, baseline: dict | None, meas: Measured, digest: str) -> list[dict]:
+    recorded = (baseline or {}).get("configs", {}).get(name)
+    tol = float((baseline or {}).get("tolerance", BASELINE_TOLERANCE))
+    reason = str((baseline or {}).get("reason", BASELINE_REASON))
+    rows = []
+    for metric in BASELINE_METRICS:
+        value = None if recorded is None else recorded.get(metric)
+        note = ""
+        if recorded is None:
+            result, delta = "missing", None
+            note = "no smoke baseline for this configuration: run `dnlrepro diff --update-baseline`"
+        elif recorded.get("config_digest") != digest:
+            result, delta = "fail", None
+            old = str(recorded.get("config_digest"))[:12]
+            note = (
+                f"stale baseline: recorded for config digest {old}"
+                f", the smoke config is now {digest[:12]}; review, then "
+                "`dnlrepro diff --update-baseline`"
+            )
+        else:
+            result, delta = verdict(value, meas.metrics[metric], tol)
+        rows.append(
+            {
+                "config": name,
+                "dataset": "cityscapes" if name.endswith("cityscapes") else "ade20k",
+                "metric": metric,
+                "reference": "smoke baseline",
+                "published": value,
+                "reproduced": meas.metrics[metric],
+                "delta": delta,
+                "tolerance": tol,
+                "tolerance_reason": reason,
+                "verdict": result,
+                "note": note,
+            }
+        )
+    return rows
+
+
+def our_protocol(meas: Measured) -> dict[str, Any]:
+    """The protocol fields we ran with: evaluation protocol plus the training set-up."""
+    out = dict(meas.protocol)
+    for key in (
+        "world_size",
+        "effective_batch",
+        "samples_per_gpu",
+        "iterations",
+        "max_iters",
+        "device",
+        "norm",
+        "wall_time_s",
+    ):
+        if key in meas.train:
+            out[f"train.{key}"] = meas.train[key]
+    return out
+
+
+def build_diff(
+    names: Sequence[str],
+    published: Published,
+    measured: dict[str, Measured],
+    profile: str,
+    baseline: dict | None = None,
+) -> dict[str, Any]:
+    """The diff report as a JSON-serialisable dict (``rows``, ``summary``, ``protocols``)."""
+    rows: list[dict] = []
+    protocols = {}
+    for name in names:
+        meas = measured[name]
+        if profile == "smoke":
+            digest = load_config(name, "smoke").digest()
+            rows += _baseline_rows(name, baseline, meas, digest)
+        rows += _published_rows(name, published, meas, profile)
+        protocols[name] = {"published": published.entry(name).protocol, "ours": our_protocol(meas)}
+    summary = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
+    return {
+        "profile": profile,
+        "reference": "smoke baseline" if profile == "smoke" else "published",
+        "published_file": str(published.path.relative_to(REPO_ROOT))
+        if published.path.is_relative_to(REPO_ROOT)
+        else str(published.path),
+        "source": published.source,
+        "definitions": published.definitions,
+        "summary": summary,
+        "rows": rows,
+        "protocols": protocols,
+    }
+
+
+def _cell(value: Any, digits: int = 2, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    rows = [
+        {
+            **r,
+            "label": LABELS[r["metric"]],
+            "published_s": _cell(r["published"]),
+            "reproduced_s": _cell(r["reproduced"]),
+            "delta_s": _cell(r["delta"], signed=True),
+            "tolerance_s": "n/a" if r["tolerance"] is None else f"±{r['tolerance']:.2f}",
+        }
+        for r in report["rows"]
+    ]
+    reasons = sorted({(r["label"], r["tolerance_s"], r["tolerance_reason"]) for r in rows})
+    return (
+        environment()
+        .get_template("diff.md.j2")
+        .render(report=report, rows=rows, reasons=reasons, verdicts=VERDICTS)
+    )
+
+
+def write_diff(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "diff.json", out_dir / "diff.md"
+    json_path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    md_path.write_text(render_markdown(report), encoding="utf-8")
+    logger.info("wrote %s and %s: %s", md_path, json_path, report["summary"])
+    return md_path, json_path
+
+
+def load_baseline(path: str | Path) -> dict | None:
+    path = Path(path)
+    if not path.is_file():
+        logger.warning("no smoke baseline at %s: every smoke verdict will be 'missing'", path)
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("configs"), dict):
+        raise ValueError(
+            f"{path}: expected {{'configs': {{name: metrics}}, ...}}; regenerate it "
+            "with `dnlrepro diff --update-baseline`"
+        )
+    return data
+
+
+def update_baseline(names: Sequence[str], measured: dict[str, Measured], path: str | Path) -> Path:
+    """Record the current smoke results as the baseline (explicit, reviewed in git)."""
+    missing = [n for n in names if measured[n].metrics["mIoU"] is None]
+    if missing:
+        raise FileNotFoundError(
+            f"cannot record a smoke baseline: no results/<config>/metrics.json for {missing}; "
+            "run `dvc repro` (profile smoke) first"
+        )
+    configs = {}
+    for name in names:
+        entry: dict[str, Any] = {m: measured[name].metrics[m] for m in BASELINE_METRICS}
+        entry["config_digest"] = load_config(name, "smoke").digest()
+        configs[name] = entry
+    data = {
+        "description": "Smoke-profile results recorded by `dnlrepro diff --update-baseline`; the "
+        "diff stage compares smoke runs with these numbers.",
+        "recorded_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "tolerance": BASELINE_TOLERANCE,
+        "reason": BASELINE_REASON,
+        "configs": configs,
+    }
+    path = Path(path)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    logger.info("recorded the smoke baseline of %d configurations in %s", len(names), path)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", default=str(RESULTS_DIR), help="results/<config>/ root")
+    parser.add_argument("--published", default=str(PUBLISHED_FILE), help="published numbers")
+    parser.add_argument("--baseline", default=str(BASELINE_FILE), help="smoke baseline JSON")
+    parser.add_argument("--out", default=str(REPO_ROOT / "reports"), help="output folder")
+    parser.add_argument("--profile", default=None, help="default: the switch in params.yaml")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=list(CONFIG_NAMES),
+        metavar="NAME",
+        help="configurations to compare (default: all twelve)",
+    )
+    parser.add_argument(
+        "--update-baseline",
+        action="store_true",
+        help="record the current smoke results as the baseline, then report",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    profile = args.profile or current_profile()
+    measured = {n: load_measured(n, args.results) for n in args.configs}
+    if args.update_baseline:
+        if profile != "smoke":
+            raise ValueError(f"--update-baseline records smoke results; the profile is {profile!r}")
+        update_baseline(args.configs, measured, args.baseline)
+    baseline = load_baseline(args.baseline) if profile == "smoke" else None
+    report = build_diff(args.configs, load_published(args.published), measured, profile, baseline)
+    write_diff(report, args.out)
+    return 0

@@ -1,0 +1,129 @@
+"""Our measured numbers, read from the files the stages write under ``results/<config>/``.
+
+* ``metrics.json``       (``dnlrepro evaluate``): ``single_scale`` / ``ms_flip`` blocks with
+  ``mIoU``, ``mAcc``, ``aAcc`` in percent, plus ``protocol``.
+* ``train_summary.json`` (``dnlrepro train``): max memory, effective batch, world size, time.
+* ``benchmark.json``     (``dnlrepro benchmark``): ``fps``, ``mem_gb``, ``device``.
+
+These files, not MLflow, are the source of truth for the tables and the diff report. A file that
+does not exist means "not measured" (the table shows ``-``); a file that exists but cannot be
+read is an error naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dnlrepro.config import REPO_ROOT
+
+logger = logging.getLogger(__name__)
+
+RESULTS_DIR = REPO_ROOT / "results"
+
+
+class ResultsError(ValueError):
+    """A results file exists but is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    name: str
+    metrics: dict[str, float | None]  # mIoU, mIoU_ms_flip, mAcc, aAcc, mem_gb, fps
+    protocol: dict[str, Any] = field(default_factory=dict)  # from metrics.json
+    train: dict[str, Any] = field(default_factory=dict)  # train_summary.json as written
+    benchmark: dict[str, Any] = field(default_factory=dict)  # benchmark.json as written
+    files: dict[str, str] = field(default_factory=dict)  # which files were found
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path}: not valid JSON ({e}); re-run the stage that writes it") from e
+
+
+def _number(block: Any, key: str, path: Path, where: str) -> float | None:
+    if not isinstance(block, dict) or block.get(key) is None:
+        return None
+    value = block[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ResultsError(f"{path}: key '{where}{key}' must be a number, got {value!r}")
+    return float(value)
+
+
+def _first_number(block: dict[str, Any], keys: tuple[str, ...], path: Path) -> float | None:
+    for key in keys:
+        value = _number(block, key, path, "")
+        if value is not None:
+            return value
+    return None
+
+
+def _mem_gb(train: dict[str, Any], path: Path) -> float | None:
+    """Training memory in GiB (§5.5: max_memory_allocated, MB/1024), whatever unit was logged."""
+    gb = _first_number(train, ("mem_gb", "max_memory_gb", "max_mem_gb", "memory_gb"), path)
+    if gb is not None:
+        return gb
+    mb = _first_number(train, ("max_memory_mb", "mem_mb", "memory_mb"), path)
+    if mb is not None:
+        return mb / 1024
+    nbytes = _first_number(train, ("max_memory_allocated", "max_memory_bytes"), path)
+    return None if nbytes is None else nbytes / 1024**3
+
+
+def load_measured(name: str, results_dir: str | Path = RESULTS_DIR) -> Measured:
+    """Everything we measured for configuration ``name`` (missing files give ``None`` values)."""
+    root = Path(results_dir) / name
+    files: dict[str, str] = {}
+    metrics: dict[str, float | None] = dict.fromkeys(
+        ("mIoU", "mIoU_ms_flip", "mAcc", "aAcc", "mem_gb", "fps")
+    )
+    protocol: dict[str, Any] = {}
+    path = root / "metrics.json"
+    if path.is_file():
+        files["metrics"] = str(path)
+        data = read_json(path)
+        if not isinstance(data, dict) or "single_scale" not in data:
+            raise ResultsError(
+                f"{path}: expected a mapping with 'single_scale' (and 'ms_flip'); it was not "
+                "written by `dnlrepro evaluate --out`"
+            )
+        single = data["single_scale"]
+        for key in ("mIoU", "mAcc", "aAcc"):
+            metrics[key] = _number(single, key, path, "single_scale.")
+        metrics["mIoU_ms_flip"] = _number(data.get("ms_flip"), "mIoU", path, "ms_flip.")
+        protocol = dict(data.get("protocol") or {})
+    train: dict[str, Any] = {}
+    path = root / "train_summary.json"
+    if path.is_file():
+        files["train_summary"] = str(path)
+        train = read_json(path)
+        if not isinstance(train, dict):
+            raise ResultsError(f"{path}: expected a mapping written by `dnlrepro train`")
+        metrics["mem_gb"] = _mem_gb(train, path)
+    bench: dict[str, Any] = {}
+    path = root / "benchmark.json"
+    if path.is_file():
+        files["benchmark"] = str(path)
+        bench = read_json(path)
+        if not isinstance(bench, dict):
+            raise ResultsError(f"{path}: expected a mapping written by `dnlrepro benchmark`")
+        metrics["fps"] = _number(bench, "fps", path, "")
+        if metrics["mem_gb"] is None:
+            metrics["mem_gb"] = _number(bench, "mem_gb", path, "")
+    if not files:
+        logger.debug("no results for %s under %s", name, root)
+    return Measured(name, metrics, protocol, train, bench, files)
+
+
+def device_of(measured: Measured) -> str | None:
+    """Where the numbers were measured (benchmark's device, else the training summary's)."""
+    for source in (measured.benchmark, measured.train, measured.protocol):
+        for key in ("device", "device_name", "gpu"):
+            if source.get(key):
+                return str(source[key])
+    return None
