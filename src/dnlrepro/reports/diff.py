@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dnlrepro.config import CONFIG_NAMES, REPO_ROOT, current_profile, load_config
+from dnlrepro.config import CONFIG_NAMES, REPO_ROOT, current_profile
 from dnlrepro.reports.published import METRICS, PUBLISHED_FILE, Published, load_published
 from dnlrepro.reports.results import RESULTS_DIR, Measured, load_measured, read_json
 from dnlrepro.reports.tables import environment
@@ -39,6 +39,30 @@ BASELINE_TOLERANCE = 0.1
 BASELINE_REASON = (
     "smoke runs are seeded and single-process, so they repeat exactly on one machine; another "
     "CPU/BLAS may reorder float sums and flip a few argmax pixels of the tiny synthetic val set"
+)
+# Fields that explain most "cannot reproduce" gaps (spec §4.3): GPUs x batch, crop, test scales.
+PROTOCOL_EVAL_KEYS = (
+    "split",
+    "image_count",
+    "mode",
+    "crop_size",
+    "stride",
+    "img_scale",
+    "scales",
+    "flip",
+    "world_size",
+)
+PROTOCOL_TRAIN_KEYS = (
+    "trained",
+    "source",
+    "world_size",
+    "effective_batch",
+    "samples_per_gpu",
+    "iterations",
+    "max_iters",
+    "norm",
+    "device",
+    "wall_time_s",
 )
 VERDICTS: tuple[str, ...] = ("pass", "fail", "missing", "not comparable")
 LABELS = {
@@ -97,7 +121,9 @@ def _published_rows(name: str, pub: Published, meas: Measured, profile: str) -> 
     return rows
 
 
-def _baseline_rows(name: str, baseline: dict | None, meas: Measured, digest: str) -> list[dict]:
+def _baseline_rows(
+    name: str, baseline: dict | None, meas: Measured, digest: str | None
+) -> list[dict]:
     recorded = (baseline or {}).get("configs", {}).get(name)
     tol = float((baseline or {}).get("tolerance", BASELINE_TOLERANCE))
     reason = str((baseline or {}).get("reason", BASELINE_REASON))
@@ -113,7 +139,7 @@ def _baseline_rows(name: str, baseline: dict | None, meas: Measured, digest: str
             old = str(recorded.get("config_digest"))[:12]
             note = (
                 f"stale baseline: recorded for config digest {old}"
-                f", the smoke config is now {digest[:12]}; review, then "
+                f", the results are of {str(digest)[:12]}; review, then "
                 "`dnlrepro diff --update-baseline`"
             )
         else:
@@ -137,20 +163,18 @@ def _baseline_rows(name: str, baseline: dict | None, meas: Measured, digest: str
 
 
 def our_protocol(meas: Measured) -> dict[str, Any]:
-    """The protocol fields we ran with: evaluation protocol plus the training set-up."""
-    out = dict(meas.protocol)
-    for key in (
-        "world_size",
-        "effective_batch",
-        "samples_per_gpu",
-        "iterations",
-        "max_iters",
-        "device",
-        "norm",
-        "wall_time_s",
-    ):
+    """The protocol fields we ran with (evaluation, then training), next to the published ones."""
+    out: dict[str, Any] = {}
+    for key in PROTOCOL_EVAL_KEYS:
+        if key in meas.protocol:
+            out[key] = meas.protocol[key]
+    if meas.protocol.get("checkpoint_sha256"):
+        out["checkpoint_sha256"] = str(meas.protocol["checkpoint_sha256"])[:8]
+    for key in PROTOCOL_TRAIN_KEYS:
         if key in meas.train:
             out[f"train.{key}"] = meas.train[key]
+    if meas.benchmark.get("device"):
+        out["benchmark.device"] = meas.benchmark["device"]
     return out
 
 
@@ -167,8 +191,7 @@ def build_diff(
     for name in names:
         meas = measured[name]
         if profile == "smoke":
-            digest = load_config(name, "smoke").digest()
-            rows += _baseline_rows(name, baseline, meas, digest)
+            rows += _baseline_rows(name, baseline, meas, meas.run.get("config_digest"))
         rows += _published_rows(name, published, meas, profile)
         protocols[name] = {"published": published.entry(name).protocol, "ours": our_protocol(meas)}
     summary = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
@@ -247,7 +270,13 @@ def update_baseline(names: Sequence[str], measured: dict[str, Measured], path: s
     configs = {}
     for name in names:
         entry: dict[str, Any] = {m: measured[name].metrics[m] for m in BASELINE_METRICS}
-        entry["config_digest"] = load_config(name, "smoke").digest()
+        digest = measured[name].run.get("config_digest")
+        if not digest:
+            raise FileNotFoundError(
+                f"results/{name}/run.json with the config digest is missing; re-run "
+                f"`dvc repro evaluate@{name}`"
+            )
+        entry["config_digest"] = digest
         configs[name] = entry
     data = {
         "description": "Smoke-profile results recorded by `dnlrepro diff --update-baseline`; the "

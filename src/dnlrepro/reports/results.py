@@ -4,6 +4,7 @@
   ``mIoU``, ``mAcc``, ``aAcc`` in percent, plus ``protocol``.
 * ``train_summary.json`` (``dnlrepro train``): max memory, effective batch, world size, time.
 * ``benchmark.json``     (``dnlrepro benchmark``): ``fps``, ``mem_gb``, ``device``.
+* ``run.json``           (``pipeline/evaluate.py``): profile and resolved-config digest.
 
 These files, not MLflow, are the source of truth for the tables and the diff report. A file that
 does not exist means "not measured" (the table shows ``-``); a file that exists but cannot be
@@ -36,6 +37,7 @@ class Measured:
     protocol: dict[str, Any] = field(default_factory=dict)  # from metrics.json
     train: dict[str, Any] = field(default_factory=dict)  # train_summary.json as written
     benchmark: dict[str, Any] = field(default_factory=dict)  # benchmark.json as written
+    run: dict[str, Any] = field(default_factory=dict)  # run.json: profile, config digest
     files: dict[str, str] = field(default_factory=dict)  # which files were found
 
 
@@ -115,9 +117,16 @@ def load_measured(name: str, results_dir: str | Path = RESULTS_DIR) -> Measured:
         metrics["fps"] = _number(bench, "fps", path, "")
         if metrics["mem_gb"] is None:
             metrics["mem_gb"] = _number(bench, "mem_gb", path, "")
+    run: dict[str, Any] = {}
+    path = root / "run.json"
+    if path.is_file():
+        files["run"] = str(path)
+        run = read_json(path)
+        if not isinstance(run, dict):
+            raise ResultsError(f"{path}: expected a mapping written by pipeline/evaluate.py")
     if not files:
         logger.debug("no results for %s under %s", name, root)
-    return Measured(name, metrics, protocol, train, bench, files)
+    return Measured(name, metrics, protocol, train, bench, run, files)
 
 
 def device_of(measured: Measured) -> str | None:
