@@ -12,7 +12,26 @@ from __future__ import annotations
 import argparse
 
 from common import RESULTS, WORK_DIRS, dnlrepro, setup, write_json
+
 from dnlrepro.config import load_config, profile_settings
+
+BENCHMARK_KEYS = ("num_images", "warmup", "train_iters")
+
+
+def benchmark_args(settings: dict, profile: str, data_root: str) -> list[str]:
+    """Options of ``dnlrepro benchmark`` from the profile settings (mmseg's 200/5 by default)."""
+    args = []
+    if settings.get("data_source") == "real":
+        # §5.4 times the config's test split; synthetic profiles time random images instead.
+        args += ["--data-root", data_root]
+    for key, value in (settings.get("benchmark") or {}).items():
+        if key not in BENCHMARK_KEYS:
+            raise ValueError(
+                f"params/profiles.yaml: {profile}.settings.benchmark.{key} is unknown; "
+                f"allowed: {', '.join(BENCHMARK_KEYS)}"
+            )
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
 
 
 def main() -> int:
@@ -21,40 +40,16 @@ def main() -> int:
     name = parser.parse_args().config
     profile = setup()
     settings = profile_settings(profile)
-    checkpoint = WORK_DIRS / name / "final.pth"
-    out = RESULTS / name
-    argv = [
-        "evaluate",
-        "--config",
-        name,
-        "--profile",
-        profile,
-        "--checkpoint",
-        str(checkpoint),
-        "--split",
-        "val",
-        "--ms-flip",
-        "--out",
-        str(out / "metrics.json"),
-    ]
-    if settings.get("eval_max_images"):
-        argv += ["--max-images", str(settings["eval_max_images"])]
-    dnlrepro(*argv)
-    bench = [
-        "benchmark",
-        "--config",
-        name,
-        "--profile",
-        profile,
-        "--checkpoint",
-        str(checkpoint),
-        "--out",
-        str(out / "benchmark.json"),
-    ]
-    if settings.get("benchmark_images"):
-        bench += ["--images", str(settings["benchmark_images"])]
-    dnlrepro(*bench)
     cfg = load_config(name, profile)
+    ckpt = str(WORK_DIRS / name / "final.pth")
+    out = RESULTS / name
+    common = ["--config", name, "--profile", profile, "--checkpoint", ckpt]
+    evaluate = ["evaluate", *common, "--split", "val", "--ms-flip"]
+    if settings.get("eval_max_images"):
+        evaluate += ["--max-images", str(settings["eval_max_images"])]
+    dnlrepro(*evaluate, "--out", str(out / "metrics.json"))
+    bench = benchmark_args(settings, profile, cfg.data.data_root)
+    dnlrepro("benchmark", *common, *bench, "--out", str(out / "benchmark.json"))
     write_json(
         out / "run.json", {"config": name, "profile": profile, "config_digest": cfg.digest()}
     )

@@ -106,7 +106,9 @@ def load_measured(name: str, results_dir: str | Path = RESULTS_DIR) -> Measured:
         train = read_json(path)
         if not isinstance(train, dict):
             raise ResultsError(f"{path}: expected a mapping written by `dnlrepro train`")
-        metrics["mem_gb"] = _mem_gb(train, path)
+        # §5.5 defines Mem as CUDA max_memory_allocated; a CPU RSS figure is not that number.
+        if train.get("memory_kind", "cuda_max_memory_allocated") == "cuda_max_memory_allocated":
+            metrics["mem_gb"] = _mem_gb(train, path)
     bench: dict[str, Any] = {}
     path = root / "benchmark.json"
     if path.is_file():
