@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 
 from common import RESULTS, WORK_DIRS, dnlrepro, setup, write_json
-
 from dnlrepro.config import load_config, profile_settings
 
 BENCHMARK_KEYS = ("num_images", "warmup", "train_iters")
