@@ -1,0 +1,381 @@
+"""Synthetic Cityscapes / ADE20K archives in the real layouts (fact sheet §3.1, §3.2).
+
+``dnlrepro synth`` writes ``gtFine_trainvaltest.zip`` + ``leftImg8bit_trainvaltest.zip`` or
+``ADEChallengeData2016.zip`` with the real member paths, so ``prepare`` and the datasets cannot
+tell them from the real downloads:
+
+* Cityscapes: ``leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png`` and
+  ``gtFine/{train,val}/<city>/..._gtFine_polygons.json`` (``imgHeight``, ``imgWidth``,
+  ``objects[{label, polygon}]`` with real Cityscapes label names, drawn in order so later objects
+  overwrite earlier ones, as ``json2labelImg`` does) plus ``_gtFine_labelIds.png`` and
+  ``_gtFine_color.png`` rendered from the polygons by cityscapesscripts itself.
+* ADE20K: ``ADEChallengeData2016/images/{training,validation}/ADE_*.jpg`` and
+  ``annotations/.../ADE_*.png`` with raw labels 0..150 (0 = "other").
+
+Pixels come from the label map: each class has its own colour (its palette entry) and its own
+stripe texture (frequency and angle), plus noise, so a segmentation model can learn them. Every
+image is a pure function of (seed, split, index); zip timestamps are fixed, so the same seed gives
+byte-identical archives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from dnlrepro.data.classes import ADE20K_PALETTE
+
+logger = logging.getLogger(__name__)
+
+CITYSCAPES_CITIES: dict[str, tuple[str, ...]] = {
+    "train": ("aachen", "bochum", "bremen"),
+    "val": ("frankfurt", "lindau", "munster"),
+}
+ADE20K_SPLITS: dict[str, str] = {"train": "training", "val": "validation"}
+_ZIP_TIME = (2016, 1, 1, 0, 0, 0)
+
+# Foreground objects of a street scene: (label, min width, max width, min h/w, max h/w) as
+# fractions of the image width. Real Cityscapes label names (cityscapesscripts labels.py).
+_CS_OBJECTS: tuple[tuple[str, float, float, float, float], ...] = (
+    ("car", 0.08, 0.22, 0.4, 0.7),
+    ("truck", 0.12, 0.25, 0.6, 0.9),
+    ("bus", 0.15, 0.3, 0.5, 0.8),
+    ("train", 0.2, 0.35, 0.3, 0.5),
+    ("person", 0.02, 0.05, 2.0, 3.5),
+    ("rider", 0.03, 0.05, 1.8, 2.5),
+    ("motorcycle", 0.04, 0.07, 0.6, 0.9),
+    ("bicycle", 0.04, 0.07, 0.6, 0.9),
+    ("pole", 0.006, 0.012, 8.0, 20.0),
+    ("traffic light", 0.015, 0.025, 2.0, 3.0),
+    ("traffic sign", 0.03, 0.05, 0.8, 1.0),
+    ("fence", 0.1, 0.3, 0.15, 0.3),
+    ("wall", 0.1, 0.3, 0.2, 0.4),
+    ("dynamic", 0.02, 0.05, 0.5, 1.0),  # trainId 255: exercises the ignore label
+    ("static", 0.02, 0.05, 0.5, 1.0),  # trainId 255
+)
+
+
+def _texture_params(n: int, seed: int) -> np.ndarray:
+    """Per-class (frequency, angle, phase) for stripe textures, fixed for a dataset."""
+    rng = np.random.default_rng(seed)
+    freq = rng.uniform(0.05, 0.6, n)
+    angle = rng.uniform(0, np.pi, n)
+    phase = rng.uniform(0, 2 * np.pi, n)
+    return np.stack([freq, angle, phase], axis=1)
+
+
+def paint(
+    label: np.ndarray, colors_bgr: np.ndarray, tex: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """BGR uint8 image whose pixels are the class colour + class stripe texture + noise.
+
+    Args:
+        label: HxW integer class map (index into ``colors_bgr`` / ``tex``).
+        colors_bgr: [num_classes, 3] base colours.
+        tex: [num_classes, 3] (frequency, angle, phase) per class.
+        rng: noise generator.
+    """
+    h, w = label.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.empty((h, w, 3), dtype=np.float32)
+    for c in np.unique(label):
+        m = label == c
+        f, a, p = tex[c]
+        stripes = np.sin(f * (xx[m] * np.cos(a) + yy[m] * np.sin(a)) + p) * 28.0  # [n]
+        img[m] = colors_bgr[c][None, :] + stripes[:, None]
+    img += rng.normal(0.0, 6.0, size=img.shape).astype(np.float32)
+    img *= np.float32(rng.uniform(0.85, 1.15))  # per-image exposure
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cityscapes
+# ---------------------------------------------------------------------------------------------
+
+
+def cityscapes_objects(rng: np.random.Generator, width: int, height: int) -> list[dict[str, Any]]:
+    """Polygons of one street scene, background first; later objects overwrite earlier ones."""
+    w, h = width, height
+    horizon = int(h * rng.uniform(0.35, 0.5))
+    objs: list[dict[str, Any]] = [
+        {"label": "sky", "polygon": [[0, 0], [w - 1, 0], [w - 1, horizon], [0, horizon]]},
+    ]
+    x = 0
+    while x < w:  # a row of buildings / vegetation along the horizon
+        bw = int(w * rng.uniform(0.1, 0.3))
+        top = int(horizon * rng.uniform(0.1, 0.8))
+        label = "building" if rng.random() < 0.7 else "vegetation"
+        objs.append(
+            {
+                "label": label,
+                "polygon": [
+                    [x, top],
+                    [min(x + bw, w - 1), top],
+                    [min(x + bw, w - 1), horizon + 2],
+                    [x, horizon + 2],
+                ],
+            }
+        )
+        x += bw
+    ground = [[0, horizon], [w - 1, horizon], [w - 1, h - 1], [0, h - 1]]
+    objs.append({"label": "terrain" if rng.random() < 0.5 else "sidewalk", "polygon": ground})
+    cx = w * rng.uniform(0.35, 0.65)
+    road = [
+        [int(cx - w * 0.05), horizon],
+        [int(cx + w * 0.05), horizon],
+        [w - 1, h - 1],
+        [0, h - 1],
+    ]
+    objs.append({"label": "road", "polygon": road})
+    for _ in range(int(rng.integers(4, 10))):
+        label, wmin, wmax, rmin, rmax = _CS_OBJECTS[int(rng.integers(len(_CS_OBJECTS)))]
+        ow = max(2, int(w * rng.uniform(wmin, wmax)))
+        oh = max(2, min(h - 1, int(ow * rng.uniform(rmin, rmax))))
+        bottom = int(rng.uniform(horizon + 0.1 * (h - horizon), h - 1))
+        x0 = int(rng.uniform(0, max(1, w - ow)))
+        top = max(0, bottom - oh)
+        if label in ("person", "rider", "traffic sign"):  # non-rectangular silhouettes
+            poly = [
+                [x0 + ow // 2, top],
+                [x0 + ow, top + oh // 3],
+                [x0 + ow, bottom],
+                [x0, bottom],
+                [x0, top + oh // 3],
+            ]
+        else:
+            poly = [[x0, top], [x0 + ow, top], [x0 + ow, bottom], [x0, bottom]]
+        objs.append({"label": label, "polygon": poly})
+    if rng.random() < 0.5:  # ego vehicle bonnet at the bottom (trainId 255)
+        eh = int(h * rng.uniform(0.05, 0.12))
+        objs.append(
+            {
+                "label": "ego vehicle",
+                "polygon": [[0, h - eh], [w - 1, h - eh], [w - 1, h - 1], [0, h - 1]],
+            }
+        )
+    return objs
+
+
+def render_cityscapes_labels(annotation_json: dict[str, Any]) -> tuple[np.ndarray, Image.Image]:
+    """``labelIds`` array and ``color`` image rendered by cityscapesscripts from the polygons."""
+    from cityscapesscripts.helpers.annotation import Annotation
+    from cityscapesscripts.preparation.json2labelImg import createLabelImage
+
+    ann = Annotation()
+    ann.fromJsonText(json.dumps(annotation_json))
+    ids = np.array(createLabelImage(ann, "ids"), dtype=np.uint8)
+    color = createLabelImage(ann, "color")
+    return ids, color
+
+
+def _png_bytes(img: np.ndarray | Image.Image) -> bytes:
+    if isinstance(img, Image.Image):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+    ok, enc = cv2.imencode(".png", img)
+    assert ok
+    return enc.tobytes()
+
+
+def _zip_add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+    info.external_attr = 0o644 << 16
+    zf.writestr(info, data, compress_type=zipfile.ZIP_STORED)
+
+
+def _open_zip(path: Path) -> tuple[zipfile.ZipFile, Path]:
+    tmp = path.with_name(path.name + ".part")
+    return zipfile.ZipFile(tmp, "w"), tmp
+
+
+def write_cityscapes(
+    out_dir: str | Path,
+    n_train: int,
+    n_val: int,
+    width: int = 256,
+    height: int = 128,
+    seed: int = 0,
+) -> list[Path]:
+    """Write ``gtFine_trainvaltest.zip`` and ``leftImg8bit_trainvaltest.zip`` into ``out_dir``."""
+    from cityscapesscripts.helpers.labels import labels as cs_labels
+
+    if min(width, height) < 16 or n_train < 1 or n_val < 1:
+        raise ValueError(
+            f"need >= 1 image per split and sides >= 16 px, got {n_train}/{n_val} "
+            f"images of {width}x{height}"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    colors = np.zeros((256, 3), np.float32)
+    for lab in cs_labels:
+        if lab.id >= 0:
+            colors[lab.id] = lab.color[::-1]  # RGB -> BGR
+    tex = _texture_params(256, seed=12345)
+    gt_zip, gt_tmp = _open_zip(out / "gtFine_trainvaltest.zip")
+    img_zip, img_tmp = _open_zip(out / "leftImg8bit_trainvaltest.zip")
+    with gt_zip, img_zip:
+        for zf in (gt_zip, img_zip):
+            _zip_add(zf, "README", b"Synthetic stand-in written by `dnlrepro synth`.\n")
+            _zip_add(zf, "license.txt", b"Synthetic data, no license restrictions.\n")
+        for s, (split, n) in enumerate((("train", n_train), ("val", n_val))):
+            cities = CITYSCAPES_CITIES[split]
+            for i in tqdm(range(n), desc=f"synth cityscapes {split}", leave=False, disable=None):
+                rng = np.random.default_rng([seed, s, i])
+                city = cities[i % len(cities)]
+                stem = f"{city}_{i // len(cities):06d}_{19 + i:06d}"
+                ann = {
+                    "imgHeight": height,
+                    "imgWidth": width,
+                    "objects": cityscapes_objects(rng, width, height),
+                }
+                ids, color = render_cityscapes_labels(ann)
+                gt = f"gtFine/{split}/{city}/{stem}_gtFine"
+                _zip_add(gt_zip, f"{gt}_polygons.json", json.dumps(ann, indent=4).encode())
+                _zip_add(gt_zip, f"{gt}_labelIds.png", _png_bytes(ids))
+                _zip_add(gt_zip, f"{gt}_color.png", _png_bytes(color))
+                img = paint(ids, colors, tex, rng)
+                _zip_add(
+                    img_zip, f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png", _png_bytes(img)
+                )
+    paths = [out / "gtFine_trainvaltest.zip", out / "leftImg8bit_trainvaltest.zip"]
+    os.replace(gt_tmp, paths[0])
+    os.replace(img_tmp, paths[1])
+    logger.info(
+        "wrote synthetic Cityscapes (%d train, %d val, %dx%d) to %s",
+        n_train,
+        n_val,
+        width,
+        height,
+        out,
+    )
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# ADE20K
+# ---------------------------------------------------------------------------------------------
+
+
+def ade20k_label(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Raw ADE20K label map (0 = other, 1..150 = classes) drawn from random polygons."""
+    classes = rng.choice(np.arange(1, 151), size=int(rng.integers(3, 7)), replace=False)
+    im = Image.new("L", (width, height), int(classes[0]))  # a dominant background class
+    draw = ImageDraw.Draw(im)
+    for _ in range(int(rng.integers(3, 8))):
+        c = int(classes[int(rng.integers(1, len(classes)))]) if rng.random() > 0.15 else 0
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        r = rng.uniform(0.15, 0.4) * min(width, height)
+        k = int(rng.integers(3, 8))
+        ang = np.sort(rng.uniform(0, 2 * np.pi, k))
+        rad = r * rng.uniform(0.6, 1.0, k)
+        poly = [
+            (float(cx + a * np.cos(t)), float(cy + a * np.sin(t)))
+            for t, a in zip(ang, rad, strict=True)
+        ]
+        draw.polygon(poly, fill=c)
+    return np.array(im, dtype=np.uint8)
+
+
+def write_ade20k(
+    out_dir: str | Path,
+    n_train: int,
+    n_val: int,
+    min_size: int = 72,
+    max_size: int = 128,
+    seed: int = 0,
+) -> list[Path]:
+    """Write ``ADEChallengeData2016.zip`` into ``out_dir`` (image sides in [min, max])."""
+    if min_size < 16 or max_size < min_size or n_train < 1 or n_val < 1:
+        raise ValueError(
+            f"need >= 1 image per split and 16 <= min_size <= max_size, got "
+            f"{n_train}/{n_val} images, sizes {min_size}..{max_size}"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    colors = np.zeros((151, 3), np.float32)
+    colors[0] = (90, 90, 90)
+    colors[1:] = np.asarray(ADE20K_PALETTE, np.float32)[:, ::-1]  # RGB -> BGR
+    tex = _texture_params(151, seed=54321)
+    path = out / "ADEChallengeData2016.zip"
+    zf, tmp = _open_zip(path)
+    with zf:
+        for s, (split, n) in enumerate((("train", n_train), ("val", n_val))):
+            folder = ADE20K_SPLITS[split]
+            for i in tqdm(range(n), desc=f"synth ade20k {split}", leave=False, disable=None):
+                rng = np.random.default_rng([seed, 100 + s, i])
+                w, h = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+                label = ade20k_label(rng, w, h)
+                img = paint(label, colors, tex, rng)
+                ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+                assert ok
+                stem = f"ADE_{split}_{i + 1:08d}"
+                _zip_add(zf, f"ADEChallengeData2016/images/{folder}/{stem}.jpg", jpg.tobytes())
+                _zip_add(
+                    zf, f"ADEChallengeData2016/annotations/{folder}/{stem}.png", _png_bytes(label)
+                )
+    os.replace(tmp, path)
+    logger.info("wrote synthetic ADE20K (%d train, %d val) to %s", n_train, n_val, path)
+    return [path]
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: dnlrepro synth
+# ---------------------------------------------------------------------------------------------
+
+
+def _smoke_defaults(dataset: str) -> dict[str, Any]:
+    """``settings.synthetic`` of the smoke profile: the seed plus this dataset's counts/sizes."""
+    from dnlrepro.config import profile_settings
+
+    synthetic = profile_settings("smoke").get("synthetic") or {}
+    return {"seed": synthetic.get("seed", 0), **(synthetic.get(dataset) or {})}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, choices=("cityscapes", "ade20k"))
+    parser.add_argument("--out", type=Path, required=True, help="folder for the archives")
+    parser.add_argument("--seed", type=int, default=None, help="default: smoke profile seed")
+    parser.add_argument("--train", type=int, default=None, help="training images")
+    parser.add_argument("--val", type=int, default=None, help="validation images")
+    parser.add_argument("--width", type=int, default=None, help="Cityscapes image width")
+    parser.add_argument("--height", type=int, default=None, help="Cityscapes image height")
+    parser.add_argument("--min-size", type=int, default=None, help="ADE20K smallest side")
+    parser.add_argument("--max-size", type=int, default=None, help="ADE20K largest side")
+
+
+def main(args: argparse.Namespace) -> int:
+    d = _smoke_defaults(args.dataset)
+    fallback = {
+        "seed": 0,
+        "train": 8,
+        "val": 3,
+        "width": 256,
+        "height": 128,
+        "min_size": 72,
+        "max_size": 128,
+    }
+    opt = {
+        k: getattr(args, k) if getattr(args, k) is not None else int(d.get(k, v))
+        for k, v in fallback.items()
+    }
+    if args.dataset == "cityscapes":
+        write_cityscapes(
+            args.out, opt["train"], opt["val"], opt["width"], opt["height"], opt["seed"]
+        )
+    else:
+        write_ade20k(
+            args.out, opt["train"], opt["val"], opt["min_size"], opt["max_size"], opt["seed"]
+        )
+    return 0
