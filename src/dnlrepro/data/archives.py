@@ -118,7 +118,9 @@ def _extract_zip(archive: Path, target: Path, strip: int) -> int:
             if dest is not None:
                 plan.append((info, dest))
         n = 0
-        for info, dest in tqdm(plan, desc=f"extract {archive.name}", unit="file", leave=False):
+        for info, dest in tqdm(
+            plan, desc=f"extract {archive.name}", unit="file", leave=False, disable=None
+        ):
             if info.is_dir():
                 dest.mkdir(parents=True, exist_ok=True)
                 continue
@@ -146,7 +148,9 @@ def _extract_tar(archive: Path, target: Path, strip: int) -> int:
             if dest is not None:
                 plan.append((m, dest))
         n = 0
-        for m, dest in tqdm(plan, desc=f"extract {archive.name}", unit="file", leave=False):
+        for m, dest in tqdm(
+            plan, desc=f"extract {archive.name}", unit="file", leave=False, disable=None
+        ):
             if m.isdir():
                 dest.mkdir(parents=True, exist_ok=True)
                 continue
