@@ -1,0 +1,107 @@
+"""The multi-GPU launcher on CPU: a fake GPU list and a tiny DAG with the real stage names."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dnlrepro.reports import launch
+
+TINY_DAG = """\
+vars:
+  - exp.yaml
+stages:
+  prepare:
+    cmd: echo prepared > prepared.txt
+    deps: [exp.yaml]
+    outs:
+      - prepared.txt:
+          cache: false
+  train:
+    foreach: ${experiments}
+    do:
+      cmd: sleep 0.5 && printf "%s" "$CUDA_VISIBLE_DEVICES" > gpu_${key}.txt
+      deps:
+        - prepared.txt
+      outs:
+        - gpu_${key}.txt:
+            cache: false
+  evaluate:
+    foreach: ${experiments}
+    do:
+      cmd: cp gpu_${key}.txt eval_${key}.txt
+      deps:
+        - gpu_${key}.txt
+      outs:
+        - eval_${key}.txt:
+            cache: false
+  tables:
+    cmd: cat eval_a.txt eval_b.txt eval_c.txt > table.txt
+    deps: [eval_a.txt, eval_b.txt, eval_c.txt]
+    outs:
+      - table.txt:
+          cache: false
+  diff:
+    cmd: wc -c < table.txt > diff.txt
+    deps: [table.txt]
+    outs:
+      - diff.txt:
+          cache: false
+"""
+
+
+def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.fixture()
+def tiny_repo(tmp_path: Path) -> Path:
+    (tmp_path / "exp.yaml").write_text("experiments:\n  a: {}\n  b: {}\n  c: {}\n")
+    (tmp_path / "dvc.yaml").write_text(TINY_DAG)
+    assert dvc(tmp_path, "init", "--no-scm", "-q").returncode == 0
+    return tmp_path
+
+
+def test_parse_gpus():
+    assert launch.parse_gpus("0,1,2,3") == ["0", "1", "2", "3"]
+    assert launch.parse_gpus("0-1,2-3") == ["0,1", "2,3"]
+    for bad in ("", "x", "3-1", "0,0"):
+        with pytest.raises(ValueError, match="--gpus"):
+            launch.parse_gpus(bad)
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tiny_repo: Path, capsys):
+    jobs = launch.launch(["0", "1"], ["a", "b", "c"], repo=tiny_repo, dry_run=True)
+    out = capsys.readouterr().out
+    assert "repro prepare" in out and "repro tables diff" in out
+    assert out.count("--wait-for-lock repro -s train@") == 3
+    assert out.count("repro -s evaluate@") == 3
+    assert all(j.returncode is None for j in jobs)
+    assert not (tiny_repo / "prepared.txt").exists()
+
+
+def test_queue_runs_every_config_on_a_fake_gpu(tiny_repo: Path):
+    jobs = launch.launch(["0", "1"], ["a", "b", "c"], repo=tiny_repo, stagger=0.2)
+    assert [j.returncode for j in jobs] == [0, 0, 0]
+    seen = {c: (tiny_repo / f"gpu_{c}.txt").read_text() for c in "abc"}
+    # every stage saw exactly the GPU its worker owns, and both workers took work
+    assert {j.config: j.gpu for j in jobs} == seen
+    assert set(seen.values()) == {"0", "1"}
+    assert (tiny_repo / "diff.txt").read_text().split()[0] == "3"
+    # concurrent dvc processes left a consistent dvc.lock: nothing is stale afterwards
+    status = dvc(tiny_repo, "status", "-q")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert launch.summary(jobs).count(" ok ") == 3
+
+
+def test_failed_stage_is_reported_and_skips_the_reports(tiny_repo: Path):
+    (tiny_repo / "dvc.yaml").write_text(TINY_DAG.replace("cp gpu_${key}.txt", "false && cp x"))
+    jobs = launch.launch(["0"], ["a"], repo=tiny_repo, stagger=0)
+    assert jobs[0].returncode not in (0, None)
+    assert "FAILED" in launch.summary(jobs)
+    assert not (tiny_repo / "table.txt").exists()
