@@ -1,0 +1,234 @@
+"""Tolerance verdicts, the missing-entry error, the smoke baseline and the CI check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from dnlrepro.config import CONFIG_NAMES
+from dnlrepro.reports import check, diff
+from dnlrepro.reports.published import PublishedError, load_published
+from dnlrepro.reports.results import ResultsError, load_measured
+
+NAME = "dnl_r50-d8_769x769_40k_cityscapes"  # published: mIoU 78.44, ms+flip 80.27
+NAME_512 = "dnl_r50-d8_512x1024_80k_cityscapes"  # published: mIoU 79.33, ms+flip '-'
+
+
+def write_results(
+    root: Path,
+    name: str,
+    miou: float,
+    ms: float | None,
+    digest: str = "d" * 64,
+    memory_kind: str = "cuda_max_memory_allocated",
+) -> None:
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    block = {"mIoU": miou, "mAcc": miou + 5, "aAcc": 90.0}
+    ms_block = None if ms is None else {"mIoU": ms, "mAcc": ms + 5, "aAcc": 91.0}
+    (d / "metrics.json").write_text(
+        json.dumps(
+            {
+                "single_scale": block,
+                "ms_flip": ms_block,
+                "protocol": {"split": "val", "mode": "slide", "world_size": 1, "image_count": 500},
+            }
+        )
+    )
+    (d / "train_summary.json").write_text(
+        json.dumps(
+            {
+                "world_size": 4,
+                "effective_batch": 8,
+                "max_memory_gb": 9.0,
+                "memory_kind": memory_kind,
+            }
+        )
+    )
+    (d / "benchmark.json").write_text(json.dumps({"fps": 1.4, "mem_gb": None, "device": "cuda"}))
+    (d / "run.json").write_text(json.dumps({"config": name, "config_digest": digest}))
+
+
+def rows_of(report: dict, name: str, reference: str = "published") -> dict[str, dict]:
+    return {
+        r["metric"]: r
+        for r in report["rows"]
+        if r["config"] == name and r["reference"] == reference
+    }
+
+
+@pytest.mark.parametrize(
+    ("published", "reproduced", "tolerance", "expected"),
+    [
+        (78.44, 78.44, 0.5, ("pass", 0.0)),
+        (78.44, 77.94, 0.5, ("pass", -0.5)),  # the boundary is inside
+        (78.44, 78.95, 0.5, ("fail", 0.51)),
+        (78.44, 77.43, 1.0, ("fail", -1.01)),
+        (78.44, None, 0.5, ("missing", None)),
+        (None, 78.0, 0.5, ("not comparable", None)),  # README '-'
+        (7.3, 9.0, None, ("not comparable", None)),  # hardware-dependent
+    ],
+)
+def test_verdict(published, reproduced, tolerance, expected):
+    assert diff.verdict(published, reproduced, tolerance) == expected
+
+
+def test_paper_profile_verdicts_and_tolerances(tmp_path: Path):
+    write_results(tmp_path, NAME, miou=77.60, ms=80.90)  # -0.84 (40k: ±1.0), +0.63 (±1.0)
+    write_results(tmp_path, NAME_512, miou=78.70, ms=80.0)  # -0.63 with the default ±0.5
+    names = [NAME, NAME_512]
+    report = diff.build_diff(
+        names, load_published(), {n: load_measured(n, tmp_path) for n in names}, "paper"
+    )
+    r = rows_of(report, NAME)
+    assert (r["mIoU"]["verdict"], r["mIoU"]["tolerance"], r["mIoU"]["delta"]) == (
+        "pass",
+        1.0,
+        -0.84,
+    )
+    assert "run to run" in r["mIoU"]["tolerance_reason"]
+    assert r["mIoU_ms_flip"]["verdict"] == "pass"
+    assert r["mem_gb"]["verdict"] == r["fps"]["verdict"] == "not comparable"
+    r512 = rows_of(report, NAME_512)
+    assert (r512["mIoU"]["verdict"], r512["mIoU"]["tolerance"]) == ("fail", 0.5)
+    assert r512["mIoU_ms_flip"]["verdict"] == "not comparable"
+    assert "'-'" in r512["mIoU_ms_flip"]["note"]  # the README '-' is said, not hidden
+    assert report["summary"]["fail"] == 1
+    # published profile: the same checkpoint-level numbers keep the 0.5 default
+    report = diff.build_diff(
+        [NAME], load_published(), {NAME: load_measured(NAME, tmp_path)}, "published"
+    )
+    assert rows_of(report, NAME)["mIoU"]["verdict"] == "fail"
+    assert report["protocols"][NAME]["published"]["batch"] == 8
+    assert report["protocols"][NAME]["ours"]["train.effective_batch"] == 8
+
+
+def test_missing_results_are_missing_not_skipped(tmp_path: Path):
+    report = diff.build_diff(
+        [NAME], load_published(), {NAME: load_measured(NAME, tmp_path)}, "paper"
+    )
+    assert rows_of(report, NAME)["mIoU"]["verdict"] == "missing"
+
+
+def test_missing_published_entry_is_an_error(tmp_path: Path):
+    published = load_published()
+    del published.configs[NAME]
+    with pytest.raises(PublishedError, match=f"no published entry for configuration '{NAME}'"):
+        diff.build_diff([NAME], published, {NAME: load_measured(NAME, tmp_path)}, "paper")
+
+
+def test_published_file_without_a_config_is_an_error(tmp_path: Path):
+    text = (Path(load_published().path)).read_text()
+    start = text.index(f"  {NAME}:")
+    end = text.index("  dnl_r101-d8_769x769_40k_cityscapes:")
+    path = tmp_path / "published.yaml"
+    path.write_text(text[:start] + text[end:])
+    args = argparse.Namespace(
+        results=str(tmp_path),
+        published=str(path),
+        baseline="none",
+        out=str(tmp_path / "out"),
+        profile="paper",
+        configs=list(CONFIG_NAMES),
+        update_baseline=False,
+    )
+    with pytest.raises(PublishedError, match=NAME):
+        diff.main(args)
+
+
+def test_null_published_number_needs_a_note(tmp_path: Path):
+    text = load_published().path.read_text().replace("mIoU: 78.44", "mIoU: null", 1)
+    path = tmp_path / "published.yaml"
+    path.write_text(text)
+    with pytest.raises(PublishedError, match=f"configs.{NAME}.notes.mIoU"):
+        load_published(path)
+
+
+def test_smoke_baseline_round_trip_and_staleness(tmp_path: Path):
+    results, baseline = tmp_path / "results", tmp_path / "baseline.json"
+    write_results(results, NAME, miou=3.21, ms=4.56)
+    measured = {NAME: load_measured(NAME, results)}
+    diff.update_baseline([NAME], measured, baseline)
+    report = diff.build_diff(
+        [NAME], load_published(), measured, "smoke", diff.load_baseline(baseline)
+    )
+    base = rows_of(report, NAME, "smoke baseline")
+    assert {r["verdict"] for r in base.values()} == {"pass"}
+    assert {r["verdict"] for r in rows_of(report, NAME).values()} == {"not comparable"}
+    # a regression beyond the smoke tolerance fails
+    write_results(results, NAME, miou=3.50, ms=4.56)
+    measured = {NAME: load_measured(NAME, results)}
+    report = diff.build_diff(
+        [NAME], load_published(), measured, "smoke", diff.load_baseline(baseline)
+    )
+    assert rows_of(report, NAME, "smoke baseline")["mIoU"]["verdict"] == "fail"
+    # results of another resolved config: the baseline is stale, which fails loudly
+    write_results(results, NAME, miou=3.21, ms=4.56, digest="e" * 64)
+    measured = {NAME: load_measured(NAME, results)}
+    report = diff.build_diff(
+        [NAME], load_published(), measured, "smoke", diff.load_baseline(baseline)
+    )
+    row = rows_of(report, NAME, "smoke baseline")["mIoU"]
+    assert row["verdict"] == "fail" and "stale baseline" in row["note"]
+    # no baseline at all: missing, with the command that fixes it
+    report = diff.build_diff([NAME], load_published(), measured, "smoke", None)
+    row = rows_of(report, NAME, "smoke baseline")["mIoU"]
+    assert row["verdict"] == "missing" and "--update-baseline" in row["note"]
+
+
+def test_update_baseline_refuses_missing_results(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match=NAME):
+        diff.update_baseline([NAME], {NAME: load_measured(NAME, tmp_path)}, tmp_path / "b.json")
+
+
+def test_cpu_memory_is_not_reported_as_mmseg_mem(tmp_path: Path):
+    write_results(tmp_path, NAME, 1.0, 1.0, memory_kind="cpu_max_rss")
+    assert load_measured(NAME, tmp_path).metrics["mem_gb"] is None
+
+
+def test_malformed_results_name_the_file(tmp_path: Path):
+    (tmp_path / NAME).mkdir()
+    (tmp_path / NAME / "metrics.json").write_text("{not json")
+    with pytest.raises(ResultsError, match=r"metrics\.json"):
+        load_measured(NAME, tmp_path)
+
+
+def run_check(path: Path, allow_missing: bool = False) -> int:
+    return check.main(argparse.Namespace(report=str(path), allow_missing=allow_missing))
+
+
+def test_check_exit_codes(tmp_path: Path, capsys):
+    def report(*verdicts: str) -> Path:
+        rows = [
+            {
+                "config": NAME,
+                "metric": "mIoU",
+                "reference": "published",
+                "published": 1.0,
+                "reproduced": 1.0,
+                "delta": 0.0,
+                "tolerance": 0.5,
+                "note": "",
+                "verdict": v,
+            }
+            for v in verdicts
+        ]
+        path = tmp_path / "diff.json"
+        summary = {v: verdicts.count(v) for v in diff.VERDICTS}
+        path.write_text(json.dumps({"profile": "paper", "summary": summary, "rows": rows}))
+        return path
+
+    assert run_check(report("pass", "not comparable")) == 0
+    assert run_check(report("pass", "fail")) == 1
+    assert "FAIL: " + NAME in capsys.readouterr().out
+    assert run_check(report("pass", "missing")) == 1
+    assert run_check(report("pass", "missing"), allow_missing=True) == 0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": [{"verdict": "maybe"}]}))
+    with pytest.raises(ValueError, match="rows\\[0\\]"):
+        run_check(bad)
+    with pytest.raises(FileNotFoundError, match="dvc repro diff"):
+        run_check(tmp_path / "absent.json")
