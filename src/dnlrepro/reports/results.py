@@ -134,7 +134,7 @@ def load_measured(name: str, results_dir: str | Path = RESULTS_DIR) -> Measured:
 def device_of(measured: Measured) -> str | None:
     """Where the numbers were measured (benchmark's device, else the training summary's)."""
     for source in (measured.benchmark, measured.train, measured.protocol):
-        for key in ("device", "device_name", "gpu"):
+        for key in ("device_name", "device", "gpu"):
             if source.get(key):
                 return str(source[key])
     return None

@@ -1,0 +1,86 @@
+"""Table rendering against golden files (tests/golden/); regenerate with UPDATE_GOLDEN=1."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from dnlrepro.config import ADE20K_CONFIGS, CITYSCAPES_CONFIGS
+from dnlrepro.reports import tables
+from dnlrepro.reports.published import load_published
+from dnlrepro.reports.results import load_measured
+
+GOLDEN = Path(__file__).parent / "golden"
+DESCRIPTION = "Fixture profile for the golden tables:\n  wrapped text is joined."
+
+
+def fake_results(root: Path) -> None:
+    """Numbers for some rows only: the others must render as '-' (never published values)."""
+    rows = {
+        CITYSCAPES_CONFIGS[0]: (78.123, None, 7.25, 2.5),  # no ms+flip, Mem rounds to 1 decimal
+        CITYSCAPES_CONFIGS[2]: (78.4, 80.3, None, 1.456),  # no Mem (CPU run)
+        ADE20K_CONFIGS[1]: (43.76, 44.9, 12.8, 12.54),
+    }
+    for name, (miou, ms, mem, fps) in rows.items():
+        d = root / name
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "single_scale": {"mIoU": miou, "mAcc": 1.0, "aAcc": 2.0},
+                    "ms_flip": None if ms is None else {"mIoU": ms, "mAcc": 1.0, "aAcc": 2.0},
+                    "protocol": {},
+                }
+            )
+        )
+        summary = {"max_memory_gb": mem, "memory_kind": "cuda_max_memory_allocated"}
+        (d / "train_summary.json").write_text(json.dumps(summary))
+        (d / "benchmark.json").write_text(json.dumps({"fps": fps, "device_name": "Test GPU"}))
+
+
+@pytest.mark.parametrize("dataset", ["cityscapes", "ade20k"])
+def test_tables_match_golden(tmp_path: Path, dataset: str):
+    fake_results(tmp_path)
+    _, names = tables.DATASETS[dataset]
+    measured = {n: load_measured(n, tmp_path) for n in names}
+    text = tables.render(dataset, names, load_published(), measured, "paper", DESCRIPTION)
+    golden = GOLDEN / f"{dataset}.md"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+
+
+def test_table_rows_follow_the_readme_order_and_never_copy_published_numbers(tmp_path: Path):
+    text = tables.render(
+        "cityscapes",
+        CITYSCAPES_CONFIGS,
+        load_published(),
+        {n: load_measured(n, tmp_path) for n in CITYSCAPES_CONFIGS},
+        "smoke",
+        "d",
+    )
+    body = [line for line in text.splitlines() if line.startswith("| DNL")]
+    assert len(body) == 8
+    assert [line.split("|")[9].strip() for line in body] == [
+        f"[config](../params/{n}.yaml)" for n in CITYSCAPES_CONFIGS
+    ]
+    assert "78.61" not in text and "7.3 " not in text  # published values stay in diff.md
+    assert "Profile: `smoke`" in text
+
+
+def test_write_tables_writes_both_files(tmp_path: Path):
+    fake_results(tmp_path / "results")
+    written = tables.write_tables(tmp_path / "reports", tmp_path / "results", profile="smoke")
+    assert [p.name for p in written] == ["cityscapes.md", "ade20k.md"]
+    ade = written[1].read_text()
+    assert sum(line.startswith("| DNL") for line in ade.splitlines()) == len(ADE20K_CONFIGS)
+
+
+def test_template_variables_are_strict():
+    env = tables.environment()
+    with pytest.raises(jinja2.UndefinedError):
+        env.get_template("table.md.j2").render(title="x")
