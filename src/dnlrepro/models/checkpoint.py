@@ -44,8 +44,11 @@ def sha256_prefix_of(name: str) -> str | None:
     return m.group(1) if m else None
 
 
-def resolve_path(path_or_url: str | os.PathLike) -> Path:
-    """A local file for a path, an http(s) URL (downloaded, cached) or a pretrained name."""
+def resolve_path(path_or_url: str | os.PathLike, download_dir: Path | None = None) -> Path:
+    """A local file for a path, an http(s) URL (downloaded, cached) or a pretrained name.
+
+    URLs go to ``download_dir`` (default: ``download_url``'s, ``<repo>/downloads``).
+    """
     s = str(path_or_url)
     if s.startswith("open-mmlab://"):
         s = s[len("open-mmlab://") :]
@@ -54,7 +57,7 @@ def resolve_path(path_or_url: str | os.PathLike) -> Path:
     if s.startswith(("http://", "https://")):
         from dnlrepro.data.download import download_url  # lazy: data pulls in heavier deps
 
-        return Path(download_url(s, sha256_prefix=sha256_prefix_of(s)))
+        return Path(download_url(s, download_dir, sha256_prefix=sha256_prefix_of(s)))
     p = Path(s)
     if not p.is_file():
         raise FileNotFoundError(
@@ -64,17 +67,22 @@ def resolve_path(path_or_url: str | os.PathLike) -> Path:
     return p
 
 
-def read_checkpoint(path_or_url: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(
+    path_or_url: str | os.PathLike, *, download_dir: Path | None = None
+) -> dict[str, Any]:
     """The raw checkpoint dict (state dict, meta, optimizer, ...) loaded onto the CPU."""
-    path = resolve_path(path_or_url)
+    path = resolve_path(path_or_url, download_dir)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Training checkpoints may hold non-tensor objects (e.g. numpy RNG state); only files
-        # the user points us at are loaded, so fall back to the full unpickler with a note.
-        logger.warning("%s: not loadable with weights_only=True; using the full unpickler", path)
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError) as e:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "weights only" not in str(e).lower():
+                raise
+            # Training checkpoints may hold non-tensor objects (e.g. numpy RNG state); only
+            # files the user points us at are loaded, so fall back to the full unpickler.
+            logger.warning("%s: not loadable with weights_only=True; full unpickler used", path)
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
@@ -144,7 +152,11 @@ def _load_into(
 
 
 def load_checkpoint(
-    model: nn.Module, path_or_url: str | os.PathLike, *, strict: bool = True
+    model: nn.Module,
+    path_or_url: str | os.PathLike,
+    *,
+    strict: bool = True,
+    download_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Load an mmseg-format (or bare / DDP) checkpoint into ``model``.
 
@@ -152,6 +164,7 @@ def load_checkpoint(
         model: the segmentor (a DDP wrapper is unwrapped).
         path_or_url: a local ``.pth`` path or an http(s) URL (downloaded and sha256-checked).
         strict: raise on any missing / unexpected key or shape mismatch.
+        download_dir: where URLs are cached (default ``<repo>/downloads``).
 
     Returns:
         The checkpoint's ``meta`` dict ({} for bare state dicts).
@@ -161,7 +174,7 @@ def load_checkpoint(
         ValueError: unreadable file, or a mismatch in strict mode; the message names the file and
             lists the first missing / unexpected keys and shape mismatches.
     """
-    path = resolve_path(path_or_url)
+    path = resolve_path(path_or_url, download_dir)
     ckpt = read_checkpoint(path)
     file_sd = _state_dict_of(ckpt, path)
     _load_into(_unwrap(model), file_sd, path, strict)
@@ -171,7 +184,7 @@ def load_checkpoint(
 
 
 def load_pretrained_backbone(
-    model: nn.Module, path_or_url: str | os.PathLike
+    model: nn.Module, path_or_url: str | os.PathLike, *, download_dir: Path | None = None
 ) -> tuple[list[str], list[str]]:
     """Load ImageNet weights into ``model.backbone`` with strict=False (§2.2, §9 item 3).
 
@@ -180,10 +193,12 @@ def load_pretrained_backbone(
     are used). Returns ``(missing, unexpected)`` key lists and logs them as a warning; shape
     mismatches are skipped with a warning. Raises ValueError when no key matches at all.
     """
-    path = resolve_path(path_or_url)
+    path = resolve_path(path_or_url, download_dir)
     file_sd = _state_dict_of(read_checkpoint(path), path)
     if any(k.startswith("backbone.") for k in file_sd):
-        file_sd = {k[len("backbone.") :]: v for k, v in file_sd.items() if k.startswith("backbone.")}
+        file_sd = {
+            k[len("backbone.") :]: v for k, v in file_sd.items() if k.startswith("backbone.")
+        }
     backbone = _unwrap(model).backbone
     if not set(file_sd) & set(backbone.state_dict()):
         raise ValueError(
@@ -250,7 +265,10 @@ def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.SyncBatchNorm):
         out = nn.BatchNorm2d(
-            module.num_features, module.eps, module.momentum, module.affine,
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
             module.track_running_stats,
         )
         if module.affine:
