@@ -32,14 +32,17 @@ def _cfg(dataset: str = "cityscapes"):
 def _block_scene(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A label of coarse random blocks and the image painted from it (colour = class)."""
     rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, len(COLORS), size=(max(h // 8, 1), max(w // 8, 1)), dtype=np.uint8)
+    coarse = rng.integers(0, len(COLORS), size=(max(h // 12, 1), max(w // 12, 1)), dtype=np.uint8)
     label = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_NEAREST)
     return COLORS[label], label
 
 
 def _interior(label: np.ndarray, r: int = 2) -> np.ndarray:
-    """Pixels whose (2r+1)^2 neighbourhood has one label: bilinear cannot blend classes there."""
-    pad = np.pad(label, r, mode="edge")
+    """Pixels whose (2r+1)^2 neighbourhood has one label: bilinear cannot blend classes there.
+
+    Pixels within r of the border are excluded: the crop's neighbours outside it are unknown.
+    """
+    pad = np.pad(label, r, constant_values=253)
     h, w = label.shape
     out = np.ones_like(label, bool)
     for dy in range(2 * r + 1):
@@ -83,7 +86,7 @@ def test_resize_crop_flip_keep_image_and_label_aligned() -> None:
         assert im2.shape[:2] == lb2.shape
         # Away from class boundaries bilinear = nearest = the class colour, exactly.
         uniform = _interior(lb2)
-        assert uniform.mean() > 0.25  # the check is not vacuous
+        assert uniform.mean() > 0.1  # the check is not vacuous
         np.testing.assert_array_equal(im2[uniform], COLORS[lb2[uniform]])
 
 
@@ -109,6 +112,7 @@ def test_train_pipeline_alignment_padding_and_dtypes(monkeypatch: pytest.MonkeyP
             assert np.all(x_np[:, padded] == 0.0)  # image padded with 0 after normalising
         rgb = np.rint(x_np.transpose(1, 2, 0) * std + mean).astype(np.int64)  # undo normalise
         inner = ~padded & _interior(np.where(padded, 254, gt_np))
+        assert inner.sum() > 100  # the check is not vacuous
         np.testing.assert_array_equal(rgb[inner], COLORS[gt_np[inner]][:, ::-1])  # BGR->RGB
     assert saw_pad  # ratio < 1 makes images smaller than the crop for some seeds
 
