@@ -1,0 +1,318 @@
+"""``dnlrepro benchmark``: the README's "Inf time (fps)" and "Mem (GB)" columns on your hardware.
+
+* **fps** (fact sheet §5.4, mmseg v0.6 ``tools/benchmark.py``): batch 1, ``num_images`` images
+  (200), the first ``warmup`` (5) excluded, ``cudnn.benchmark = False``. Each timed region is
+  bracketed by ``torch.cuda.synchronize()`` + ``perf_counter`` and covers what mmseg's
+  ``model(return_loss=False, rescale=True)`` does after data loading: moving the image to the
+  device, the forward pass (whole or slide), the resize to the original size, softmax, argmax and
+  ``.cpu().numpy()``. Reading and preprocessing images is outside the timed region.
+  ``fps = (num_images - warmup) / total_time``; metafiles show ``round(1000 / fps, 2)`` ms/im.
+* **Mem (GB)** (§5.5): ``torch.cuda.max_memory_allocated()`` over a few training iterations at the
+  config's crop and per-GPU batch (SyncBN reverted to BN: one process), in MB as mmcv logs it
+  (``int(bytes / 2**20)``), divided by 1024. Only defined on CUDA: on CPU it is ``null`` with a
+  note. mmseg's docs say ``cudnn.benchmark=False`` while its runtime config sets True (§5.5
+  caveat); we use False, as the docs define it.
+
+Without ``--data-root`` the images are random uint8 images of the config's test size (said so in
+the output); the weights do not change the timing, so ``--checkpoint`` is optional.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dnlrepro.config import PROFILES, Config, load_config
+from dnlrepro.engine.evaluate import (
+    SINGLE_SCALE,
+    load_model,
+    resolve_split,
+    sha256_file,
+    unwrap,
+    write_json,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_image_shape(cfg: Config) -> tuple[int, int]:
+    """(H, W) of the synthetic benchmark image: a landscape image the test resize leaves as is.
+
+    Cityscapes: (short, long) of ``test.img_scale`` (1024x2048, the real frame size). ADE20K has
+    no fixed size; a 4:3 image with the short side at the test short side (512x683) is typical.
+    """
+    long_side, short_side = max(cfg.test.img_scale), min(cfg.test.img_scale)
+    if cfg.data.dataset == "ade20k":
+        return short_side, min(long_side, int(short_side * 4 / 3 + 0.5))
+    return short_side, long_side
+
+
+def _images(cfg: Config, data_root: str | Path | None, split: str | None, n: int):
+    """Yield ``n`` BGR uint8 images: the dataset's (cycled) or random ones."""
+    if data_root is not None:
+        from dnlrepro.data import datasets
+
+        c = cfg.replace({"data.data_root": str(data_root)})
+        ds = datasets.build_dataset(c.data, resolve_split(c, split), mode="test")
+        if len(ds) == 0:
+            raise FileNotFoundError(f"no images in {data_root} split {resolve_split(c, split)}")
+        for i in range(n):
+            yield ds[i % len(ds)]["img_bgr"]
+        return
+    rng = np.random.default_rng(0)
+    h, w = random_image_shape(cfg)
+    pool = [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for _ in range(min(n, 4))]
+    for i in range(n):
+        yield pool[i % len(pool)]
+
+
+def benchmark_inference(
+    model: torch.nn.Module,
+    cfg: Config,
+    device: torch.device | str,
+    num_images: int = 200,
+    warmup: int = 5,
+    data_root: str | Path | None = None,
+    split: str | None = None,
+) -> dict[str, Any]:
+    """Time single-scale inference per mmseg's ``tools/benchmark.py`` (§5.4).
+
+    Returns:
+        ``{"fps", "ms_per_image", "num_images", "warmup", "timed_seconds", "input",
+        "image_shapes"}``.
+
+    Raises:
+        ValueError: ``warmup`` is not smaller than ``num_images``.
+    """
+    from dnlrepro.data import transforms
+
+    if num_images <= 0 or not 0 <= warmup < num_images:
+        raise ValueError(
+            f"need 0 <= warmup < num_images, got warmup={warmup}, num_images={num_images}; "
+            "mmseg times 200 images with 5 warm-up images"
+        )
+    device = torch.device(device)
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    total = 0.0
+    shapes: set[tuple[int, int]] = set()
+    log_every = max(1, num_images // 10)
+    try:
+        with torch.no_grad():
+            for i, img in enumerate(_images(cfg, data_root, split, num_images)):
+                # Data loading and preprocessing are outside the timed region (§5.4).
+                ((view, _),) = transforms.test_views(
+                    img, cfg.test.img_scale, SINGLE_SCALE, False, cfg.data
+                )
+                ori_shape = tuple(img.shape[:2])
+                shapes.add(ori_shape)
+                _sync(device)
+                start = time.perf_counter()
+                probs = net.inference(view.unsqueeze(0).to(device), ori_shape, flip=False)
+                _ = probs.argmax(dim=1).cpu().numpy()
+                _sync(device)
+                elapsed = time.perf_counter() - start
+                if i >= warmup:
+                    total += elapsed
+                if (i + 1) % log_every == 0:
+                    done = i + 1 - warmup
+                    logger.info(
+                        "benchmark %d/%d images, %.2f fps so far",
+                        i + 1, num_images, done / total if done > 0 and total > 0 else 0.0,
+                    )  # fmt: skip
+    finally:
+        net.train(was_training)
+    fps = (num_images - warmup) / total if total > 0 else float("inf")
+    return {
+        "fps": round(fps, 2),
+        "ms_per_image": round(1000 / fps, 2),
+        "num_images": num_images,
+        "warmup": warmup,
+        "timed_seconds": round(total, 4),
+        "input": "dataset" if data_root is not None else "random",
+        "image_shapes": sorted([list(s) for s in shapes]),
+    }
+
+
+def benchmark_train_memory(
+    cfg: Config, device: torch.device | str, iters: int = 5, seed: int = 0
+) -> dict[str, Any]:
+    """Peak CUDA memory of ``iters`` training iterations at the config's crop and batch (§5.5).
+
+    Returns:
+        ``{"mem_gb", "mem_mb", "train_iters", "batch", "crop_size", "note"}``; ``mem_*`` are None
+        on a non-CUDA device.
+    """
+    from dnlrepro import models
+
+    device = torch.device(device)
+    batch, (h, w) = cfg.data.samples_per_gpu, cfg.data.crop_size
+    info: dict[str, Any] = {"train_iters": iters, "batch": batch, "crop_size": [h, w]}
+    if device.type != "cuda":
+        return {
+            **info,
+            "mem_gb": None,
+            "mem_mb": None,
+            "note": "Mem (GB) is torch.cuda.max_memory_allocated (fact sheet §5.5): CUDA only",
+        }
+    if iters <= 0:
+        return {**info, "mem_gb": None, "mem_mb": None, "note": "training memory not measured"}
+    torch.manual_seed(seed)
+    model = models.build_segmentor(cfg)
+    model = models.revert_sync_batchnorm(model)
+    model.to(device).train()
+    s = cfg.schedule
+    opt = torch.optim.SGD(
+        model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
+    )
+    gen = torch.Generator().manual_seed(seed)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(iters):
+        img = torch.randn(batch, 3, h, w, generator=gen).to(device)
+        gt = torch.randint(0, cfg.model.num_classes, (batch, h, w), generator=gen)
+        gt[torch.rand(batch, h, w, generator=gen) < 0.1] = cfg.model.ignore_index
+        losses = model.forward_train(img, gt.to(device))
+        loss = sum(v for k, v in losses.items() if "loss" in k)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    # mmcv TextLoggerHook: int(max_memory_allocated / 1024 / 1024) MB; README GB = MB / 1024.
+    mem_mb = int(torch.cuda.max_memory_allocated(device) / (1024 * 1024))
+    del model, opt
+    torch.cuda.empty_cache()
+    return {
+        **info,
+        "mem_mb": mem_mb,
+        "mem_gb": round(mem_mb / 1024, 2),
+        "note": "max_memory_allocated over the iterations, one process, BN instead of SyncBN, "
+        "fp32, cudnn.benchmark False",
+    }
+
+
+def benchmark(
+    cfg: Config,
+    checkpoint: str | Path | None = None,
+    device: torch.device | str | None = None,
+    num_images: int = 200,
+    warmup: int = 5,
+    data_root: str | Path | None = None,
+    split: str | None = None,
+    train_iters: int = 5,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """fps (§5.4) and training memory (§5.5); writes ``out`` JSON when given.
+
+    Returns:
+        ``{"fps", "ms_per_image", "mem_gb", "mem_mb", "device", ..., "notes": [...]}``.
+    """
+    from dnlrepro import models
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but CUDA is not available; use --device cpu")
+    notes: list[str] = []
+    old_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False  # §5.4 / §5.5
+    try:
+        if checkpoint is not None:
+            model, _, local = load_model(cfg, checkpoint, device)
+            sha = sha256_file(local)
+        else:
+            torch.manual_seed(0)
+            model = models.build_segmentor(cfg)
+            model = models.revert_sync_batchnorm(model).to(device).eval()
+            sha = None
+            notes.append("no checkpoint: random weights (the timing does not depend on them)")
+        inf = benchmark_inference(model, cfg, device, num_images, warmup, data_root, split)
+        del model
+        if inf["input"] == "random":
+            shape = "x".join(map(str, random_image_shape(cfg)))
+            notes.append(
+                f"no --data-root: random uint8 images of shape {shape} (HxW), not the "
+                f"{cfg.data.dataset} val images"
+            )
+        mem = benchmark_train_memory(cfg, device, train_iters)
+        notes.append(mem.pop("note"))
+    finally:
+        torch.backends.cudnn.benchmark = old_benchmark
+    if device.type == "cpu":
+        notes.append("CPU run: the published fps were measured on one V100 (§5.4)")
+    result = {
+        "config": cfg.name,
+        "profile": cfg.profile,
+        "fps": inf.pop("fps"),
+        "ms_per_image": inf.pop("ms_per_image"),
+        "mem_gb": mem.pop("mem_gb"),
+        "mem_mb": mem.pop("mem_mb"),
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "cudnn_benchmark": False,
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "checkpoint_sha256": sha,
+        "test_mode": cfg.test.mode,
+        "test_img_scale": list(cfg.test.img_scale),
+        **inf,
+        "train": mem,
+        "notes": notes,
+    }
+    logger.info(
+        "%s on %s: %.2f fps (%.2f ms/im), Mem %s GB",
+        cfg.name, result["device_name"], result["fps"], result["ms_per_image"],
+        "-" if result["mem_gb"] is None else result["mem_gb"],
+    )  # fmt: skip
+    if out is not None:
+        logger.info("wrote %s", write_json(result, out))
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="config name (params/) or YAML path")
+    parser.add_argument("--profile", choices=PROFILES, default=None, help="default: params.yaml")
+    parser.add_argument("--checkpoint", default=None, help=".pth or URL (default: random init)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: auto")
+    parser.add_argument("--num-images", type=int, default=200, help="images timed (mmseg: 200)")
+    parser.add_argument("--warmup", type=int, default=5, help="warm-up images excluded (5)")
+    parser.add_argument("--data-root", default=None, help="time real images (default: random)")
+    parser.add_argument("--split", default="val", help="split for --data-root (default val)")
+    parser.add_argument(
+        "--train-iters", type=int, default=5, help="training iterations for Mem (0: skip)"
+    )
+    parser.add_argument("--out", default=None, help="JSON path")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, profile=args.profile)
+    result = benchmark(
+        cfg,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        num_images=args.num_images,
+        warmup=args.warmup,
+        data_root=args.data_root,
+        split=args.split,
+        train_iters=args.train_iters,
+        out=args.out,
+    )
+    print(json.dumps({k: result[k] for k in ("config", "device", "fps", "mem_gb")}))
+    return 0

@@ -1,0 +1,97 @@
+"""ms+flip (fact sheet §5.3) equals an explicit mean of the 12 per-view softmax maps."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dnlrepro.config import load_config
+from dnlrepro.engine.evaluate import infer_image
+from dnlrepro.models import build_segmentor
+
+
+def _tiny_cfg(name: str, **extra):
+    overrides = {"test.img_scale": [48, 24], "model.num_classes": 5, **extra}
+    return load_config(name, "smoke", overrides=overrides)
+
+
+def _model(cfg, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_segmentor(cfg).eval()
+    # Random BN statistics and a non-zero DNL output BN so every layer shapes the output.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    return model
+
+
+def _manual_view_probs(model, cfg, img_bgr, ratio, flip):
+    """One view written out from the fact sheet, independent of data.transforms (§3.4, §5.2)."""
+    h, w = img_bgr.shape[:2]
+    long_s, short_s = (int(s * ratio) for s in cfg.test.img_scale)
+    f = min(long_s / max(h, w), short_s / min(h, w))
+    size = (int(w * f + 0.5), int(h * f + 0.5))  # mmcv _scale_size rounding
+    img = cv2.resize(img_bgr, size, interpolation=cv2.INTER_LINEAR)
+    if flip:
+        img = img[:, ::-1]
+    rgb = img[..., ::-1].astype(np.float32)
+    # mmcv imnormalize multiplies by 1/std (float32), which rounds differently from a divide.
+    stdinv = (1.0 / np.asarray(cfg.data.std, np.float64)).astype(np.float32)
+    x = (rgb - np.asarray(cfg.data.mean, np.float64).astype(np.float32)) * stdinv
+    x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+    with torch.no_grad():
+        logits = model.encode_decode(x)  # [1, C, h_r, w_r], already at the input size
+        logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=model.align_corners)
+        probs = logits.softmax(dim=1)
+    return probs.flip(dims=(3,)) if flip else probs
+
+
+def test_ms_flip_is_mean_of_twelve_softmax_views_whole_mode():
+    cfg = _tiny_cfg("dnl_r50-d8_512x1024_40k_cityscapes")
+    model = _model(cfg)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(24, 36, 3), dtype=np.uint8)
+    probs_ss, probs_ms = infer_image(model, img, cfg, ms_flip=True, device="cpu")
+    assert probs_ss.shape == probs_ms.shape == (1, 5, 24, 36)
+    views = [
+        _manual_view_probs(model, cfg, img, r, flip)
+        for r in cfg.test.ms_ratios
+        for flip in (False, True)
+    ]
+    assert len(views) == 12
+    expected = torch.stack(views).mean(dim=0)
+    torch.testing.assert_close(probs_ms, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(probs_ss, _manual_view_probs(model, cfg, img, 1.0, False))
+    # Not the mean of logits, and not the single scale: the test can tell them apart.
+    assert not torch.allclose(probs_ms, probs_ss, atol=1e-4)
+    torch.testing.assert_close(probs_ms.sum(dim=1), torch.ones(1, 24, 36))
+
+
+def test_ms_flip_matches_model_aug_test_in_slide_mode():
+    cfg = _tiny_cfg(
+        "dnl_r50-d8_769x769_40k_cityscapes",
+        # Two ratios keep this CPU test short; one window is larger than the r=0.75 image.
+        **{"test.crop_size": [33, 33], "test.stride": [22, 22], "test.ms_ratios": [0.75, 1.25]},
+    )
+    assert cfg.test.mode == "slide" and cfg.model.align_corners
+    model = _model(cfg, seed=1)
+    from dnlrepro.data import transforms
+
+    img = np.random.default_rng(1).integers(0, 256, size=(24, 48, 3), dtype=np.uint8)
+    _, probs_ms = infer_image(model, img, cfg, ms_flip=True, device="cpu")
+    views = transforms.test_views(img, cfg.test.img_scale, cfg.test.ms_ratios, True, cfg.data)
+    ref = model.aug_test([v[None] for v, _ in views], [f for _, f in views], img.shape[:2])
+    torch.testing.assert_close(probs_ms, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_single_scale_only_when_ms_flip_off():
+    cfg = _tiny_cfg("dnl_r50-d8_512x512_80k_ade20k")
+    model = _model(cfg)
+    img = np.random.default_rng(2).integers(0, 256, size=(30, 20, 3), dtype=np.uint8)
+    probs_ss, probs_ms = infer_image(model, img, cfg, ms_flip=False)
+    assert probs_ms is None and probs_ss.shape == (1, 5, 30, 20)
