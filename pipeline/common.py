@@ -24,7 +24,7 @@ logger = logging.getLogger("pipeline")
 RESULTS = Path("results")
 WORK_DIRS = Path("work_dirs")
 DATA_RECEIPTS = RESULTS / "data"  # small committed receipts of the download/prepare stages
-SMOKE_ARCHIVES = Path("data/smoke/downloads")
+SMOKE_ARCHIVES = Path("downloads/smoke")  # inside the download stage's output folder
 REAL_ARCHIVES = Path("downloads")  # dnlrepro download's default destination
 DATASETS = ("cityscapes", "ade20k")
 

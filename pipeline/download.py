@@ -1,14 +1,16 @@
 """DVC stage ``download``: get the archives the profile needs, write a receipt.
 
 * smoke:     ``dnlrepro synth`` writes synthetic archives with the real names and formats into
-             ``data/smoke/downloads`` (sizes from ``params/profiles.yaml`` smoke.settings).
+             ``downloads/smoke`` (sizes from ``params/profiles.yaml`` smoke.settings).
 * paper:     the real Cityscapes / ADE20K archives and the ImageNet backbones into ``downloads/``.
 * published: the real archives and the twelve published checkpoints (sha256-prefix verified).
 
 Set ``DNLREPRO_LOCAL_DATA=/path`` to link archives you already have instead of downloading. The
-receipt ``results/data/downloads.json`` (names, sizes, sha256) is the stage's declared output, so
-the prepare stage re-runs exactly when the archives change, while the archives stay out of git
-and out of the DVC cache.
+stage's output is the whole ``downloads/`` folder, declared ``cache: false`` (archives stay out
+of git and out of the DVC cache: no second copy of 11 GB) and ``persist: true`` (a re-run, e.g.
+after a code change, resumes/verifies instead of deleting what is there). A fresh clone has no
+``downloads/``, so ``dvc repro`` runs this stage; ``results/data/downloads.json`` lists what the
+run saw (names, sizes, sha256) for the record.
 """
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
 """DVC stage ``prepare``: extract + convert + validate both datasets, create the MLflow DB.
 
 Calls ``dnlrepro prepare`` per dataset (archives from the download stage, data root from the
-configurations of the profile) and copies a digest of each ``<data-root>/manifest.json`` to
-``results/data/<dataset>.json``: that small committed file is what train/evaluate depend on, so
-they re-run when the prepared data changes. ``dnlrepro mlflow-init`` runs here because the
+configurations of the profile). The ``data/`` folder is the stage's ``cache: false, persist:
+true`` output (so a fresh clone re-creates it); ``results/data/<dataset>.json`` is a small
+committed digest of the prepared files (from ``<data-root>/manifest.json``, without its
+timestamps) that train/evaluate of that dataset depend on, so they re-run exactly when their
+prepared data changes. ``dnlrepro mlflow-init`` runs here because the
 sqlite DB must exist and be migrated before parallel training stages touch it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from common import (
@@ -19,7 +22,6 @@ from common import (
     data_root,
     dnlrepro,
     setup,
-    sha256,
     write_json,
 )
 from dnlrepro.config import profile_settings
@@ -49,17 +51,17 @@ def main() -> int:
         if not manifest.is_file():
             raise FileNotFoundError(f"`dnlrepro prepare` did not write {manifest}")
         data = json.loads(manifest.read_text(encoding="utf-8"))
-        counts = {k: v for k, v in data.items() if isinstance(v, int | float | str)}
-        write_json(
-            DATA_RECEIPTS / f"{dataset}.json",
-            {
-                "profile": profile,
-                "data_root": str(root),
-                "manifest": str(manifest),
-                "manifest_sha256": sha256(manifest),
-                "summary": counts,
-            },
-        )
+        # The per-file sha256 list identifies the data; archive mtimes in the manifest do not.
+        files = data.get("files", data)
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        receipt = {
+            "profile": profile,
+            "data_root": str(root),
+            "counts": data.get("counts"),
+            "files": len(files),
+            "files_sha256": digest,
+        }
+        write_json(DATA_RECEIPTS / f"{dataset}.json", receipt)
     dnlrepro("mlflow-init")
     return 0
 
