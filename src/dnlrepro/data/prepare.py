@@ -267,6 +267,22 @@ def validate(
     return files, counts, problems
 
 
+def validate_or_raise(
+    dataset: str,
+    data_root: Path,
+    expect: tuple[int, int],
+    nproc: int = 1,
+    earlier: list[str] | None = None,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """:func:`validate`, raising one :class:`PrepareError` that lists every problem found
+    (including ``earlier`` ones, e.g. from the Cityscapes conversion)."""
+    files, counts, problems = validate(dataset, data_root, expect, nproc)
+    problems = [*(earlier or []), *problems]
+    if problems:
+        _raise_problems(problems, data_root)
+    return files, counts
+
+
 def _raise_problems(problems: list[str], data_root: Path) -> None:
     listed = "\n  ".join(problems[:MAX_LISTED])
     more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
@@ -341,10 +357,7 @@ def prepare(
     data_root.mkdir(parents=True, exist_ok=True)
     extract(dataset, archives_dir, data_root)  # not current: files may be missing or stale
     problems = convert_cityscapes(data_root, nproc) if dataset == "cityscapes" else []
-    files, counts, more = validate(dataset, data_root, expect, nproc)
-    problems += more
-    if problems:
-        _raise_problems(problems, data_root)
+    files, counts = validate_or_raise(dataset, data_root, expect, nproc, problems)
     manifest = {
         "dataset": dataset,
         "archives": fp,
