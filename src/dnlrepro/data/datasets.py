@@ -161,15 +161,15 @@ __all__ = [
     "Layout",
     "SegDataset",
     "build_dataset",
+    "list_collate",
     "load_image",
     "load_label",
     "reduce_zero_label",
     "resolve_data_root",
     "scan_pairs",
-    "test_collate",
 ]
 
 
-def test_collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def list_collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """DataLoader collate for test items (images differ in size): the list itself."""
     return batch
