@@ -1,0 +1,240 @@
+"""Training engine on synthetic Cityscapes (written by ``synth``, converted by ``prepare``).
+
+Every run uses the real R50 DNLNet at the smoke profile's tiny crops (32x64 from 128x64 images),
+so each iteration costs seconds on 2 CPU cores; the expensive runs share module fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from dnlrepro.config import Config, load_config
+from dnlrepro.engine import checkpointing, schedule, train
+from dnlrepro.engine.checkpointing import ResumeError
+from dnlrepro.engine.train import NonFiniteLossError
+
+CFG = "dnl_r50-d8_512x1024_40k_cityscapes"
+
+
+@pytest.fixture(scope="module")
+def cityscapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dnlrepro.data import prepare, synth
+
+    base = tmp_path_factory.mktemp("cityscapes")
+    synth.write_cityscapes(base / "archives", n_train=8, n_val=3, width=128, height=64, seed=0)
+    prepare.prepare("cityscapes", base / "archives", base / "root", expect=(8, 3))
+    return base / "root"
+
+
+def tiny_cfg(root: Path, **overrides: Any) -> Config:
+    """Smoke config on the synthetic root: 4 iterations, checkpoint every 2, log every 1."""
+    base = {
+        "data.data_root": str(root),
+        "schedule.max_iters": 4,
+        "schedule.checkpoint_interval": 2,
+        "schedule.eval_interval": 4,
+        "schedule.log_interval": 1,
+    }
+    return load_config(CFG, "smoke", overrides={**base, **overrides})
+
+
+def state_dict_of(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def full_run(cityscapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One uninterrupted 4-iteration run, tracked in its own MLflow DB."""
+    base = tmp_path_factory.mktemp("full")
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("DVC_STAGE", f"train@{CFG}")
+        cfg = tiny_cfg(cityscapes_root)
+        summary = train.train(cfg, base / "wd", summary_out=base / "summary.json")
+    return {"cfg": cfg, "dir": base / "wd", "summary": summary, "uri": uri, "base": base}
+
+
+@pytest.mark.slow
+def test_kill_and_resume_reaches_the_same_weights(
+    full_run: dict[str, Any],
+    cityscapes_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg, work_dir = full_run["cfg"], tmp_path / "wd"
+    real_lr_at = schedule.lr_at
+
+    def killed_at_iteration_3(it: int, sched: Any) -> float:
+        if it == 3:  # after iteration 2's checkpoint and one more step that is lost
+            raise KeyboardInterrupt("simulated kill")
+        return real_lr_at(it, sched)
+
+    monkeypatch.setattr(schedule, "lr_at", killed_at_iteration_3)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg, work_dir, track=False)
+    assert (work_dir / "latest.pth").resolve().name == "iter_2.pth"
+    assert not (work_dir / "final.pth").exists()
+
+    # Same command again: resumes from iter_2 (sampler position, optimizer momentum, dropout
+    # RNG) -- and a broken tracking URI only warns, it never ends the run.
+    monkeypatch.setattr(schedule, "lr_at", real_lr_at)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere")
+    with caplog.at_level(logging.INFO, logger="dnlrepro"):
+        summary = train.train(cfg, work_dir)
+    assert "resumed from" in caplog.text and "at iteration 2/4" in caplog.text
+    assert any("MLflow start failed" in r.getMessage() for r in caplog.records)
+    assert summary["resumed_from_iteration"] == 2
+
+    resumed, uninterrupted = (
+        state_dict_of(work_dir / "final.pth"),
+        state_dict_of(full_run["dir"] / "final.pth"),
+    )
+    assert resumed.keys() == uninterrupted.keys()
+    different = [k for k in resumed if not torch.equal(resumed[k], uninterrupted[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    # ...and the run really trained: the weights moved away from the initial ones.
+    init = torch.load(work_dir / "iter_2.pth", map_location="cpu", weights_only=True)
+    assert not torch.equal(init["state_dict"]["decode_head.conv_seg.weight"],
+                           resumed["decode_head.conv_seg.weight"])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_summary_and_final_checkpoint(full_run: dict[str, Any]) -> None:
+    from dnlrepro import models
+    from dnlrepro.data.classes import CLASSES
+
+    cfg, work_dir, summary = full_run["cfg"], full_run["dir"], full_run["summary"]
+    on_disk = json.loads((full_run["base"] / "summary.json").read_text())
+    assert on_disk == summary
+    assert summary["iterations"] == 4 and summary["world_size"] == 1
+    assert summary["effective_batch"] == 2 and summary["published_batch"] == cfg.published_batch
+    assert summary["memory_kind"] == "cpu_max_rss" and summary["max_memory_mb"] > 100
+    assert summary["max_memory_gb"] == pytest.approx(summary["max_memory_mb"] / 1024, abs=1e-3)
+    assert set(summary["final_train_losses"]) >= {"decode.loss_seg", "aux.loss_seg", "loss"}
+    val = summary["last_validation"]
+    assert (
+        val["iter"] == 4
+        and 0 <= val["mIoU"] <= 100
+        and set(val["IoU"]) == set(CLASSES["cityscapes"])
+    )
+    final = work_dir / "final.pth"
+    assert summary["checkpoint"] == str(final.resolve())
+    assert summary["checkpoint_sha256"] == checkpointing.sha256_file(final)
+
+    # final.pth: mmseg's released layout (no optimizer) with config text, CLASSES, PALETTE.
+    ckpt = torch.load(final, map_location="cpu", weights_only=True)
+    assert set(ckpt) == {"meta", "state_dict"}
+    meta = ckpt["meta"]
+    assert yaml.safe_load(meta["config"]) == cfg.to_dict()
+    assert tuple(meta["CLASSES"]) == CLASSES["cityscapes"] and len(meta["PALETTE"]) == 19
+    assert meta["iter"] == 4
+    model = models.build_segmentor(cfg)
+    models.load_checkpoint(model, final, strict=True)
+    # Resume files: latest.pth -> the newest iter file, which carries the optimizer state.
+    assert (work_dir / "latest.pth").resolve().name == "iter_4.pth"
+    resume = torch.load(work_dir / "latest.pth", map_location="cpu", weights_only=True)
+    assert resume["iter"] == 4 and resume["config_digest"] == cfg.digest()
+    assert resume["optimizer"]["param_groups"][0]["weight_decay"] == 5e-4
+    assert torch.equal(resume["state_dict"]["decode_head.conv_seg.weight"],
+                       ckpt["state_dict"]["decode_head.conv_seg.weight"])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_run_is_tracked_in_mlflow(full_run: dict[str, Any]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    cfg = full_run["cfg"]
+    client = MlflowClient(tracking_uri=full_run["uri"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("cityscapes").experiment_id],
+        filter_string=f"tags.config = '{CFG}'",
+    )
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == f"train@{CFG}"
+    assert run.data.params["schedule.max_iters"] == "4"
+    assert run.data.params["data.data_root"] == cfg.data.data_root
+    assert run.data.tags["effective_batch"] == "2" and run.data.tags["world_size"] == "1"
+    # lr logged at every iteration equals mmcv's poly formula evaluated before it (it from 0).
+    lrs = client.get_metric_history(run.info.run_id, "train/lr")
+    assert [m.step for m in lrs] == [1, 2, 3, 4]
+    for m in lrs:
+        assert m.value == pytest.approx(schedule.poly_lr(m.step - 1, 4, 0.01, 1e-4, 0.9))
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    assert len(losses) == 4
+    summary = full_run["summary"]
+    assert run.data.metrics["val/mIoU"] == pytest.approx(summary["last_validation"]["mIoU"])
+    assert "IoU/road" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {
+        "config.yaml",
+        "summary.json",
+        "per_class_iou.json",
+        "training_curves.png",
+        "per_class_iou.png",
+    } <= artifacts
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
+    from torch import nn
+
+    root = tmp_path / "no-data-needed"
+    written_by = tiny_cfg(root)
+    opt_model = nn.Linear(2, 2)
+    checkpointing.save_train_checkpoint(
+        tmp_path / "wd",
+        opt_model,
+        torch.optim.SGD(opt_model.parameters(), lr=0.1),
+        2,
+        written_by,
+        rng=[torch.get_rng_state()],
+    )
+    other = tiny_cfg(root, **{"schedule.max_iters": 8})
+    with pytest.raises(ResumeError, match=r"different configuration.*--work-dir.*--resume never"):
+        train.train(other, tmp_path / "wd", track=False)
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(
+    cityscapes_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dnlrepro.models.segmentor import EncoderDecoder
+
+    real = EncoderDecoder.forward_train
+    calls = {"n": 0}
+
+    def nan_from_third_call(self: EncoderDecoder, img: torch.Tensor, gt: torch.Tensor):
+        out = real(self, img, gt)
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            out["decode.loss_seg"] = out["decode.loss_seg"] * float("nan")
+        return out
+
+    monkeypatch.setattr(EncoderDecoder, "forward_train", nan_from_third_call)
+    work_dir = tmp_path / "wd"
+    with pytest.raises(NonFiniteLossError, match=r"iteration 3/4.*iter_2\.pth"):
+        train.train(tiny_cfg(cityscapes_root), work_dir, track=False)
+    assert (work_dir / "latest.pth").resolve().name == "iter_2.pth"
+    assert not (work_dir / "final.pth").exists()
+    kept = state_dict_of(work_dir / "iter_2.pth")
+    assert all(torch.isfinite(v).all() for v in kept.values() if v.is_floating_point())
+
+
+def test_cli_rejects_bad_override() -> None:
+    from dnlrepro.config import ConfigError
+
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        train.parse_overrides(["schedule.max_iters"])
+    assert train.parse_overrides(["schedule.max_iters=20", "data.crop_size=[8, 16]"]) == {
+        "schedule.max_iters": 20,
+        "data.crop_size": [8, 16],
+    }
