@@ -118,16 +118,18 @@ class DisentangledNonLocal2d(nn.Module):
         """softmax(q k^T * scale) v for whitened q, k: [N, P, C'] each -> [N, P, C']."""
         if self.attention == "naive":
             # mmcv order: matmul, / sqrt(C'), / T, softmax over keys, matmul. [N, P, P] in memory.
+            # In place like mmcv (matmul saves its inputs, not its output, so autograd allows it).
             weight = torch.matmul(query, key.transpose(1, 2))  # [N, P, P]
             if self.use_scale:
-                weight = weight / self.inter_channels**0.5
-            weight = weight / self.temperature
+                weight /= self.inter_channels**0.5
+            weight /= self.temperature
             weight = weight.softmax(dim=-1)
             return torch.matmul(weight, value)
-        # SDPA wants a heads axis: [N, 1, P, C'].
-        out = F.scaled_dot_product_attention(
-            query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1), scale=self.scale
-        )
+        # SDPA wants a heads axis: [N, 1, P, C']. The fused (flash) kernels need a unit stride on
+        # the channel axis; the transposed conv outputs would silently fall back to the math
+        # kernel, which materialises [N, P, P] like the naive path.
+        q, k, v = (t.contiguous().unsqueeze(1) for t in (query, key, value))
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return out.squeeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
