@@ -109,16 +109,20 @@ def test_prepare_rerun_is_idempotent_and_skips_extraction(
 
     monkeypatch.setattr(P, "extract", boom)
     assert P.prepare("ade20k", tmp_path / "arch", root, expect=(2, 1)) == first
-    monkeypatch.undo()
-    # A changed archive (new mtime) is extracted again.
+    # Same bytes, new mtime (re-synthesised or copied): matched by sha256, not extracted.
     arch = tmp_path / "arch" / "ADEChallengeData2016.zip"
     os.utime(arch, (1, 1))
+    again = P.prepare("ade20k", tmp_path / "arch", root, expect=(2, 1))
+    assert again["archives"][arch.name]["mtime"] == 1
+    assert P.read_manifest(root)["archives"][arch.name]["mtime"] == 1
+    monkeypatch.undo()
+    # Different content: extracted again.
+    synth.write_ade20k(tmp_path / "arch", 2, 1, min_size=30, max_size=40, seed=4)
     calls = []
-    monkeypatch.setattr(
-        P, "extract", lambda *a: calls.append(a) or P.safe_extract(a[1] / arch.name, a[2], 1)
-    )
-    P.prepare("ade20k", tmp_path / "arch", root, expect=(2, 1))
-    assert len(calls) == 1
+    real_extract = P.extract
+    monkeypatch.setattr(P, "extract", lambda *a: calls.append(a) or real_extract(*a))
+    changed = P.prepare("ade20k", tmp_path / "arch", root, expect=(2, 1))
+    assert len(calls) == 1 and changed["files"] != first["files"]
 
 
 def _prepared_copy(tmp_path: Path, dataset: str) -> Path:

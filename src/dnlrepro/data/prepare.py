@@ -14,8 +14,9 @@ Steps (``dnlrepro prepare``):
    real data), every image decodes, label size equals image size, label values allowed
    (Cityscapes trainIds 0..18 and 255; ADE20K raw 0..150). Every problem is collected with its
    file name and reported together in one error; nothing is skipped silently.
-4. **Manifest**: archives (size, mtime), counts and every file (size, sha256). Re-running on a
-   root whose manifest matches the archives and the files on disk returns immediately.
+4. **Manifest**: archives (size, mtime, sha256), counts and every file (size, sha256).
+   Re-running on a root whose manifest matches the archives (size+mtime, or sha256 when only the
+   mtime changed) and the files on disk (present, same size) returns without extracting.
 """
 
 from __future__ import annotations
@@ -308,16 +309,38 @@ def read_manifest(data_root: Path) -> dict[str, Any] | None:
         return None
 
 
+def _archives_match(recorded: dict[str, Any], fp: dict[str, Any], archives_dir: Path) -> bool:
+    """Same archives as recorded: size+mtime equal, or (mtime changed, e.g. re-synthesised or
+    copied) the same sha256. Refreshes the recorded mtimes after a hash match."""
+    if set(recorded) != set(fp):
+        return False
+    for name, now in fp.items():
+        rec = recorded[name]
+        if rec.get("size") != now["size"]:
+            return False
+        if rec.get("mtime") != now["mtime"]:
+            if rec.get("sha256") != _sha256(archives_dir / name):
+                return False
+            rec["mtime"] = now["mtime"]
+    return True
+
+
 def _manifest_current(
-    man: dict[str, Any], fp: dict[str, Any], expect: Iterable[int], root: Path
+    man: dict[str, Any], fp: dict[str, Any], expect: Iterable[int], root: Path, archives: Path
 ) -> bool:
-    if man.get("archives") != fp or man.get("expected") != list(expect):
+    if man.get("expected") != list(expect):
         return False
     for rel, info in man.get("files", {}).items():
         p = root / rel
         if not p.is_file() or p.stat().st_size != info["size"]:
             return False
-    return True
+    return _archives_match(man.get("archives") or {}, fp, archives)
+
+
+def _write_manifest(data_root: Path, manifest: dict[str, Any]) -> None:
+    tmp = data_root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, data_root / MANIFEST)
 
 
 def prepare(
@@ -348,11 +371,13 @@ def prepare(
     expect = tuple(expect) if expect is not None else REAL_COUNTS[dataset]
     fp = archive_fingerprint(dataset, archives_dir)
     man = read_manifest(data_root)
-    if not force and man is not None and _manifest_current(man, fp, expect, data_root):
-        logger.info(
-            "%s is already prepared (manifest matches the archives); nothing to do", data_root
-        )
-        return man
+    if not force and man is not None:
+        before = json.dumps(man, sort_keys=True)
+        if _manifest_current(man, fp, expect, data_root, archives_dir):
+            if json.dumps(man, sort_keys=True) != before:
+                _write_manifest(data_root, man)  # same archives, new mtimes: remember them
+            logger.info("%s is already prepared (manifest matches the archives)", data_root)
+            return man
     t0 = time.time()
     data_root.mkdir(parents=True, exist_ok=True)
     extract(dataset, archives_dir, data_root)  # not current: files may be missing or stale
@@ -360,14 +385,12 @@ def prepare(
     files, counts = validate_or_raise(dataset, data_root, expect, nproc, problems)
     manifest = {
         "dataset": dataset,
-        "archives": fp,
+        "archives": {n: {**v, "sha256": _sha256(archives_dir / n)} for n, v in fp.items()},
         "expected": list(expect),
         "counts": counts,
         "files": files,
     }
-    tmp = data_root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, data_root / MANIFEST)
+    _write_manifest(data_root, manifest)
     logger.info("prepared %s in %s: %s (%.1fs)", dataset, data_root, counts, time.time() - t0)
     return manifest
 
