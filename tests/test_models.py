@@ -164,6 +164,9 @@ def test_shapes_at_odd_sizes(model: EncoderDecoder, hw: tuple[int, int]) -> None
         assert s8 == (13, 13)  # 769 -> 97 at full size, 97 -> 13 here
     assert tuple(logits.shape) == (1, 19, h, w)
     assert torch.isfinite(logits).all()
+    if hw == (64, 128):  # nn.Module.__call__ without labels is encode_decode (DDP-friendly)
+        with torch.no_grad():
+            torch.testing.assert_close(model(img), logits)
 
 
 def test_ade_150_classes_shapes() -> None:

@@ -19,6 +19,7 @@ import logging
 import torch
 from torch import nn
 
+from dnlrepro.config import BackboneConfig
 from dnlrepro.models.layers import build_norm, kaiming_init
 
 logger = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class ResNetV1c(nn.Module):
         return outs  # strides 4, 8, 8, 8; channels 256, 512, 1024, 2048
 
 
-def build_backbone(cfg_backbone, norm: str) -> ResNetV1c:
+def build_backbone(cfg_backbone: BackboneConfig, norm: str) -> ResNetV1c:
     """ResNetV1c from ``cfg.model.backbone`` (``depth``, ``strides``, ``dilations``, ...)."""
     return ResNetV1c(
         cfg_backbone.depth,

@@ -119,7 +119,9 @@ class EncoderDecoder(nn.Module):
         logits = self.decode_head(self.extract_feat(img))  # [N, C, H/8, W/8]
         return resize(logits, img.shape[-2:], self.align_corners)
 
-    def forward(self, img: torch.Tensor, gt: torch.Tensor | None = None):
+    def forward(
+        self, img: torch.Tensor, gt: torch.Tensor | None = None
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
         """``forward_train(img, gt)`` when ``gt`` is given (so DDP hooks run), else logits."""
         if gt is not None:
             return self.forward_train(img, gt)
