@@ -189,3 +189,55 @@ def test_dataset_errors_on_bad_files(tmp_path: Path) -> None:
     ds.img_paths[1].write_bytes(b"garbage")
     with pytest.raises(ValueError, match="could not be decoded"):
         ds[1]
+
+
+def test_cli_synth_then_prepare(tmp_path: Path) -> None:
+    from dnlrepro import cli
+
+    arch, root = tmp_path / "arch", tmp_path / "ade" / "ADEChallengeData2016"
+    assert (
+        cli.main(
+            [
+                "synth",
+                "--dataset",
+                "ade20k",
+                "--out",
+                str(arch),
+                "--train",
+                "2",
+                "--val",
+                "1",
+                "--min-size",
+                "20",
+                "--max-size",
+                "30",
+            ]
+        )
+        == 0
+    )
+    argv = ["prepare", "--dataset", "ade20k", "--archives", str(arch), "--data-root", str(root)]
+    assert cli.main(argv) == 1  # real counts expected by default
+    assert cli.main([*argv, "--expect-train", "2", "--expect-val", "1"]) == 0
+    assert json.loads((root / "manifest.json").read_text())["counts"] == {
+        "training": 2,
+        "validation": 1,
+    }
+
+
+def test_local_extracted_folders_are_linked_and_prepared(tmp_path: Path) -> None:
+    from dnlrepro.data import download
+
+    # The user already has extracted copies (not archives) somewhere else.
+    synth.write_cityscapes(tmp_path / "zips", 2, 1, width=64, height=32, seed=8)
+    mine = tmp_path / "my_cityscapes"
+    for z in sorted((tmp_path / "zips").glob("*.zip")):
+        P.safe_extract(z, mine)
+    synth.write_ade20k(tmp_path / "zips", 2, 1, min_size=20, max_size=30, seed=8)
+    P.safe_extract(tmp_path / "zips" / "ADEChallengeData2016.zip", tmp_path / "my_ade")
+    dl = tmp_path / "downloads"
+    download.link_local("cityscapes", mine, dl, download.CITYSCAPES_ARCHIVES)
+    download.link_local("ade20k", tmp_path / "my_ade", dl, download.ADE20K_ARCHIVES)
+    cs = P.prepare("cityscapes", dl, tmp_path / "data" / "cityscapes", expect=(2, 1))
+    ade = P.prepare("ade20k", dl, tmp_path / "data" / "ade" / "ADEChallengeData2016", (2, 1))
+    assert cs["counts"] == {"train": 2, "val": 1} and len(ade["files"]) == 6
+    assert (tmp_path / "data" / "cityscapes" / "leftImg8bit").resolve() == (mine / "leftImg8bit")

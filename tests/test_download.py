@@ -282,3 +282,28 @@ def test_url_tables_cover_all_configs() -> None:
         assert len(dl.sha256_prefix_from_name(url) or "") == 8
     assert dl.sha256_prefix_from_name(dl.PRETRAINED_URLS["resnet50_v1c"]) == "2cccc1ad"
     assert dl.sha256_prefix_from_name(dl.PRETRAINED_URLS["resnet101_v1c"]) == "e67eebb6"
+
+
+def test_cli_download_checkpoints_and_missing_credentials(
+    server: Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dnlrepro import cli
+
+    data = _payload(20_000, seed=9)
+    name = CONFIG_NAMES[0]
+    path = _named(data, stem=name)
+    server.files[path] = data
+    monkeypatch.setitem(dl.CHECKPOINT_URLS, name, server.url + path)
+    argv = ["download", "--what", "checkpoints", "--config", name, "--dest", str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert (tmp_path / path[1:]).read_bytes() == data
+    assert cli.main(["download", "--what", "checkpoints", "--config", "nope"]) == 1
+    assert "unknown config" in capsys.readouterr().err
+    monkeypatch.delenv("CITYSCAPES_USERNAME", raising=False)
+    monkeypatch.delenv("CITYSCAPES_PASSWORD", raising=False)
+    assert cli.main(["download", "--what", "cityscapes", "--dest", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD" in err and len(err.splitlines()) == 1

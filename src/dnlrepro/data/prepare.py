@@ -121,6 +121,8 @@ def _link_dir(src: Path, dst: Path) -> None:
     src = src.resolve()
     if dst.resolve() == src:
         return
+    if dst.is_dir() and not dst.is_symlink() and not any(dst.iterdir()):
+        dst.rmdir()  # an empty placeholder (e.g. the data root prepare just created)
     if dst.is_symlink() or dst.exists():
         raise FileExistsError(f"{dst} exists and is not {src}; remove it or pick another root")
     dst.parent.mkdir(parents=True, exist_ok=True)
