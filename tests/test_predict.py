@@ -1,0 +1,125 @@
+"""``dnlrepro predict``: label PNGs at the original size, overlays, and clear errors."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dnlrepro.cli import main as cli_main
+from dnlrepro.config import load_config
+from dnlrepro.data import classes, transforms
+from dnlrepro.engine.predict import collect_images, overlay, predict
+from dnlrepro.models import build_segmentor, save_checkpoint
+
+CONFIG = "dnl_r50-d8_512x512_80k_ade20k"
+# Test scale (long, short) = (48, 24): images are resized before inference and back afterwards.
+OVERRIDES = {"test.img_scale": [48, 24]}
+
+
+def _model(cfg, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = build_segmentor(cfg).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("predict")
+    cfg = load_config(CONFIG, "smoke", overrides=OVERRIDES)
+    model = _model(cfg)
+    ckpt = save_checkpoint(base / "model.pth", model)
+    images = base / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    # Two sizes, portrait and landscape, PNG and JPEG.
+    cv2.imwrite(str(images / "a.png"), rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    cv2.imwrite(str(images / "b.jpg"), rng.integers(0, 256, (41, 23, 3), dtype=np.uint8))
+    (images / "notes.txt").write_text("not an image suffix: skipped when a folder is given")
+    return cfg, model, ckpt, images, base
+
+
+def test_predict_writes_label_pngs_at_original_size_and_overlays(setup, tmp_path):
+    cfg, model, ckpt, images, _ = setup
+    written = predict(cfg, ckpt, [images], tmp_path, device="cpu", with_overlay=True)
+    assert [p.name for p in written] == ["a.png", "b.png"]
+    for src, dst in [(images / "a.png", written[0]), (images / "b.jpg", written[1])]:
+        img = cv2.imread(str(src), cv2.IMREAD_COLOR)
+        with Image.open(dst) as im:
+            assert im.mode == "L" and im.size == (img.shape[1], img.shape[0])
+            label = np.array(im)
+        assert label.dtype == np.uint8 and label.max() < cfg.model.num_classes
+        # Same label map as the model's own single-scale test path (§3.4, §5.2).
+        ((view, _),) = transforms.test_views(img, cfg.test.img_scale, (1.0,), False, cfg.data)
+        assert view.shape[1:] != img.shape[:2], "the test resize must actually resize"
+        with torch.no_grad():
+            expected = model.inference(view[None], img.shape[:2]).argmax(1)[0].numpy()
+        np.testing.assert_array_equal(label, expected)
+        # Overlay: 0.5 image + 0.5 palette colour (palette is RGB, files are BGR).
+        ov = cv2.imread(str(tmp_path / f"{dst.stem}_overlay.png"), cv2.IMREAD_COLOR)
+        pal_bgr = np.asarray(classes.PALETTE["ade20k"], np.float64)[label][..., ::-1]
+        np.testing.assert_array_equal(ov, (img * 0.5 + pal_bgr * 0.5).astype(np.uint8))
+
+
+def test_overlay_blend_by_hand():
+    img = np.full((1, 2, 3), 100, np.uint8)
+    out = overlay(img, np.array([[0, 1]]), [(10, 20, 30), (255, 0, 0)])
+    # pixel 0: BGR (30, 20, 10) -> (65, 60, 55); pixel 1: BGR (0, 0, 255) -> (50, 50, 177)
+    assert out.tolist() == [[[65, 60, 55], [50, 50, 177]]]
+
+
+def test_predict_ms_flip_differs_from_single_scale(setup, tmp_path):
+    cfg, _, ckpt, images, _ = setup
+    cfg = cfg.replace({"test.ms_ratios": [0.5, 1.5]})
+    (out_ss,) = predict(cfg, ckpt, [images / "a.png"], tmp_path / "ss", device="cpu")
+    (out_ms,) = predict(cfg, ckpt, [images / "a.png"], tmp_path / "ms", ms_flip=True)
+    a, b = np.array(Image.open(out_ss)), np.array(Image.open(out_ms))
+    assert a.shape == b.shape == (30, 50) and not np.array_equal(a, b)
+
+
+def test_unreadable_image_is_named(setup, tmp_path, capsys):
+    _, _, ckpt, _, base = setup
+    bad = base / "broken.png"
+    bad.write_bytes(b"this is not a PNG")
+    with pytest.raises(ValueError, match=r"broken\.png"):
+        predict(load_config(CONFIG, "smoke", OVERRIDES), ckpt, [bad], tmp_path)
+    rc = cli_main(["predict", "--config", CONFIG, "--profile", "smoke", "--checkpoint", str(ckpt),
+                   "--images", str(bad), "--out", str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and str(bad) in err and err.count("\n") == 1
+    assert not list(tmp_path.glob("*.png")), "nothing is written when an input is unreadable"
+
+
+def test_mismatched_checkpoint_names_file_and_keys(setup, tmp_path, capsys):
+    _, _, _, images, base = setup
+    other = load_config(CONFIG, "smoke", overrides={**OVERRIDES, "model.num_classes": 5})
+    wrong = save_checkpoint(base / "five_classes.pth", build_segmentor(other))
+    rc = cli_main(["predict", "--config", CONFIG, "--profile", "smoke", "--checkpoint", str(wrong),
+                   "--images", str(images / "a.png"), "--out", str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "five_classes.pth" in err and "conv_seg" in err
+
+
+def test_missing_inputs_and_duplicate_stems(setup, tmp_path):
+    cfg, _, _, images, _ = setup
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth"):
+        predict(cfg, tmp_path / "nope.pth", [images / "a.png"], tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"missing\.png"):
+        collect_images([images / "missing.png"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        collect_images([empty])
+    twin = tmp_path / "a.jpg"
+    cv2.imwrite(str(twin), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="share the stem"):
+        collect_images([images / "a.png", twin])
+    assert collect_images([images, images / "a.png"]) == [images / "a.png", images / "b.jpg"]
