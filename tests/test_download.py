@@ -36,7 +36,7 @@ class Server:
             def do_GET(self) -> None:
                 outer.requests.append(("GET", self.path, self.headers.get("Range")))
                 url = urllib.parse.urlparse(self.path)
-                if url.path == "/login/":
+                if url.path == "/login":
                     self.send_response(200)
                     self.send_header("Set-Cookie", "csrftoken=abc; Path=/")
                     self.send_header("Content-Length", "0")
@@ -46,7 +46,7 @@ class Server:
                 if url.path in ("/file-handling/", "/md5-sum/"):
                     if "session=ok" not in (self.headers.get("Cookie") or ""):
                         self.send_response(302)
-                        self.send_header("Location", "/login/")
+                        self.send_header("Location", "/login")
                         self.send_header("Content-Length", "0")
                         self.end_headers()
                         return
@@ -86,7 +86,7 @@ class Server:
                 ok = form.get("username") == [outer.user] and form.get("password") == [
                     outer.password
                 ]
-                if self.path == "/login/" and ok and form.get("submit") == ["Login"]:
+                if self.path == "/login" and ok and form.get("submit") == ["Login"]:
                     self.send_response(302)
                     self.send_header("Set-Cookie", "session=ok; Path=/")
                     self.send_header("Location", "/")

@@ -381,7 +381,7 @@ def cityscapes_login(
     """
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), _NoRedirect())
-    login = f"{base_url.rstrip('/')}/login/"
+    login = f"{base_url.rstrip('/')}/login"  # no trailing slash, as cityscapesscripts
     try:
         opener.open(login, timeout=timeout).close()  # sets the csrf/session cookie
     except urllib.error.HTTPError as e:

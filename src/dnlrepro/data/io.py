@@ -75,7 +75,8 @@ def load_label(path: str | Path, reduce_zero_label: bool) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"label {path} could not be decoded ({e}); re-run prepare") from e
     if arr.ndim == 3 and arr.shape[2] >= 3:
-        arr = arr[..., ::-1]  # mmcv pillow backend returns BGR for colour images
+        arr = arr.copy()
+        arr[:, :, :3] = arr[:, :, 2::-1]  # mmcv's pillow backend: RGB(A) -> BGR(A)
     arr = np.ascontiguousarray(arr.squeeze()).astype(np.uint8)
     if arr.ndim != 2:
         raise DataError(f"label {path} has shape {arr.shape}; expected a single-channel image")
