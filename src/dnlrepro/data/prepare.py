@@ -165,7 +165,8 @@ def _convert_one(json_path: str) -> str | None:
 
 def _pool_map(fn: Callable[[Any], Any], items: list[Any], nproc: int, desc: str) -> list[Any]:
     if nproc > 1 and len(items) > 1:
-        with multiprocessing.get_context("fork").Pool(nproc) as pool:
+        # spawn, not fork: the caller may hold threads (torch, logging) whose locks fork copies.
+        with multiprocessing.get_context("spawn").Pool(nproc) as pool:
             it = pool.imap(fn, items, chunksize=8)
             return list(tqdm(it, total=len(items), desc=desc, leave=False, disable=None))
     return [fn(x) for x in tqdm(items, desc=desc, leave=False, disable=None)]
@@ -413,7 +414,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--expect-train", type=int, default=None, help="default: real count")
     parser.add_argument("--expect-val", type=int, default=None, help="default: real count")
-    parser.add_argument("--nproc", type=int, default=1, help="worker processes")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="worker processes for conversion/validation (default: min(8, CPUs))",
+    )
     parser.add_argument("--force", action="store_true", help="ignore an up-to-date manifest")
 
 
