@@ -55,17 +55,26 @@ def rescale_size(old_w: int, old_h: int, scale: Sequence[float]) -> tuple[int, i
     return int(old_w * float(factor) + 0.5), int(old_h * float(factor) + 0.5)
 
 
-def imresize(img: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
-    """cv2 resize to ``size=(w, h)`` (mmcv ``imresize``, cv2 backend)."""
-    if interpolation not in INTERPOLATION:
-        raise ValueError(
-            f"unknown interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATION)}"
-        )
-    return cv2.resize(img, size, interpolation=INTERPOLATION[interpolation])
+def imresize(
+    img: np.ndarray, size: tuple[int, int], interpolation: str | int = "bilinear"
+) -> np.ndarray:
+    """cv2 resize to ``size=(w, h)`` (mmcv ``imresize``, cv2 backend).
+
+    ``interpolation`` is an mmcv name (``"bilinear"``, ``"nearest"``, ...) or a cv2 flag.
+    """
+    if isinstance(interpolation, str):
+        if interpolation not in INTERPOLATION:
+            raise ValueError(
+                f"unknown interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATION)}"
+            )
+        interpolation = INTERPOLATION[interpolation]
+    if size[0] <= 0 or size[1] <= 0:
+        raise ValueError(f"target size must be positive (w, h), got {size}")
+    return cv2.resize(img, tuple(int(v) for v in size), interpolation=interpolation)
 
 
 def resize_keep_ratio(
-    img: np.ndarray, scale: Sequence[float], interpolation: str = "bilinear"
+    img: np.ndarray, scale: Sequence[float], interpolation: str | int = "bilinear"
 ) -> np.ndarray:
     """mmcv ``imrescale``: resize keeping the aspect ratio to fit the ``(long, short)`` scale."""
     h, w = img.shape[:2]
