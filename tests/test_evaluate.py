@@ -204,3 +204,13 @@ def test_cli_evaluate_writes_json_and_reports_errors_in_one_line(
     assert cli_main(argv) == 1
     err = capsys.readouterr().err
     assert str(missing) in err and err.count("\n") == 1
+
+
+def test_split_names_follow_the_dataset():
+    from dnlrepro.engine.evaluate import resolve_split
+
+    ade = load_config("dnl_r50-d8_512x512_80k_ade20k", "smoke")
+    cs = load_config(CONFIG, "smoke")
+    assert resolve_split(ade, "val") == "validation" and resolve_split(ade, None) == "validation"
+    assert resolve_split(cs, "val") == "val" and resolve_split(ade, "train") == "training"
+    assert resolve_split(cs, "test") == "test"  # anything else is a literal folder name
