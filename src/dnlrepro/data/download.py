@@ -293,7 +293,7 @@ def download_url(
         dest.unlink()
         _sidecar(dest).unlink(missing_ok=True)
     opener = opener or urllib.request.build_opener()
-    last: str = ""
+    last, bad_content = "", False  # last failure, and whether it was a verification failure
     for attempt in range(retries + 1):
         if attempt:
             delay = backoff * 2 ** (attempt - 1)
@@ -309,12 +309,12 @@ def download_url(
         try:
             _fetch_once(url, part, opener, timeout, headers or {})
         except _TransientError as e:
-            last = str(e)
+            last, bad_content = str(e), False
             continue
         problems = verify_file(part, **expect)
         if problems:
             # A complete-but-wrong file is never used: delete it so the retry starts fresh.
-            last = "; ".join(problems)
+            last, bad_content = "; ".join(problems), True
             logger.warning("%s failed verification: %s", name, last)
             part.unlink(missing_ok=True)
             continue
@@ -322,7 +322,7 @@ def download_url(
         _write_sidecar(dest, url)
         logger.info("downloaded %s (%d bytes)", dest, dest.stat().st_size)
         return dest
-    if "expected" in last or "zip" in last:
+    if bad_content:
         raise ChecksumError(
             f"{url}: downloaded file failed verification {retries + 1} times ({last}); the "
             f"server copy may have changed -- check the URL and expected hash"
