@@ -25,6 +25,7 @@ class Server:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.truncate_next: set[str] = set()  # serve half the body once, then hang up
+        self.fail_next: dict[str, int] = {}  # path -> number of 503 answers before success
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range)
         self.user, self.password = "alice", "s3cret-pw"
         outer = self
@@ -58,6 +59,10 @@ class Server:
                         return
                 if key not in outer.files:
                     self._send(404, b"not found")
+                    return
+                if outer.fail_next.get(key, 0) > 0:
+                    outer.fail_next[key] -= 1
+                    self._send(503, b"busy")
                     return
                 data = outer.files[key]
                 rng = self.headers.get("Range")
@@ -148,6 +153,17 @@ def test_download_resumes_after_interrupted_transfer(server: Server, tmp_path: P
     ranges = [r[2] for r in server.gets(path)]
     assert ranges[0] is None  # first attempt: whole file, cut off half way
     assert ranges[1] == f"bytes={len(data) // 2}-"  # second: only the missing tail
+
+
+def test_server_errors_are_retried_then_reported(server: Server, tmp_path: Path) -> None:
+    data = _payload(5_000, seed=5)
+    path = _named(data)
+    server.files[path] = data
+    server.fail_next[path] = 2
+    assert dl.download_url(server.url + path, tmp_path, backoff=0, retries=2).read_bytes() == data
+    server.fail_next[path] = 5
+    with pytest.raises(dl.DownloadError, match="503"):
+        dl.download_url(server.url + path, tmp_path / "b", backoff=0, retries=1)
 
 
 def test_download_checksum_mismatch_is_refused(server: Server, tmp_path: Path) -> None:
