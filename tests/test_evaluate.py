@@ -214,3 +214,43 @@ def test_split_names_follow_the_dataset():
     assert resolve_split(ade, "val") == "validation" and resolve_split(ade, None) == "validation"
     assert resolve_split(cs, "val") == "val" and resolve_split(ade, "train") == "training"
     assert resolve_split(cs, "test") == "test"  # anything else is a literal folder name
+
+
+def test_ade20k_reduce_zero_label_end_to_end(tmp_path):
+    """Raw ADE20K label 0 is ignored and k -> k-1 (§3.2) inside the real evaluation path."""
+    from dnlrepro.data import prepare, synth
+
+    synth.write_ade20k(tmp_path / "arch", n_train=1, n_val=2, min_size=24, max_size=40, seed=2)
+    root = tmp_path / "ade"
+    prepare.prepare("ade20k", tmp_path / "arch", root, expect=(1, 2))
+    for ann in (root / "annotations" / "validation").glob("*.png"):
+        raw = np.array(Image.open(ann))
+        raw[:6, :6] = 0  # make sure raw 'other' pixels exist: they must be ignored
+        Image.fromarray(raw).save(ann)
+    cfg = load_config(
+        "dnl_r50-d8_512x512_80k_ade20k",
+        "smoke",
+        overrides={"data.data_root": str(root), "test.img_scale": [64, 32]},
+    )
+    model = _model(cfg, seed=4)
+    result = evaluate_model(model, cfg, device="cpu")
+    c = cfg.model.num_classes
+    inter, union, lab = np.zeros(c), np.zeros(c), np.zeros(c)
+    for img_path in sorted((root / "images" / "validation").glob("*.jpg")):
+        img = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+        raw = np.array(Image.open(root / "annotations" / "validation" / f"{img_path.stem}.png"))
+        ((view, _),) = transforms.test_views(img, cfg.test.img_scale, (1.0,), False, cfg.data)
+        with torch.no_grad():
+            pred = model.inference(view[None], img.shape[:2]).argmax(1)[0].numpy()
+        keep = raw != 0
+        gt, pr = raw[keep].astype(np.int64) - 1, pred[keep]
+        for k in range(c):
+            i = np.sum((pr == k) & (gt == k))
+            inter[k] += i
+            union[k] += np.sum(pr == k) + np.sum(gt == k) - i
+            lab[k] += np.sum(gt == k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        miou = np.nanmean(inter / union)
+    assert result["single_scale"]["mIoU"] == round(miou * 100, 2)
+    assert result["single_scale"]["aAcc"] == round(inter.sum() / lab.sum() * 100, 2)
+    assert len(result["single_scale"]["IoU"]) == 150 and "bed " in result["single_scale"]["IoU"]

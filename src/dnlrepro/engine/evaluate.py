@@ -205,13 +205,13 @@ def evaluate_model(
         "ms_flip": acc_ms.to_percent(names) if acc_ms is not None else None,
         "image_count": acc_ss.count,
     }
-    logger.info(
-        "%s: mIoU %s, mAcc %s, aAcc %s%s (%d images)",
-        cfg.name, result["single_scale"]["mIoU"], result["single_scale"]["mAcc"],
-        result["single_scale"]["aAcc"],
-        f"; ms+flip mIoU {result['ms_flip']['mIoU']}" if result["ms_flip"] else "",
-        acc_ss.count,
-    )  # fmt: skip
+    if rank == 0:
+        ss, ms = result["single_scale"], result["ms_flip"]
+        logger.info(
+            "%s: mIoU %s, mAcc %s, aAcc %s%s (%d images)",
+            cfg.name, ss["mIoU"], ss["mAcc"], ss["aAcc"],
+            f"; ms+flip mIoU {ms['mIoU']}" if ms else "", acc_ss.count,
+        )  # fmt: skip
     return result
 
 
