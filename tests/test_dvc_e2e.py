@@ -1,6 +1,6 @@
 """End to end: the real DAG with `dvc repro` in a temporary copy, on an even smaller profile.
 
-The copy's smoke profile trains 2 iterations on 2+1 synthetic images and runs two of the twelve
+The copy's smoke profile trains 1 iteration on 2+1 synthetic images and runs two of the twelve
 configurations (one Cityscapes 769x769 slide/align_corners row, one ADE20K row); the tables must
 still list all 8 + 4 rows, with `-` where nothing was measured. Then the documented baseline
 workflow (`dnlrepro diff --update-baseline`, `dvc repro`) and the MLflow runs are checked.
@@ -32,9 +32,9 @@ def shrink(repo: Path) -> None:
         {
             "match": "*",
             "set": {
-                "schedule.max_iters": 2,
-                "schedule.checkpoint_interval": 2,
-                "schedule.eval_interval": 2,
+                "schedule.max_iters": 1,
+                "schedule.checkpoint_interval": 1,
+                "schedule.eval_interval": 1,
             },
         }
     )
