@@ -56,6 +56,8 @@ def test_synth_is_deterministic_and_in_the_real_layout(tmp_path: Path) -> None:
     names = zipfile.ZipFile(ade).namelist()
     assert "ADEChallengeData2016/images/training/ADE_train_00000001.jpg" in names
     assert "ADEChallengeData2016/annotations/validation/ADE_val_00000001.png" in names
+    info = zipfile.ZipFile(ade).read("ADEChallengeData2016/objectInfo150.txt").decode()
+    assert info.startswith("Idx\tRatio\tTrain\tVal\tName") and len(info.splitlines()) == 151
 
 
 def test_cityscapes_round_trip(cs_root: Path) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from dnlrepro.data.classes import ADE20K_PALETTE
+from dnlrepro.data.classes import ADE20K_CLASSES, ADE20K_PALETTE
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +310,10 @@ def write_ade20k(
     tex = _texture_params(151, seed=54321)
     path = out / "ADEChallengeData2016.zip"
     zf, tmp = _open_zip(path)
+    # For objectInfo150.txt: pixels per raw label, and images containing it per split.
+    pixels = np.zeros(151, np.int64)
+    present = {"train": np.zeros(151, np.int64), "val": np.zeros(151, np.int64)}
+    scenes = []
     with zf:
         for s, (split, n) in enumerate((("train", n_train), ("val", n_val))):
             folder = ADE20K_SPLITS[split]
@@ -317,6 +321,9 @@ def write_ade20k(
                 rng = np.random.default_rng([seed, 100 + s, i])
                 w, h = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
                 label = ade20k_label(rng, w, h)
+                counts = np.bincount(label.ravel(), minlength=151)
+                pixels += counts
+                present[split] += counts > 0
                 img = paint(label, colors, tex, rng)
                 ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
                 assert ok
@@ -325,6 +332,16 @@ def write_ade20k(
                 _zip_add(
                     zf, f"ADEChallengeData2016/annotations/{folder}/{stem}.png", _png_bytes(label)
                 )
+                scenes.append(f"{stem} synthetic\n")
+        # The two text files of the real archive (same names and columns).
+        ratio = pixels[1:] / max(int(pixels.sum()), 1)
+        rows = ["Idx\tRatio\tTrain\tVal\tName\n"] + [
+            f"{c}\t{ratio[c - 1]:.4f}\t{present['train'][c]}\t{present['val'][c]}\t"
+            f"{ADE20K_CLASSES[c - 1]}\n"
+            for c in range(1, 151)
+        ]
+        _zip_add(zf, "ADEChallengeData2016/objectInfo150.txt", "".join(rows).encode())
+        _zip_add(zf, "ADEChallengeData2016/sceneCategories.txt", "".join(scenes).encode())
     os.replace(tmp, path)
     logger.info("wrote synthetic ADE20K (%d train, %d val) to %s", n_train, n_val, path)
     return [path]
