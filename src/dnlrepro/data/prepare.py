@@ -60,7 +60,7 @@ DEFAULT_ROOTS: dict[str, str] = {
     "cityscapes": "data/cityscapes",
     "ade20k": "data/ade/ADEChallengeData2016",
 }
-MAX_LISTED = 50
+MAX_LISTED = 20  # in the exception; the log lists every problem
 
 
 class PrepareError(ValueError):
@@ -221,12 +221,12 @@ def _check_pair(task: tuple[str, str, str, str]) -> tuple[dict[str, Any], list[s
     return entries, problems
 
 
-def _pairs(root: Path, layout: Layout, split: str) -> tuple[list[tuple[str, str]], list[str]]:
-    """(image, label) relative paths of a split, plus missing-pair problems."""
+def _pairs(root: Path, layout: Layout, split: str) -> tuple[list[tuple[str, str]], int, list[str]]:
+    """(image, label) relative paths of a split, the number of images, missing-pair problems."""
     img_dir, ann_dir = root / layout.img_dir / split, root / layout.ann_dir / split
     problems = [f"missing folder {d}" for d in (img_dir, ann_dir) if not d.is_dir()]
     if problems:
-        return [], problems
+        return [], 0, problems
     imgs = {
         str(p.relative_to(img_dir))[: -len(layout.img_suffix)]: p
         for p in img_dir.rglob(f"*{layout.img_suffix}")
@@ -243,7 +243,7 @@ def _pairs(root: Path, layout: Layout, split: str) -> tuple[list[tuple[str, str]
         (str(imgs[k].relative_to(root)), str(anns[k].relative_to(root)))
         for k in sorted(imgs.keys() & anns.keys())
     ]
-    return pairs, problems
+    return pairs, len(imgs), problems
 
 
 def validate(
@@ -255,9 +255,8 @@ def validate(
     counts: dict[str, int] = {}
     problems: list[str] = []
     for split, n_expected in zip(SPLITS[dataset], expect, strict=True):
-        pairs, missing = _pairs(data_root, layout, split)
+        pairs, n_images, missing = _pairs(data_root, layout, split)
         problems += missing
-        n_images = len(pairs) + sum("no label" in m for m in missing)
         counts[split] = n_images
         if n_images != n_expected:
             problems.append(
@@ -288,11 +287,14 @@ def validate_or_raise(
 
 
 def _raise_problems(problems: list[str], data_root: Path) -> None:
-    listed = "\n  ".join(problems[:MAX_LISTED])
-    more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    for p in problems:  # the log gets one line per problem ...
+        logger.error("%s", p)
+    # ... the exception one line in all (the CLI prints it as one line), the first few listed.
+    listed = "; ".join(problems[:MAX_LISTED])
+    more = f"; ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
     raise PrepareError(
         f"{data_root}: {len(problems)} problem(s) found; fix or re-fetch these files and run "
-        f"prepare again:\n  {listed}{more}"
+        f"prepare again: {listed}{more}"
     )
 
 
