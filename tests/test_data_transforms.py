@@ -207,6 +207,29 @@ def test_normalize_bgr_to_rgb_and_values() -> None:
     assert x_bgr[0, 0, 0] > 0 > x_bgr[2, 0, 0]
 
 
+def _mmcv_imnormalize(img: np.ndarray, mean, std, to_rgb: bool) -> np.ndarray:
+    """mmseg Normalize -> mmcv imnormalize, as written there (float32 mean/std, cv2 ops)."""
+    mean = np.float64(np.array(mean, dtype=np.float32).reshape(1, -1))
+    stdinv = 1 / np.float64(np.array(std, dtype=np.float32).reshape(1, -1))
+    img = img.copy().astype(np.float32)
+    if to_rgb:
+        cv2.cvtColor(img, cv2.COLOR_BGR2RGB, img)
+    cv2.subtract(img, mean, img)
+    cv2.multiply(img, stdinv, img)
+    return img
+
+
+def test_normalize_is_bit_exact_with_mmcv() -> None:
+    cfg = _cfg()
+    every = np.stack([np.arange(256, dtype=np.uint8)] * 3, -1)[None]  # all values, all channels
+    noise = np.random.default_rng(3).integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    for img in (every, noise):
+        for to_rgb in (True, False):
+            ours = T.normalize(img, cfg.mean, cfg.std, to_rgb).numpy()
+            ref = _mmcv_imnormalize(img, cfg.mean, cfg.std, to_rgb).transpose(2, 0, 1)
+            np.testing.assert_array_equal(ours, ref)
+
+
 def test_test_views_single_and_ms_flip_order() -> None:
     cfg = _cfg()
     img = np.random.default_rng(1).integers(0, 256, (37, 91, 3), dtype=np.uint8)

@@ -201,17 +201,20 @@ def photometric_distortion(
 def _normalize_into(
     out: np.ndarray, img_bgr: np.ndarray, mean: Sequence[float], std: Sequence[float], to_rgb: bool
 ) -> None:
-    # mmcv imnormalize: float32 image, BGR->RGB, subtract mean, multiply by 1/std. cv2 applies
-    # the float64 mean and 1/std as float32 scalars, so float32 numpy arithmetic is identical.
-    # Written channel by channel straight into the CHW output to avoid an HWC float copy.
+    # mmcv imnormalize_ on a float32 image: BGR->RGB, cv2.subtract(img, float64 mean),
+    # cv2.multiply(img, float64 1/std). mmseg's Normalize first stores mean/std as float32, and
+    # cv2 does each scalar op in float64 and rounds the result to float32. Replicated bit for
+    # bit: the subtraction is exact in float32 (uint8 minus a float32 value), the multiplication
+    # runs in float64 (a float64 operand) and is rounded into the float32 output. Written
+    # channel by channel straight into the CHW output to avoid an HWC float copy.
     h, w = img_bgr.shape[:2]
-    mean32 = np.asarray(mean, dtype=np.float64).astype(np.float32)
-    stdinv32 = (1.0 / np.asarray(std, dtype=np.float64)).astype(np.float32)
+    mean32 = np.asarray(mean, dtype=np.float32)
+    stdinv64 = 1.0 / np.asarray(std, dtype=np.float32).astype(np.float64)
     for c in range(3):
         src = 2 - c if to_rgb else c
         dst = out[c, :h, :w]
         np.subtract(img_bgr[:, :, src], mean32[c], out=dst, dtype=np.float32)
-        dst *= stdinv32[c]
+        np.multiply(dst, stdinv64[c], out=dst, casting="same_kind")
 
 
 def normalize(
