@@ -97,6 +97,11 @@ class SegDataset(torch.utils.data.Dataset):
         self.cfg_data = cfg_data
         self.layout = LAYOUTS[cfg_data.dataset]
         self.reduce_zero_label = bool(cfg_data.reduce_zero_label)
+        if self.reduce_zero_label != self.layout.reduce_zero_label:
+            raise ValueError(
+                f"data.reduce_zero_label is {self.reduce_zero_label} but {cfg_data.dataset} "
+                f"requires {self.layout.reduce_zero_label} (fact sheet §3.2); fix the config"
+            )
         self.root = resolve_data_root(cfg_data.data_root)
         self.split, self.mode, self.seed = split, mode, seed
         imgs, anns = scan_pairs(self.root, self.layout, split)
