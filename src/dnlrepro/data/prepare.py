@@ -388,6 +388,8 @@ def prepare(
     extract(dataset, archives_dir, data_root)  # not current: files may be missing or stale
     problems = convert_cityscapes(data_root, nproc) if dataset == "cityscapes" else []
     files, counts = validate_or_raise(dataset, data_root, expect, nproc, problems)
+    if fp:
+        logger.info("hashing %d archive(s) for the manifest", len(fp))
     manifest = {
         "dataset": dataset,
         "archives": {n: {**v, "sha256": _sha256(archives_dir / n)} for n, v in fp.items()},
