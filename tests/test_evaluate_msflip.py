@@ -75,8 +75,9 @@ def test_ms_flip_is_mean_of_twelve_softmax_views_whole_mode():
 def test_ms_flip_matches_model_aug_test_in_slide_mode():
     cfg = _tiny_cfg(
         "dnl_r50-d8_769x769_40k_cityscapes",
-        # Two ratios keep this CPU test short; one window is larger than the r=0.75 image.
-        **{"test.crop_size": [33, 33], "test.stride": [22, 22], "test.ms_ratios": [0.75, 1.25]},
+        # Two ratios keep this CPU test short: at r=0.5 the window is larger than the image
+        # (fed unpadded, §5.2); r=1.0 is the reused single-scale view.
+        **{"test.crop_size": [33, 33], "test.stride": [22, 22], "test.ms_ratios": [0.5, 1.0]},
     )
     assert cfg.test.mode == "slide" and cfg.model.align_corners
     model = _model(cfg, seed=1)

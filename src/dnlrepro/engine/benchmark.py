@@ -136,7 +136,9 @@ def benchmark_inference(
                     )  # fmt: skip
     finally:
         net.train(was_training)
-    fps = round((num_images - warmup) / total, 2) if total > 0 else float("inf")
+    if total <= 0:  # perf_counter cannot resolve the timed work: no meaningful fps
+        raise RuntimeError(f"timed {num_images - warmup} images in {total} s; raise --num-images")
+    fps = round((num_images - warmup) / total, 2)
     return {
         "fps": fps,
         # .dev/md2yml.py derives the metafiles' ms/im from the README's 2-decimal fps.
