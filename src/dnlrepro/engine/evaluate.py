@@ -485,7 +485,10 @@ def evaluate(
         if out is not None:
             logger.info("wrote %s", write_json(payload, out))
         if track:
-            log_to_mlflow(cfg, payload)
+            try:
+                log_to_mlflow(cfg, payload)
+            except Exception as e:  # MLflow is a view of the JSON: never fail the evaluation
+                logger.warning("MLflow logging failed (%s: %s)", type(e).__name__, e)
     return payload
 
 
