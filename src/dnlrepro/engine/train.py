@@ -141,7 +141,10 @@ def _train(
 
     # -- model, optimizer, resume state --------------------------------------------------------
     torch.manual_seed(sched.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
-    resume_path = checkpointing.find_resume(work_dir) if resume == "auto" else None
+    # Rank 0 decides which checkpoint to resume; every rank then loads that file (the work dir
+    # must be on a filesystem all ranks share, as mmcv's resume also assumes).
+    resume_path = checkpointing.find_resume(work_dir) if resume == "auto" and info.is_main else None
+    resume_path = distributed.broadcast_object(resume_path, info)
     ckpt = checkpointing.load_resume(resume_path, cfg) if resume_path else None
     model = _build_model(cfg, info, pretrained if ckpt is None else "none")
     optimizer = schedule.build_optimizer(model, sched)
@@ -341,8 +344,11 @@ def _build_model(cfg: Config, info: DistInfo, pretrained: str | None) -> nn.Modu
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     if info.distributed and cfg.model.norm == "SyncBN":
+        # models.convert_sync_batchnorm keeps plain BN (and says so) where SyncBN cannot run,
+        # e.g. on CPU: PyTorch's SyncBatchNorm only trains on GPUs.
         model = models.convert_sync_batchnorm(model)
-        logger.info("SyncBN across %d processes", info.world_size)
+        if any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
+            logger.info("SyncBN across %d processes", info.world_size)
     elif cfg.model.norm == "SyncBN":
         logger.info(
             "not distributed: SyncBN runs as plain BN, so BN statistics are per-process "
@@ -391,6 +397,9 @@ def _build_loader(cfg: Config, info: DistInfo, start: int) -> torch.utils.data.D
         pin_memory=info.device.type == "cuda",
         persistent_workers=workers > 0,
         drop_last=True,
+        # Its own generator: iter(loader) draws a base seed, and drawing it from the global RNG
+        # would shift the dropout stream of a resumed run by one draw.
+        generator=torch.Generator().manual_seed(cfg.schedule.seed),
     )
 
 
