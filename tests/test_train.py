@@ -148,6 +148,14 @@ def test_kill_and_resume_reaches_the_same_weights(
     assert not torch.equal(init["state_dict"]["decode_head.conv_seg.weight"],
                            resumed["decode_head.conv_seg.weight"])  # fmt: skip
 
+    # Re-running a finished command trains nothing more and reports the same run.
+    again = train.train(cfg, work_dir, track=False)
+    assert again["resumed_from_iteration"] == 4
+    assert again["final_train_losses"] == summary["final_train_losses"]
+    assert again["last_validation"] == summary["last_validation"]
+    assert torch.equal(state_dict_of(work_dir / "final.pth")["decode_head.conv_seg.weight"],
+                       resumed["decode_head.conv_seg.weight"])  # fmt: skip
+
 
 @pytest.mark.slow
 def test_summary_and_final_checkpoint(full_run: dict[str, Any]) -> None:

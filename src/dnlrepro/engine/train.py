@@ -163,7 +163,11 @@ def _train(
     batches = iter(loader)
 
     memory_kind = "cuda_max_memory_allocated" if dev.type == "cuda" else "cpu_max_rss"
-    meter, final_losses = _Meter(), {}
+    meter = _Meter()
+    # The last logged averages; restored from the history when resuming a finished run.
+    final_losses = {
+        k: v for k, v in (history["train"] or [{}])[-1].items() if k not in ("iter", "lr")
+    }
     loop_start, loop_start_iter = time.perf_counter(), start_iter
     tracker_ctx = Tracker(cfg, "train", enabled=info.is_main and track)
     with tracker_ctx as tracker:
