@@ -285,7 +285,7 @@ def _train(
             logger.info(
                 "training done: %d iterations, mIoU %.2f, final weights %s (sha256 %s)",
                 sched.max_iters,
-                float(last_val.get("mIoU", float("nan"))),
+                _num(last_val.get("mIoU")),
                 final,
                 summary["checkpoint_sha256"][:12],
             )
