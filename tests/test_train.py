@@ -11,9 +11,12 @@ import http.server
 import json
 import logging
 import math
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -421,3 +424,44 @@ def test_cli_reports_a_refused_resume_in_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("dnlrepro train: error:") and "\n" not in err
     assert "different configuration" in err and "--resume never" in err
+
+
+@pytest.mark.slow
+def test_sigkill_then_same_command_resumes_to_the_same_weights(
+    full_run: dict[str, Any], cityscapes_root: Path, tmp_path: Path
+) -> None:
+    """A real kill -9 of `dnlrepro train` right after its first checkpoint; the same command
+    again finishes with the weights of the uninterrupted in-process run (same config digest)."""
+    work_dir = tmp_path / "wd"
+    cmd = [
+        sys.executable, "-m", "dnlrepro.cli", "train", "--config", CFG, "--profile", "smoke",
+        "--work-dir", str(work_dir), "--no-track", "--device", "cpu",
+        "--set", f"data.data_root={cityscapes_root}", "--set", "schedule.max_iters=4",
+        "--set", "schedule.checkpoint_interval=2", "--set", "schedule.eval_interval=4",
+        "--set", "schedule.log_interval=1",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same kernels as the 1-thread reference
+    log = tmp_path / "killed.log"  # a file, not a pipe: a full pipe would block the child
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 600
+            while not (work_dir / "latest.pth").exists():
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (work_dir / "final.pth").exists()  # killed mid-run, not after it finished
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stderr
+    resumed = state_dict_of(work_dir / "final.pth")
+    reference = state_dict_of(full_run["dir"] / "final.pth")
+    different = [k for k in reference if not torch.equal(resumed[k], reference[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
