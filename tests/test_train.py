@@ -465,3 +465,21 @@ def test_sigkill_then_same_command_resumes_to_the_same_weights(
     reference = state_dict_of(full_run["dir"] / "final.pth")
     different = [k for k in reference if not torch.equal(resumed[k], reference[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_loader_workers_do_not_change_the_batches(cityscapes_root: Path, tmp_path: Path) -> None:
+    """Per-sample seeds from the sampler: 0 or 2 data-loader workers train the same weights."""
+    finals = []
+    for workers in (0, 2):
+        cfg = tiny_cfg(
+            cityscapes_root,
+            **{
+                "data.workers_per_gpu": workers,
+                "schedule.max_iters": 2,
+                "schedule.eval_interval": 2,
+            },
+        )
+        train.train(cfg, tmp_path / f"w{workers}", track=False, eval_max_images=1)
+        finals.append(state_dict_of(tmp_path / f"w{workers}" / "final.pth"))
+    different = [k for k in finals[0] if not torch.equal(finals[0][k], finals[1][k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
