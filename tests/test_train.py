@@ -312,6 +312,7 @@ def test_two_process_gloo_run_under_torchrun(cityscapes_root: Path, tmp_path: Pa
     assert summary["published_batch"] == 2
     assert "effective batch 4 differs from the published 2" in output
     assert "backend gloo, rank 1/2" in output
+    assert "using CPUSyncBatchNorm" in output  # SyncBN semantics on CPU too (§3.5)
     assert summary["last_validation"]["image_count"] == 3  # both shards were summed
     assert 0 <= summary["last_validation"]["mIoU"] <= 100
     assert (work_dir / "final.pth").is_file()

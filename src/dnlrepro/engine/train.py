@@ -348,11 +348,10 @@ def _build_model(cfg: Config, info: DistInfo, pretrained: str | None) -> nn.Modu
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     if info.distributed and cfg.model.norm == "SyncBN":
-        # models.convert_sync_batchnorm keeps plain BN (and says so) where SyncBN cannot run,
-        # e.g. on CPU: PyTorch's SyncBatchNorm only trains on GPUs.
+        # nn.SyncBatchNorm on GPUs, CPUSyncBatchNorm (gloo all_reduce) on CPU: BN statistics
+        # over the whole effective batch, as the published 4-GPU runs (§3.5).
         model = models.convert_sync_batchnorm(model)
-        if any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
-            logger.info("SyncBN across %d processes", info.world_size)
+        logger.info("SyncBN across %d processes", info.world_size)
     elif cfg.model.norm == "SyncBN":
         logger.info(
             "not distributed: SyncBN runs as plain BN, so BN statistics are per-process "

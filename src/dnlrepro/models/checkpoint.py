@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dnlrepro.models.sync_bn import CPUSyncBatchNorm, to_cpu_sync_bn
+
 logger = logging.getLogger(__name__)
 
 # mmcv v1.7.2 ``model_zoo/open_mmlab.json`` (§2.2); names also accepted as open-mmlab://NAME.
@@ -239,13 +241,14 @@ _SYNC_DEVICES = ("cuda", "hpu", "xpu")
 
 
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """BatchNorm2d -> SyncBatchNorm when the config asks for SyncBN and it can work.
+    """BatchNorm2d -> synchronised BN when the config asks for SyncBN in a multi-process run.
 
-    Converts only when ``cfg.model.norm == "SyncBN"``, a process group with more than one rank is
-    initialised and the model lives on a GPU (PyTorch's SyncBatchNorm refuses CPU tensors in
-    training). Otherwise returns the model unchanged and logs why: BN statistics are then per
-    process, which differs from the published 4-GPU SyncBN runs (§8 "SyncBN on one GPU").
-    Call it after moving the model to its device and before wrapping it in DDP.
+    Converts only when ``cfg.model.norm == "SyncBN"`` and a process group with more than one rank
+    is initialised (otherwise BN statistics are per process, which differs from the published
+    4-GPU SyncBN runs, §8 "SyncBN on one GPU"). On GPUs this is ``nn.SyncBatchNorm``; on CPU
+    (gloo), where PyTorch's SyncBatchNorm refuses to train, it is :class:`CPUSyncBatchNorm`, which
+    reduces the same statistics with an autograd-aware all_reduce. Call it after moving the model
+    to its device and before wrapping it in DDP.
     """
     norm = getattr(_unwrap(model), "norm", "SyncBN")
     if norm != "SyncBN":
@@ -254,16 +257,16 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
         logger.info("SyncBN requested but not distributed: using plain BatchNorm2d")
         return model
     device = next(model.parameters()).device.type
-    if device not in _SYNC_DEVICES:
-        logger.warning("SyncBN needs a GPU (model on %s): BN statistics stay per process", device)
-        return model
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if device in _SYNC_DEVICES:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    logger.info("SyncBN on %s: using CPUSyncBatchNorm (statistics reduced over gloo)", device)
+    return to_cpu_sync_bn(model)
 
 
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """SyncBatchNorm -> BatchNorm2d (same parameters and statistics), e.g. for CPU evaluation."""
     out = module
-    if isinstance(module, nn.SyncBatchNorm):
+    if isinstance(module, nn.SyncBatchNorm | CPUSyncBatchNorm):
         out = nn.BatchNorm2d(
             module.num_features,
             module.eps,
