@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dnlrepro.config import load_config
+from dnlrepro.data.download import sha256_prefix_from_name
 from dnlrepro.models import (
     PRETRAINED_URLS,
     EncoderDecoder,
@@ -25,7 +26,6 @@ from dnlrepro.models import (
     read_checkpoint,
     revert_sync_batchnorm,
     save_checkpoint,
-    sha256_prefix_of,
 )
 
 CITY = "dnl_r50-d8_512x1024_40k_cityscapes"
@@ -192,9 +192,9 @@ def test_pretrained_urls_and_hash_prefix() -> None:
         u.startswith("https://download.openmmlab.com/pretrain/third_party/")
         for u in PRETRAINED_URLS.values()
     )
-    assert sha256_prefix_of(PRETRAINED_URLS["resnet50_v1c"]) == "2cccc1ad"
-    assert sha256_prefix_of(PRETRAINED_URLS["resnet101_v1c"]) == "e67eebb6"
-    assert sha256_prefix_of("latest.pth") is None
+    assert sha256_prefix_from_name(PRETRAINED_URLS["resnet50_v1c"]) == "2cccc1ad"
+    assert sha256_prefix_from_name(PRETRAINED_URLS["resnet101_v1c"]) == "e67eebb6"
+    assert sha256_prefix_from_name("latest.pth") is None
 
 
 def test_sync_batchnorm_conversion(model: EncoderDecoder) -> None:

@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from dnlrepro.config import Config, load_config
+from dnlrepro.data.download import file_digest
 from dnlrepro.engine import checkpointing, schedule, train
 from dnlrepro.engine.checkpointing import ResumeError
 from dnlrepro.engine.train import NonFiniteLossError
@@ -181,7 +182,7 @@ def test_summary_and_final_checkpoint(full_run: dict[str, Any]) -> None:
     )
     final = work_dir / "final.pth"
     assert summary["checkpoint"] == str(final.resolve())
-    assert summary["checkpoint_sha256"] == checkpointing.sha256_file(final)
+    assert summary["checkpoint_sha256"] == file_digest(final)
 
     # final.pth: mmseg's released layout (no optimizer) with config text, CLASSES, PALETTE.
     ckpt = torch.load(final, map_location="cpu", weights_only=True)

@@ -105,7 +105,7 @@ class _TransientError(Exception):
 
 def sha256_prefix_from_name(name: str) -> str | None:
     """The hex hash at the end of an OpenMMLab/torch-hub file name (``x-53d4ea93.pth``)."""
-    m = _NAME_HASH.search(name)
+    m = _NAME_HASH.search(name.split("?")[0])
     return m.group(1) if m else None
 
 

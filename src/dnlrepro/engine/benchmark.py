@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from dnlrepro.config import PROFILES, Config, load_config
+from dnlrepro.data.download import file_digest
 from dnlrepro.engine.evaluate import (
     SINGLE_SCALE,
     load_model,
     resolve_split,
-    sha256_file,
     unwrap,
     write_json,
 )
@@ -237,7 +237,7 @@ def benchmark(
     try:
         if checkpoint is not None:
             model, _, local = load_model(cfg, checkpoint, device)
-            sha = sha256_file(local)
+            sha = file_digest(local)
         else:
             torch.manual_seed(0)
             model = models.build_segmentor(cfg)

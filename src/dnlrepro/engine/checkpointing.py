@@ -13,7 +13,6 @@ is refused with :class:`ResumeError` instead of silently continuing another expe
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -150,14 +149,6 @@ def load_resume(path: Path, cfg: Config) -> dict[str, Any]:
             "--work-dir, or --resume never to start from scratch in this one"
         )
     return ckpt
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _iter_checkpoints(work_dir: Path) -> list[tuple[int, Path]]:

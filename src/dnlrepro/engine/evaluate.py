@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -35,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from dnlrepro.config import PROFILES, Config, load_config
+from dnlrepro.data.download import file_digest
 from dnlrepro.engine.metrics import IoUAccumulator
 
 logger = logging.getLogger(__name__)
@@ -218,14 +218,6 @@ def evaluate_model(
 # ---------------------------------------------------------------------------------------------
 # Checkpoint + model
 # ---------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_checkpoint(path_or_url: str | Path) -> Path:
@@ -473,7 +465,7 @@ def evaluate(
         "protocol": build_protocol(
             cfg,
             checkpoint,
-            sha256_file(local) if rank == 0 else None,
+            file_digest(local) if rank == 0 else None,
             resolve_split(cfg, split),
             ms_flip,
             result["image_count"],

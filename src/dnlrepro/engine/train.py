@@ -36,6 +36,7 @@ import yaml
 from torch import nn
 
 from dnlrepro.config import PROFILES, Config, ConfigError, load_config, profile_settings
+from dnlrepro.data.download import file_digest
 from dnlrepro.engine import checkpointing, distributed, schedule
 from dnlrepro.engine.distributed import DistInfo
 from dnlrepro.engine.sampler import InfiniteDistributedSampler
@@ -276,7 +277,7 @@ def _train(
                 "final_train_losses": final_losses,
                 "last_validation": last_val,
                 "checkpoint": str(final.resolve()),
-                "checkpoint_sha256": checkpointing.sha256_file(final),
+                "checkpoint_sha256": file_digest(final),
             }
             if summary_out is not None:
                 Path(summary_out).parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ from dnlrepro.models.checkpoint import (
     read_checkpoint,
     revert_sync_batchnorm,
     save_checkpoint,
-    sha256_prefix_of,
 )
 from dnlrepro.models.dnl_block import DisentangledNonLocal2d
 from dnlrepro.models.heads import DNLHead, FCNHead
@@ -44,7 +43,6 @@ __all__ = [
     "read_checkpoint",
     "revert_sync_batchnorm",
     "save_checkpoint",
-    "sha256_prefix_of",
 ]
 
 

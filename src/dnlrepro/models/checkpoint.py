@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import re
 import tempfile
 import time
 from collections.abc import Mapping
@@ -24,26 +23,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+# PRETRAINED_URLS (§2.2) is re-exported from here; names are also accepted as open-mmlab://NAME.
+from dnlrepro.data.download import PRETRAINED_URLS, download_url, sha256_prefix_from_name
 from dnlrepro.models.sync_bn import CPUSyncBatchNorm, to_cpu_sync_bn
 
 logger = logging.getLogger(__name__)
 
-# mmcv v1.7.2 ``model_zoo/open_mmlab.json`` (§2.2); names also accepted as open-mmlab://NAME.
-PRETRAINED_URLS: dict[str, str] = {
-    "resnet50_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth",
-    "resnet101_v1c": (
-        "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth"
-    ),
-}
-
-_HASH_SUFFIX = re.compile(r"-([0-9a-f]{8})\.pth$")
 _MAX_LISTED = 10
-
-
-def sha256_prefix_of(name: str) -> str | None:
-    """The 8-hex sha256 prefix at the end of an OpenMMLab file name, or None."""
-    m = _HASH_SUFFIX.search(name.split("?")[0])
-    return m.group(1) if m else None
 
 
 def resolve_path(path_or_url: str | os.PathLike, download_dir: Path | None = None) -> Path:
@@ -57,9 +43,7 @@ def resolve_path(path_or_url: str | os.PathLike, download_dir: Path | None = Non
     if s in PRETRAINED_URLS:
         s = PRETRAINED_URLS[s]
     if s.startswith(("http://", "https://")):
-        from dnlrepro.data.download import download_url  # lazy: data pulls in heavier deps
-
-        return Path(download_url(s, download_dir, sha256_prefix=sha256_prefix_of(s)))
+        return Path(download_url(s, download_dir, sha256_prefix=sha256_prefix_from_name(s)))
     p = Path(s)
     if not p.is_file():
         raise FileNotFoundError(
