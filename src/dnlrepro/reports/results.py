@@ -132,9 +132,11 @@ def load_measured(name: str, results_dir: str | Path = RESULTS_DIR) -> Measured:
 
 
 def device_of(measured: Measured) -> str | None:
-    """Where the numbers were measured (benchmark's device, else the training summary's)."""
+    """Where the numbers were measured, e.g. ``cpu (x86_64)`` or ``NVIDIA H100``."""
     for source in (measured.benchmark, measured.train, measured.protocol):
-        for key in ("device_name", "device", "gpu"):
-            if source.get(key):
-                return str(source[key])
+        name, kind = source.get("device_name"), source.get("device")
+        if name and kind and str(kind) not in str(name):
+            return f"{kind} ({name})"
+        if name or kind:
+            return str(name or kind)
     return None
