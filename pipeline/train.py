@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -62,6 +63,11 @@ def train(name: str, profile: str, settings: dict, final: Path, summary: Path) -
     if not produced.is_file():
         raise FileNotFoundError(f"`dnlrepro train` finished without writing {produced}")
     produced.replace(final)
+    # The summary names the scratch file, which is moved and then deleted: point it at the
+    # declared output, relative to the repository root (the file is committed).
+    data = json.loads(summary.read_text(encoding="utf-8"))
+    data["checkpoint"] = str(final)
+    write_json(summary, data)
     # The run is complete: nothing is left to resume, and 12 stale copies would fill the disk.
     shutil.rmtree(WORK_DIRS / name / "scratch", ignore_errors=True)
 
