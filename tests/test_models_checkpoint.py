@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
-from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -141,24 +137,6 @@ def fake_v1c_file(model: EncoderDecoder, folder: Path, seed: int = 5) -> tuple[P
     path = folder / f"resnet50_v1c-{prefix}.pth"
     tmp.rename(path)
     return path, sd
-
-
-@pytest.fixture()
-def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A local HTTP server on 127.0.0.1 serving a folder the test fills."""
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def test_pretrained_backbone_from_url(other: EncoderDecoder, http_dir, tmp_path: Path) -> None:

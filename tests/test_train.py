@@ -6,8 +6,6 @@ so each iteration costs seconds on 2 CPU cores; the expensive runs share module 
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import logging
 import math
@@ -15,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -322,31 +319,15 @@ def test_two_process_gloo_run_under_torchrun(cityscapes_root: Path, tmp_path: Pa
     assert len(ckpt["rng"]) == 2  # every rank's dropout RNG, for an exact resume
 
 
-@pytest.fixture
-def served_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A folder served over HTTP on 127.0.0.1 (no internet in tests)."""
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_pretrained_backbone_is_downloaded_and_loaded(
-    served_dir: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    http_dir: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """cfg.model.backbone.pretrained -> PRETRAINED_URLS -> download -> backbone weights (§2.2)."""
     from dnlrepro import models
     from dnlrepro.data import download
     from dnlrepro.engine.distributed import DistInfo
 
-    root, url = served_dir
+    root, url = http_dir
     cfg = load_config(CFG, "smoke", overrides={"model.backbone.pretrained": "resnet50_v1c"})
     torch.manual_seed(123)
     source = models.build_segmentor(cfg).backbone.state_dict()

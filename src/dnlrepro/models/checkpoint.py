@@ -25,7 +25,7 @@ from torch import nn
 
 # PRETRAINED_URLS (§2.2) is re-exported from here; names are also accepted as open-mmlab://NAME.
 from dnlrepro.data.download import PRETRAINED_URLS, download_url, sha256_prefix_from_name
-from dnlrepro.models.sync_bn import CPUSyncBatchNorm, to_cpu_sync_bn
+from dnlrepro.models.sync_bn import CPUSyncBatchNorm, swap_batchnorm, to_cpu_sync_bn
 
 logger = logging.getLogger(__name__)
 
@@ -248,24 +248,5 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """SyncBatchNorm -> BatchNorm2d (same parameters and statistics), e.g. for CPU evaluation."""
-    out = module
-    if isinstance(module, nn.SyncBatchNorm | CPUSyncBatchNorm):
-        out = nn.BatchNorm2d(
-            module.num_features,
-            module.eps,
-            module.momentum,
-            module.affine,
-            module.track_running_stats,
-        )
-        if module.affine:
-            with torch.no_grad():
-                out.weight = module.weight
-                out.bias = module.bias
-        out.running_mean = module.running_mean
-        out.running_var = module.running_var
-        out.num_batches_tracked = module.num_batches_tracked
-        out.training = module.training
-    for name, child in module.named_children():
-        out.add_module(name, revert_sync_batchnorm(child))
-    return out
+    """SyncBatchNorm / CPUSyncBatchNorm -> BatchNorm2d (same tensors), e.g. for CPU evaluation."""
+    return swap_batchnorm(module, (nn.SyncBatchNorm, CPUSyncBatchNorm), nn.BatchNorm2d)

@@ -58,11 +58,14 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
         return y
 
 
-def to_cpu_sync_bn(module: nn.Module) -> nn.Module:
-    """Every ``nn.BatchNorm2d`` in ``module`` -> :class:`CPUSyncBatchNorm` (tensors shared)."""
+def swap_batchnorm(module: nn.Module, match: tuple[type, ...], cls: type) -> nn.Module:
+    """Replace every BN layer whose exact type is in ``match`` by ``cls``, sharing its tensors.
+
+    Parameters and buffers are the same objects, so the state dict (keys and values) is unchanged.
+    """
     out = module
-    if type(module) is nn.BatchNorm2d:
-        out = CPUSyncBatchNorm(
+    if type(module) in match:
+        out = cls(
             module.num_features,
             module.eps,
             module.momentum,
@@ -77,5 +80,10 @@ def to_cpu_sync_bn(module: nn.Module) -> nn.Module:
         out.num_batches_tracked = module.num_batches_tracked
         out.training = module.training
     for name, child in module.named_children():
-        out.add_module(name, to_cpu_sync_bn(child))
+        out.add_module(name, swap_batchnorm(child, match, cls))
     return out
+
+
+def to_cpu_sync_bn(module: nn.Module) -> nn.Module:
+    """Every ``nn.BatchNorm2d`` in ``module`` -> :class:`CPUSyncBatchNorm` (tensors shared)."""
+    return swap_batchnorm(module, (nn.BatchNorm2d,), CPUSyncBatchNorm)
