@@ -39,10 +39,14 @@ def _manual_view_probs(model, cfg, img_bgr, ratio, flip):
     img = cv2.resize(img_bgr, size, interpolation=cv2.INTER_LINEAR)
     if flip:
         img = img[:, ::-1]
-    rgb = img[..., ::-1].astype(np.float32)
-    # mmcv imnormalize multiplies by 1/std (float32), which rounds differently from a divide.
-    stdinv = (1.0 / np.asarray(cfg.data.std, np.float64)).astype(np.float32)
-    x = (rgb - np.asarray(cfg.data.mean, np.float64).astype(np.float32)) * stdinv
+    # mmcv 1.x imnormalize, written out: float32 image, BGR->RGB, then cv2 subtract / multiply
+    # with float64 mean and 1/std of the float32 config values (rounds unlike a plain divide).
+    x = np.ascontiguousarray(img).astype(np.float32)
+    mean = np.float64(np.asarray(cfg.data.mean, np.float32).reshape(1, -1))
+    stdinv = 1 / np.float64(np.asarray(cfg.data.std, np.float32).reshape(1, -1))
+    cv2.cvtColor(x, cv2.COLOR_BGR2RGB, x)
+    cv2.subtract(x, mean, x)
+    cv2.multiply(x, stdinv, x)
     x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
     with torch.no_grad():
         logits = model.encode_decode(x)  # [1, C, h_r, w_r], already at the input size
