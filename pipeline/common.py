@@ -7,7 +7,6 @@ committed files are relative to the repository root, where DVC runs every comman
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -87,14 +86,6 @@ def data_root(dataset: str, profile: str) -> Path:
     """``cfg.data.data_root`` of the dataset's configurations under ``profile``."""
     name = CITYSCAPES_CONFIGS[0] if dataset == "cityscapes" else ADE20K_CONFIGS[0]
     return Path(load_config(name, profile).data.data_root)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_json(path: Path, payload: Any) -> None:

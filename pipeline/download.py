@@ -26,10 +26,10 @@ from common import (
     SMOKE_ARCHIVES,
     dnlrepro,
     setup,
-    sha256,
     write_json,
 )
 from dnlrepro.config import profile_settings
+from dnlrepro.data.download import file_digest
 
 
 def synthesize(settings: dict) -> Path:
@@ -101,7 +101,7 @@ def main() -> int:
         "profile": profile,
         "folder": str(folder),
         "files": {
-            str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+            str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
             for p in files
         },
     }

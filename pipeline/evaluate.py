@@ -17,22 +17,15 @@ from dnlrepro.config import load_config, profile_settings
 BENCHMARK_KEYS = ("num_images", "warmup", "train_iters")
 
 
-# Synthetic profiles time a handful of random images: the CPU fps of a toy-size model only shows
-# that the column is wired up, and mmseg's 200 images would dominate the smoke DAG's run time.
-# A profile's ``settings.benchmark`` mapping overrides these (and mmseg's defaults for real data).
-SYNTHETIC_BENCHMARK = {"num_images": 10, "warmup": 2, "train_iters": 0}
-
-
 def benchmark_args(settings: dict, profile: str, data_root: str) -> list[str]:
     """Options of ``dnlrepro benchmark`` from the profile settings (mmseg's 200/5 by default)."""
     args = []
-    options = {}
+    # A profile's ``settings.benchmark`` overrides mmseg's 200 images / 5 warm-up (the smoke
+    # profile times a handful: its CPU fps only shows that the column is wired up).
+    options = dict(settings.get("benchmark") or {})
     if settings.get("data_source") == "real":
         # §5.4 times the config's test split; synthetic profiles time random images instead.
         args += ["--data-root", data_root]
-    else:
-        options.update(SYNTHETIC_BENCHMARK)
-    options.update(settings.get("benchmark") or {})
     for key, value in options.items():
         if key not in BENCHMARK_KEYS:
             raise ValueError(

@@ -16,9 +16,9 @@ import json
 import shutil
 from pathlib import Path
 
-from common import REAL_ARCHIVES, RESULTS, WORK_DIRS, dnlrepro, setup, sha256, torchrun, write_json
+from common import REAL_ARCHIVES, RESULTS, WORK_DIRS, dnlrepro, setup, torchrun, write_json
 from dnlrepro.config import load_config, profile_settings
-from dnlrepro.data.download import CHECKPOINT_URLS
+from dnlrepro.data.download import CHECKPOINT_URLS, file_digest
 
 
 def fetch_published(name: str, final: Path, summary: Path) -> None:
@@ -35,7 +35,7 @@ def fetch_published(name: str, final: Path, summary: Path) -> None:
             "config": name,
             "trained": False,
             "source": url,
-            "sha256": sha256(final),
+            "sha256": file_digest(final),
             "note": "published mmseg checkpoint; memory and time of its training are the README's",
         },
     )
