@@ -77,6 +77,17 @@ def _mem_gb(train: dict[str, Any], path: Path) -> float | None:
     return None if nbytes is None else nbytes / 1024**3
 
 
+def _read_mapping(path: Path, files: dict[str, str], key: str, writer: str) -> dict[str, Any]:
+    """The JSON mapping at ``path`` (recorded in ``files[key]``), or ``{}`` when it is absent."""
+    if not path.is_file():
+        return {}
+    files[key] = str(path)
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: expected a mapping written by {writer}")
+    return data
+
+
 def load_measured(name: str, results_dir: str | Path = RESULTS_DIR) -> Measured:
     """Everything we measured for configuration ``name`` (missing files give ``None`` values)."""
     root = Path(results_dir) / name
@@ -99,33 +110,20 @@ def load_measured(name: str, results_dir: str | Path = RESULTS_DIR) -> Measured:
             metrics[key] = _number(single, key, path, "single_scale.")
         metrics["mIoU_ms_flip"] = _number(data.get("ms_flip"), "mIoU", path, "ms_flip.")
         protocol = dict(data.get("protocol") or {})
-    train: dict[str, Any] = {}
     path = root / "train_summary.json"
-    if path.is_file():
-        files["train_summary"] = str(path)
-        train = read_json(path)
-        if not isinstance(train, dict):
-            raise ResultsError(f"{path}: expected a mapping written by `dnlrepro train`")
-        # §5.5 defines Mem as CUDA max_memory_allocated; a CPU RSS figure is not that number.
-        if train.get("memory_kind", "cuda_max_memory_allocated") == "cuda_max_memory_allocated":
-            metrics["mem_gb"] = _mem_gb(train, path)
-    bench: dict[str, Any] = {}
+    train = _read_mapping(path, files, "train_summary", "`dnlrepro train`")
+    # §5.5 defines Mem as CUDA max_memory_allocated; a CPU RSS figure is not that number.
+    if train and train.get("memory_kind", "cuda_max_memory_allocated") == (
+        "cuda_max_memory_allocated"
+    ):
+        metrics["mem_gb"] = _mem_gb(train, path)
     path = root / "benchmark.json"
-    if path.is_file():
-        files["benchmark"] = str(path)
-        bench = read_json(path)
-        if not isinstance(bench, dict):
-            raise ResultsError(f"{path}: expected a mapping written by `dnlrepro benchmark`")
+    bench = _read_mapping(path, files, "benchmark", "`dnlrepro benchmark`")
+    if bench:
         metrics["fps"] = _number(bench, "fps", path, "")
         if metrics["mem_gb"] is None:
             metrics["mem_gb"] = _number(bench, "mem_gb", path, "")
-    run: dict[str, Any] = {}
-    path = root / "run.json"
-    if path.is_file():
-        files["run"] = str(path)
-        run = read_json(path)
-        if not isinstance(run, dict):
-            raise ResultsError(f"{path}: expected a mapping written by pipeline/evaluate.py")
+    run = _read_mapping(root / "run.json", files, "run", "pipeline/evaluate.py")
     if not files:
         logger.debug("no results for %s under %s", name, root)
     return Measured(name, metrics, protocol, train, bench, run, files)
