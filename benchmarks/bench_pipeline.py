@@ -1,4 +1,4 @@
-"""Train-pipeline throughput at full Cityscapes size, one worker (fact sheet §3.3).
+"""Train-pipeline throughput at full Cityscapes size, one worker (docs/reference.md §3.3).
 
 Writes one synthetic 2048x1024 Cityscapes pair (real layout, via ``synth`` + ``prepare``), then
 times ``SegDataset.__getitem__`` of ``dnl_r50-d8_512x1024_40k_cityscapes`` (paper values: ratio

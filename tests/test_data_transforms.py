@@ -1,4 +1,7 @@
-"""mmseg/mmcv-exact transforms (fact sheet §3.3, §3.4): sizes, alignment, crop rule, photometric."""
+"""mmseg/mmcv-exact transforms: sizes, alignment, crop rule, photometric.
+
+§ numbers refer to docs/reference.md (transforms: §3.3, §3.4).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Model tests: structure and keys (§1.7), init (§1.4), DNL block (§1.3), training loss (§1.6).
 
+§ numbers refer to docs/reference.md.
+
 Everything runs on the CPU at tiny sizes; the R50 models are built once per module.
 """
 

@@ -1,4 +1,7 @@
-"""Checkpoint I/O: mmseg round trip, strict-mismatch errors, pretrained backbone (§1.7, §2.2)."""
+"""Checkpoint I/O: mmseg round trip, strict-mismatch errors, pretrained backbone (§1.7, §2.2).
+
+§ numbers refer to docs/reference.md.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Inference semantics (§5.2 whole / slide, §5.3 ms+flip, §1.1 two-step resizing)."""
+"""Inference semantics (§5.2 whole / slide, §5.3 ms+flip, §1.1 two-step resizing).
+
+§ numbers refer to docs/reference.md.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""CPUSyncBatchNorm over 2 gloo processes equals BatchNorm2d over the whole batch (SyncBN, §3.5)."""
+"""CPUSyncBatchNorm over 2 gloo processes equals BatchNorm2d over the whole batch (SyncBN, §3.5).
+
+§ numbers refer to docs/reference.md.
+"""
 
 from __future__ import annotations
 

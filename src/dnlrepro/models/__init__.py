@@ -1,5 +1,7 @@
 """DNLNet in plain PyTorch: ResNetV1c-D8 + DNLHead + FCN auxiliary head (mmseg 0.x layout).
 
+§ numbers refer to docs/reference.md.
+
 Public API (docs/architecture.md, "Models"):
 
 * :func:`build_segmentor` -- the random-initialised :class:`EncoderDecoder` for a config (§1.4);

@@ -1,7 +1,9 @@
 """Checkpoint I/O in mmseg's layout, pretrained-backbone loading and SyncBN conversion.
 
-* mmseg checkpoints are ``{'meta': {...}, 'state_dict': {...}}`` (fact sheet §1.7); bare state
-  dicts and DDP keys (``module.`` prefix) are accepted too.
+§ numbers refer to docs/reference.md.
+
+* mmseg checkpoints are ``{'meta': {...}, 'state_dict': {...}}`` (docs/reference.md §1.7); bare
+  state dicts and DDP keys (``module.`` prefix) are accepted too.
 * The ImageNet ``resnet{50,101}_v1c`` files are loaded into ``model.backbone`` with
   strict=False, as mmcv does (§2.2); only ``fc.*`` is expected to be unexpected (§9 item 3).
 * URLs are fetched through ``dnlrepro.data.download.download_url`` and verified against the

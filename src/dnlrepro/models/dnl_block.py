@@ -1,11 +1,13 @@
 """Disentangled Non-Local block (DNL), exactly as merged into mmseg 0.x.
 
+§ numbers refer to docs/reference.md.
+
 Paper: Minghao Yin, Zhuliang Yao, Yue Cao, Xiu Li, Zheng Zhang, Stephen Lin, Han Hu,
 "Disentangled Non-Local Neural Networks", ECCV 2020, arXiv:2006.06668.
-Reference code consulted (described in the fact sheet, not copied): mmseg PR #37
+Reference code consulted (described in docs/reference.md, not copied): mmseg PR #37
 (``mmseg/models/decode_heads/dnl_head.py``, merged 2020-09-07) on top of mmcv's ``NonLocal2d``.
 
-Fact sheet §1.3. With x: [N, C, H, W], P = H*W, C' = C / reduction:
+docs/reference.md §1.3. With x: [N, C, H, W], P = H*W, C' = C / reduction:
 
 * pairwise (whitened) term: softmax_j(((q_i - mu_q) . (k_j - mu_k)) / (sqrt(C') * T)) v_j, where
   q = theta(x), k = phi(x), v = g(x), mu_* the per-channel spatial means (key whitening cancels in

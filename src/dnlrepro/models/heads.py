@@ -1,5 +1,7 @@
 """Decode heads: FCNHead (auxiliary, §1.5) and DNLHead (§1.2), mmseg 0.x layout and keys.
 
+§ numbers refer to docs/reference.md.
+
 Both heads take the list of backbone stage outputs, pick ``in_index`` and return logits at
 stride 8: [N, num_classes, H/8, W/8]. The loss is computed by the segmentor (§1.6).
 """

@@ -1,8 +1,10 @@
 """Small building blocks shared by the backbone, the heads and the DNL block.
 
+§ numbers refer to docs/reference.md.
+
 ``ConvModule`` mirrors the parts of mmcv's ``ConvModule`` that DNLNet uses (conv -> norm -> act)
 with the same child names (``conv``, ``bn``), so the published mmseg state dicts load unchanged
-(fact sheet §1.7: "A ConvModule's norm sub-module is called ``bn``").
+(docs/reference.md §1.7: "A ConvModule's norm sub-module is called ``bn``").
 """
 
 from __future__ import annotations

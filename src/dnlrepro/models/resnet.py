@@ -1,6 +1,9 @@
 """ResNetV1c with dilated stages (output stride 8), as mmseg 0.x builds it for the D8 models.
 
-Fact sheet §2.1 (mmseg v0.6 ``models/backbones/resnet.py`` and ``models/utils/res_layer.py``):
+§ numbers refer to docs/reference.md.
+
+docs/reference.md §2.1 (mmseg v0.6 ``models/backbones/resnet.py`` and
+``models/utils/res_layer.py``):
 
 * deep stem 3x3 convs 3->32 (stride 2) -> 32 -> 64, each + BN + ReLU, as one ``nn.Sequential``
   called ``stem`` (indices 0..8, ReLUs at 2/5/8 hold no keys, §1.7), then maxpool 3x3/2;

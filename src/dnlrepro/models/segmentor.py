@@ -1,8 +1,10 @@
 """EncoderDecoder: backbone -> DNLHead (+ FCN auxiliary head), mmseg 0.x train/test semantics.
 
-Fact sheet §1.1 (structure, post-processing), §1.6 (loss), §5.2 (whole / slide inference), §5.3
-(ms+flip). Sizes are (h, w). All logits are resized with bilinear interpolation and the config's
-``align_corners`` (True only for the 769x769 configs, §4.3).
+§ numbers refer to docs/reference.md.
+
+docs/reference.md §1.1 (structure, post-processing), §1.6 (loss), §5.2 (whole / slide inference),
+§5.3 (ms+flip). Sizes are (h, w). All logits are resized with bilinear interpolation and the
+config's ``align_corners`` (True only for the 769x769 configs, §4.3).
 """
 
 from __future__ import annotations

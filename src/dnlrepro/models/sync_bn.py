@@ -1,6 +1,6 @@
-"""Synchronised BatchNorm for CPU process groups (gloo).
+"""Synchronised BatchNorm for CPU process groups (gloo). § numbers refer to docs/reference.md.
 
-mmseg trains every DNLNet row with ``SyncBN`` over 4 GPUs (fact sheet §1.1, §3.5): the batch
+mmseg trains every DNLNet row with ``SyncBN`` over 4 GPUs (docs/reference.md §1.1, §3.5): the batch
 statistics of each BN layer are computed over all 8 (Cityscapes) or 16 (ADE20K) images, not per
 GPU. PyTorch's ``nn.SyncBatchNorm`` implements that with CUDA kernels only and refuses CPU tensors
 in training. This module computes the same global statistics with an autograd-aware
