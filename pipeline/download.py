@@ -1,7 +1,7 @@
 """DVC stage ``download``: get the archives the profile needs, write a receipt.
 
-* smoke:     ``dnlrepro synth`` writes synthetic archives with the real names and formats into
-             ``downloads/smoke`` (sizes from ``params/profiles.yaml`` smoke.settings).
+* smoke:     synthetic archives with the real names and formats (``dnlrepro.data.synth``) into
+             ``downloads/smoke``, at the sizes of ``params/profiles.yaml`` smoke.settings.synthetic.
 * paper:     the real Cityscapes / ADE20K archives and the ImageNet backbones into ``downloads/``.
 * published: the real archives and the twelve published checkpoints (sha256-prefix verified).
 
@@ -19,93 +19,39 @@ import os
 import shutil
 from pathlib import Path
 
-from common import (
-    DATA_RECEIPTS,
-    DATASETS,
-    REAL_ARCHIVES,
-    SMOKE_ARCHIVES,
-    dnlrepro,
-    setup,
-    write_json,
-)
-from dnlrepro.config import profile_settings
-from dnlrepro.data.download import file_digest
-
-
-def synthesize(settings: dict) -> Path:
-    synthetic = settings.get("synthetic") or {}
-    missing = [k for k in ("seed", *DATASETS) if k not in synthetic]
-    if missing:
-        raise ValueError(
-            f"params/profiles.yaml: smoke.settings.synthetic lacks {missing}; it needs seed and "
-            "per-dataset train/val counts and sizes"
-        )
-    # A clean folder: a stale archive from other sizes must not survive into the receipt.
-    shutil.rmtree(SMOKE_ARCHIVES, ignore_errors=True)
-    for dataset in DATASETS:
-        spec = dict(synthetic[dataset])
-        argv = [
-            "synth",
-            "--dataset",
-            dataset,
-            "--out",
-            str(SMOKE_ARCHIVES),
-            "--seed",
-            str(synthetic["seed"]),
-            "--train",
-            str(spec.pop("train")),
-            "--val",
-            str(spec.pop("val")),
-        ]
-        for key, value in spec.items():  # sizes: width/height, min_size/max_size ...
-            argv += [f"--{key.replace('_', '-')}", str(value)]
-        dnlrepro(*argv)
-    return SMOKE_ARCHIVES
-
-
-def fetch_real(settings: dict) -> Path:
-    local = os.environ.get("DNLREPRO_LOCAL_DATA")
-    extra = ["--local", local] if local else []
-    for what in DATASETS:
-        dnlrepro("download", "--what", what, "--dest", str(REAL_ARCHIVES), *extra)
-    if settings.get("train", True):
-        # ImageNet backbones (§2.2); training resolves them from the same folder.
-        dnlrepro("download", "--what", "pretrained", "--dest", str(REAL_ARCHIVES), *extra)
-    else:
-        dnlrepro(
-            "download",
-            "--what",
-            "checkpoints",
-            "--dest",
-            str(REAL_ARCHIVES / "checkpoints"),
-            *extra,
-        )
-    return REAL_ARCHIVES
+from common import DATASETS, setup, smoke_archives
+from dnlrepro.data import download, synth
+from dnlrepro.files import file_digest, write_json
 
 
 def main() -> int:
-    profile = setup()
-    settings = profile_settings(profile)
-    source = settings.get("data_source")
-    if source == "synthetic":
-        folder = synthesize(settings)
-    elif source == "real":
-        folder = fetch_real(settings)
+    ws, profile = setup()
+    if profile.settings.data_source == "synthetic":
+        folder = smoke_archives(ws)
+        # A clean folder: a stale archive from other sizes must not survive into the receipt.
+        shutil.rmtree(folder, ignore_errors=True)
+        for dataset in DATASETS:
+            synth.write(dataset, folder, profile.synthetic_or_fail())
     else:
-        raise ValueError(
-            f"params/profiles.yaml: {profile}.settings.data_source is {source!r}; "
-            "use 'synthetic' or 'real'"
-        )
+        folder = ws.downloads
+        local = os.environ.get("DNLREPRO_LOCAL_DATA")
+        local_path = Path(local) if local else None
+        for what in DATASETS:
+            download.fetch(what, folder, local=local_path)
+        if profile.settings.train:  # ImageNet backbones (docs/reference.md §2.2)
+            download.fetch("pretrained", folder, local=local_path)
+        else:
+            download.fetch("checkpoints", folder / "checkpoints", local=local_path)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".part"))
     receipt = {
-        "profile": profile,
-        "folder": str(folder),
+        "profile": profile.name,
+        "folder": ws.relative(folder),
         "files": {
             str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
             for p in files
         },
     }
-    write_json(DATA_RECEIPTS / "downloads.json", receipt)
+    write_json(ws.results / "data" / "downloads.json", receipt, sort_keys=True)
     return 0
 
 

@@ -1,10 +1,10 @@
 """DVC stage ``train@<config>``: produce ``work_dirs/<config>/final.pth`` + the training summary.
 
-* smoke / paper: ``dnlrepro train`` (paper: through torchrun with ``nproc_per_node`` x ``nnodes``
-  from the profile settings). Resume state lives in ``work_dirs/<config>/scratch/<digest>/``: not
-  a declared output (DVC deletes declared outputs before re-running a stage; a ``persist`` output
-  would disable the run-cache), keyed by the resolved-config digest so a changed configuration
-  never resumes a stale run, and removed once the run has finished.
+* smoke / paper: train (paper: through torchrun with the profile's ``nproc_per_node`` x
+  ``nnodes``). Resume state lives in ``work_dirs/<config>/scratch/<digest>/``: not a declared
+  output (DVC deletes declared outputs before re-running a stage; a ``persist`` output would
+  disable the run-cache), keyed by the resolved-config digest so a changed configuration never
+  resumes a stale run, and removed once the run has finished.
 * published: no training; the published mmseg checkpoint is fetched (sha256-prefix verified) and
   becomes the stage's checkpoint output.
 """
@@ -12,80 +12,68 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
-from common import REAL_ARCHIVES, RESULTS, WORK_DIRS, dnlrepro, setup, torchrun, write_json
-from dnlrepro.config import load_config, profile_settings
-from dnlrepro.data.download import CHECKPOINT_URLS, file_digest
+from common import setup, torchrun
+from dnlrepro.config import load_config
+from dnlrepro.data import download
+from dnlrepro.engine.train import train
+from dnlrepro.files import file_digest, write_json
+from dnlrepro.profile import Profile
+from dnlrepro.workspace import Workspace
 
 
-def fetch_published(name: str, final: Path, summary: Path) -> None:
-    dest = REAL_ARCHIVES / "checkpoints"
-    dnlrepro("download", "--what", "checkpoints", "--config", name, "--dest", str(dest))
-    url = CHECKPOINT_URLS[name]
-    source = dest / Path(url).name
-    if not source.is_file():
-        raise FileNotFoundError(f"`dnlrepro download` reported success but {source} is missing")
+def fetch_published(ws: Workspace, name: str, final: Path, summary: Path) -> None:
+    (source,) = download.fetch("checkpoints", ws.downloads / "checkpoints", [name])
     shutil.copyfile(source, final)
     write_json(
         summary,
         {
             "config": name,
+            "profile": "published",
             "trained": False,
-            "source": url,
+            "source": download.checkpoint_urls([name])[name],
             "sha256": file_digest(final),
             "note": "published mmseg checkpoint; memory and time of its training are the README's",
         },
     )
 
 
-def train(name: str, profile: str, settings: dict, final: Path, summary: Path) -> None:
-    cfg = load_config(name, profile)
-    scratch = WORK_DIRS / name / "scratch" / cfg.digest()[:16]
-    argv = [
-        "train",
-        "--config",
-        name,
-        "--profile",
-        profile,
-        "--work-dir",
-        str(scratch),
-        "--summary-out",
-        str(summary),
-    ]
-    if settings.get("launcher", "none") == "torchrun":
-        torchrun(int(settings.get("nproc_per_node", 1)), int(settings.get("nnodes", 1)), *argv)
+def run_training(ws: Workspace, profile: Profile, name: str, final: Path, summary: Path) -> None:
+    cfg = load_config(name, profile, ws=ws)
+    scratch = ws.work_dirs / name / "scratch" / cfg.digest()[:16]
+    if profile.settings.launcher == "torchrun":
+        torchrun(
+            profile,
+            *("train", "--config", name, "--profile", profile.name),
+            *("--work-dir", str(scratch), "--final-path", str(final)),
+            *("--summary-out", str(summary)),
+        )
     else:
-        dnlrepro(*argv)
-    produced = scratch / "final.pth"
-    if not produced.is_file():
-        raise FileNotFoundError(f"`dnlrepro train` finished without writing {produced}")
-    produced.replace(final)
-    # The summary names the scratch file, which is moved and then deleted: point it at the
-    # declared output, relative to the repository root (the file is committed).
-    data = json.loads(summary.read_text(encoding="utf-8"))
-    data["checkpoint"] = str(final)
-    write_json(summary, data)
+        train(
+            cfg,
+            scratch,
+            final_path=final,
+            summary_out=summary,
+            eval_max_images=profile.settings.eval_max_images,
+        )
     # The run is complete: nothing is left to resume, and 12 stale copies would fill the disk.
-    shutil.rmtree(WORK_DIRS / name / "scratch", ignore_errors=True)
+    shutil.rmtree(ws.work_dirs / name / "scratch", ignore_errors=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
     name = parser.parse_args().config
-    profile = setup()
-    settings = profile_settings(profile)
-    final = WORK_DIRS / name / "final.pth"
-    summary = RESULTS / name / "train_summary.json"
+    ws, profile = setup()
+    final = ws.work_dirs / name / "final.pth"
+    summary = ws.results / name / "train_summary.json"
     final.parent.mkdir(parents=True, exist_ok=True)
-    summary.parent.mkdir(parents=True, exist_ok=True)
-    if settings.get("train", True):
-        train(name, profile, settings, final, summary)
+    if profile.settings.train:
+        run_training(ws, profile, name, final, summary)
     else:
-        fetch_published(name, final, summary)
+        fetch_published(ws, name, final, summary)
     return 0
 
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from dnlrepro.config import load_config
 from dnlrepro.data import prepare as P
 from dnlrepro.data import synth
-from dnlrepro.data.datasets import SegDataset, build_dataset, list_collate
+from dnlrepro.data.datasets import SegDataset, build_dataset
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_integer_keys_are_deterministic_per_dataset_seed(cfg_data) -> None:
 
 def test_test_mode_loader(cfg_data) -> None:
     ds = build_dataset(cfg_data, cfg_data.val_split, "test")
-    (batch,) = list(DataLoader(ds, batch_size=1, collate_fn=list_collate))
+    (batch,) = list(DataLoader(ds, batch_size=1, collate_fn=lambda items: items))
     assert batch[0]["ori_shape"] == (64, 128)
     assert Path(batch[0]["ann_path"]).is_file()
     with pytest.raises(ValueError, match="mode"):

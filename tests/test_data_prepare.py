@@ -1,4 +1,5 @@
-"""synth -> prepare -> dataset round trips and every bad-input error of prepare (fact sheet §3)."""
+"""synth -> prepare -> dataset round trips and every bad-input error of prepare
+(docs/reference.md §3)."""
 
 from __future__ import annotations
 

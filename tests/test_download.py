@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import io
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from dnlrepro.config import CONFIG_NAMES
 from dnlrepro.data import download as dl
 from dnlrepro.data.archives import BadArchiveError, UnsafeArchiveError, safe_extract
+from dnlrepro.registry import config_names, load_published
 
 
 class Server:
@@ -294,9 +295,11 @@ def test_local_mode_links_archives_and_extracted_folders(tmp_path: Path) -> None
 
 
 def test_url_tables_cover_all_configs() -> None:
-    assert list(dl.CHECKPOINT_URLS) == list(CONFIG_NAMES)
-    for name, url in dl.CHECKPOINT_URLS.items():
-        assert url.startswith(f"{dl.CHECKPOINT_BASE}/{name}/{name}_20200")
+    urls = dl.checkpoint_urls()
+    assert list(urls) == list(config_names())  # derived from the registry, every row
+    base = "https://download.openmmlab.com/mmsegmentation/v0.5/dnlnet"
+    for name, url in urls.items():
+        assert url.startswith(f"{base}/{name}/{name}_20200")
         assert len(dl.sha256_prefix_from_name(url) or "") == 8
     assert dl.sha256_prefix_from_name(dl.PRETRAINED_URLS["resnet50_v1c"]) == "2cccc1ad"
     assert dl.sha256_prefix_from_name(dl.PRETRAINED_URLS["resnet101_v1c"]) == "e67eebb6"
@@ -311,10 +314,14 @@ def test_cli_download_checkpoints_and_missing_credentials(
     from dnlrepro import cli
 
     data = _payload(20_000, seed=9)
-    name = CONFIG_NAMES[0]
+    name = config_names()[0]
     path = _named(data, stem=name)
     server.files[path] = data
-    monkeypatch.setitem(dl.CHECKPOINT_URLS, name, server.url + path)
+    # The registry row points at the local server (unknown names still fail through it).
+    real = load_published()
+    row = dataclasses.replace(real.configs[name], checkpoint=server.url + path)
+    local = dataclasses.replace(real, configs={**real.configs, name: row})
+    monkeypatch.setattr("dnlrepro.registry.load_published", lambda path=None: local)
     argv = ["download", "--what", "checkpoints", "--config", name, "--dest", str(tmp_path)]
     assert cli.main(argv) == 0
     assert (tmp_path / path[1:]).read_bytes() == data

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dnlrepro.reports import launch
+from dnlrepro import launch
 
 TINY_DAG = """\
 vars:

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dnlrepro.config import CONFIG_NAMES
+from dnlrepro.registry import PublishedError, config_names, load_published
 from dnlrepro.reports import check, diff
-from dnlrepro.reports.published import PublishedError, load_published
 from dnlrepro.reports.results import ResultsError, load_measured
 
 NAME = "dnl_r50-d8_769x769_40k_cityscapes"  # published: mIoU 78.44, ms+flip 80.27
@@ -132,7 +131,7 @@ def test_published_file_without_a_config_is_an_error(tmp_path: Path):
         baseline="none",
         out=str(tmp_path / "out"),
         profile="paper",
-        configs=list(CONFIG_NAMES),
+        configs=list(config_names()),
         update_baseline=False,
     )
     with pytest.raises(PublishedError, match=NAME):

@@ -1,12 +1,17 @@
-"""params/published.yaml: complete, consistent with the configurations and the download URLs."""
+"""params/published.yaml: complete, consistent with the configurations and the download URLs.
+
+§ numbers refer to docs/reference.md.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from dnlrepro.config import CONFIG_NAMES, load_config
-from dnlrepro.data.download import CHECKPOINT_URLS
-from dnlrepro.reports.published import METRICS, load_published
+from dnlrepro.config import load_config
+from dnlrepro.data.download import checkpoint_urls
+from dnlrepro.registry import METRICS, config_names, load_published
+
+CONFIG_NAMES = config_names()
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +33,7 @@ def test_entry_matches_its_configuration(published, name):
     assert entry.lr_schd == cfg.schedule.max_iters
     assert entry.protocol["batch"] == cfg.published_batch
     # the checkpoint is the one `dnlrepro download` fetches, and its name carries the sha prefix
-    assert entry.checkpoint == CHECKPOINT_URLS[name]
+    assert entry.checkpoint == checkpoint_urls([name])[name]
     assert entry.checkpoint.rsplit("-", 1)[1] == f"{entry.sha256_prefix}.pth"
     assert f"/{name}/{name}-" in entry.log and entry.log.endswith(".log.json")
 

@@ -9,10 +9,12 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from dnlrepro.config import ADE20K_CONFIGS, CITYSCAPES_CONFIGS
+from dnlrepro.profile import load_profile
+from dnlrepro.registry import load_published, names_of
 from dnlrepro.reports import tables
-from dnlrepro.reports.published import load_published
 from dnlrepro.reports.results import load_measured
+
+CITYSCAPES_CONFIGS, ADE20K_CONFIGS = names_of("cityscapes"), names_of("ade20k")
 
 GOLDEN = Path(__file__).parent / "golden"
 DESCRIPTION = "Fixture profile for the golden tables:\n  wrapped text is joined."
@@ -45,7 +47,7 @@ def fake_results(root: Path) -> None:
 @pytest.mark.parametrize("dataset", ["cityscapes", "ade20k"])
 def test_tables_match_golden(tmp_path: Path, dataset: str):
     fake_results(tmp_path)
-    _, names = tables.DATASETS[dataset]
+    names = names_of(dataset)
     measured = {n: load_measured(n, tmp_path) for n in names}
     text = tables.render(dataset, names, load_published(), measured, "paper", DESCRIPTION)
     golden = GOLDEN / f"{dataset}.md"
@@ -74,7 +76,9 @@ def test_table_rows_follow_the_readme_order_and_never_copy_published_numbers(tmp
 
 def test_write_tables_writes_both_files(tmp_path: Path):
     fake_results(tmp_path / "results")
-    written = tables.write_tables(tmp_path / "reports", tmp_path / "results", profile="smoke")
+    written = tables.write_tables(
+        tmp_path / "reports", tmp_path / "results", load_published(), load_profile("smoke")
+    )
     assert [p.name for p in written] == ["cityscapes.md", "ade20k.md"]
     ade = written[1].read_text()
     assert sum(line.startswith("| DNL") for line in ade.splitlines()) == len(ADE20K_CONFIGS)

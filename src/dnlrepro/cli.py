@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tables": ("dnlrepro.reports.tables", "render reports/cityscapes.md and reports/ade20k.md"),
     "diff": ("dnlrepro.reports.diff", "compare reproduced numbers with the published ones"),
     "check": ("dnlrepro.reports.check", "exit non-zero when any verdict in diff.json fails"),
-    "launch": ("dnlrepro.reports.launch", "run train/evaluate stages in parallel, one per GPU"),
+    "launch": ("dnlrepro.launch", "run train/evaluate stages in parallel, one per GPU"),
 }
 
 
@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reproduce the DNLNet rows of the mmseg model zoo.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--workspace",
+        default=None,
+        metavar="DIR",
+        help="the clone to work in (default: the nearest folder with dvc.yaml at or above the "
+        "current directory); params, data, results and reports resolve against it",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -62,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     if known.command is None:
         parser.print_help()
         return 2
+    if known.workspace is not None:
+        from dnlrepro import workspace
+
+        workspace.use(known.workspace)  # exported, so torchrun workers and stages agree
     module_name, help_text = COMMANDS[known.command]
     module = importlib.import_module(module_name)
     sub = argparse.ArgumentParser(prog=f"dnlrepro {known.command}", description=help_text)

@@ -1,22 +1,24 @@
 """Typed, strict configuration: one complete YAML per mmseg 0.x configuration.
 
-Every file in ``params/`` holds *all* numbers of one row of the DNLNet table (fact sheet
-``mmseg-dnlnet.md`` §4.3); there is no inheritance. The loader turns it into frozen dataclasses
+§ numbers refer to docs/reference.md.
+
+Every file in ``params/`` holds *all* numbers of one row of the DNLNet table (docs/reference.md
+§4.3); there is no inheritance. The loader turns it into frozen dataclasses
 and refuses anything it does not understand:
 
 * an unknown key        -> ``ConfigError`` naming the file, the dotted key and the allowed keys;
 * a missing key         -> ``ConfigError`` naming the file and the dotted key;
 * a wrong type          -> ``ConfigError`` naming the file, the dotted key, the expected type.
 
-Profiles (``params/profiles.yaml``) are documented sets of dotted-key overrides applied on top of
-the paper values, selected by the single switch ``profile`` in ``params.yaml``. They go through
-the same checks, so a typo in a profile fails exactly like a typo in a config.
+Profiles (:mod:`dnlrepro.profile`, ``params/profiles.yaml``) are documented sets of dotted-key
+overrides applied on top of the paper values. They go through the same checks, so a typo in a
+profile fails exactly like a typo in a config. Files are looked up in the workspace
+(:mod:`dnlrepro.workspace`), never next to the installed package.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import hashlib
 import json
 import types
@@ -24,35 +26,19 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PARAMS_DIR = REPO_ROOT / "params"
-PROFILES_FILE = PARAMS_DIR / "profiles.yaml"
-PARAMS_YAML = REPO_ROOT / "params.yaml"
+from dnlrepro import workspace
+from dnlrepro.workspace import Workspace
 
-# The twelve rows of the mmseg 0.x DNLNet README, in the README's order (fact sheet §6.1).
-CITYSCAPES_CONFIGS: tuple[str, ...] = (
-    "dnl_r50-d8_512x1024_40k_cityscapes",
-    "dnl_r101-d8_512x1024_40k_cityscapes",
-    "dnl_r50-d8_769x769_40k_cityscapes",
-    "dnl_r101-d8_769x769_40k_cityscapes",
-    "dnl_r50-d8_512x1024_80k_cityscapes",
-    "dnl_r101-d8_512x1024_80k_cityscapes",
-    "dnl_r50-d8_769x769_80k_cityscapes",
-    "dnl_r101-d8_769x769_80k_cityscapes",
-)
-ADE20K_CONFIGS: tuple[str, ...] = (
-    "dnl_r50-d8_512x512_80k_ade20k",
-    "dnl_r101-d8_512x512_80k_ade20k",
-    "dnl_r50-d8_512x512_160k_ade20k",
-    "dnl_r101-d8_512x512_160k_ade20k",
-)
-CONFIG_NAMES: tuple[str, ...] = CITYSCAPES_CONFIGS + ADE20K_CONFIGS
+if TYPE_CHECKING:
+    from dnlrepro.profile import Profile
 
 PROFILES: tuple[str, ...] = ("smoke", "paper", "published")
+# A configuration named without a profile runs with its own values: those of the published run.
+DEFAULT_PROFILE = "paper"
 
 
 class ConfigError(ValueError):
@@ -194,10 +180,6 @@ class Config:
         return hashlib.sha256(payload).hexdigest()
 
     @property
-    def dataset(self) -> str:
-        return self.data.dataset
-
-    @property
     def published_batch(self) -> int:
         return self.runtime.gpus * self.data.samples_per_gpu
 
@@ -226,24 +208,21 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 # --------------------------------------------------------------------------------------------
 
 
-def config_path(name_or_path: str | Path) -> Path:
+def config_path(name_or_path: str | Path, ws: Workspace | None = None) -> Path:
     """Resolve a config name (``dnl_r50-d8_512x1024_40k_cityscapes``) or a YAML path."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         return p
-    candidate = PARAMS_DIR / f"{name_or_path}.yaml"
+    params_dir = (ws or workspace.find()).params_dir
+    candidate = params_dir / f"{name_or_path}.yaml"
     if not candidate.is_file():
-        known = ", ".join(available_configs())
+        known = ", ".join(sorted(q.stem for q in params_dir.glob("dnl_*.yaml")))
         raise ConfigError(
             f"unknown config {str(name_or_path)!r}: no {candidate}. Known configs: {known}"
         )
     return candidate
-
-
-def available_configs() -> list[str]:
-    return sorted(p.stem for p in PARAMS_DIR.glob("dnl_*.yaml") if p.is_file())
 
 
 def read_yaml(path: Path) -> Any:
@@ -256,96 +235,39 @@ def read_yaml(path: Path) -> Any:
 
 def load_config(
     name_or_path: str | Path,
-    profile: str | None = "paper",
+    profile: str | Profile = DEFAULT_PROFILE,
     overrides: Mapping[str, Any] | None = None,
+    ws: Workspace | None = None,
 ) -> Config:
     """Load one configuration, strictly.
 
     Args:
-        name_or_path: an mmseg config name (looked up in ``params/``) or a path to a YAML file.
-        profile: ``"paper"`` (the file as is), ``"smoke"`` or ``"published"`` (apply that
-            profile's overrides from ``params/profiles.yaml``), or ``None`` for the profile
-            named in ``params.yaml``.
+        name_or_path: an mmseg config name (looked up in the workspace's ``params/``) or a path
+            to a YAML file.
+        profile: a :class:`~dnlrepro.profile.Profile` or its name. ``"paper"`` (the default)
+            applies no override: the file's own values, i.e. the published run's.
         overrides: extra dotted-key overrides, applied last (e.g. ``{"schedule.max_iters": 10}``).
+        ws: the workspace (default: :func:`dnlrepro.workspace.find`).
 
     Returns:
         A frozen :class:`Config`.
     """
-    path = config_path(name_or_path)
+    from dnlrepro.profile import load_profile
+
+    ws = ws or workspace.find()
+    path = config_path(name_or_path, ws)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    if profile is None:
-        profile = current_profile()
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    name = raw.get("name")
-    for source, ov in profile_overrides(profile, str(name)):
+    prof = profile if not isinstance(profile, str) else load_profile(profile, ws)
+    for source, ov in prof.overrides_for(str(raw.get("name"))):
         _apply_overrides(raw, ov, source)
     if overrides:
         _apply_overrides(raw, overrides, "<overrides>")
-    cfg = _build(Config, raw, str(path), prefix="", extra={"profile": profile})
-    if path.parent == PARAMS_DIR and cfg.name != path.stem:
+    cfg = _build(Config, raw, str(path), prefix="", extra={"profile": prof.name})
+    if path.parent == ws.params_dir and cfg.name != path.stem:
         raise ConfigError(f"{path}: key 'name' is {cfg.name!r} but the file is named {path.stem!r}")
     return cfg
-
-
-def current_profile(params_yaml: Path = PARAMS_YAML) -> str:
-    """The ``profile`` switch of ``params.yaml`` (``smoke`` when the file is absent)."""
-    if not params_yaml.is_file():
-        return "smoke"
-    raw = read_yaml(params_yaml) or {}
-    profile = raw.get("profile", "smoke")
-    if profile not in PROFILES:
-        raise ConfigError(
-            f"{params_yaml}: key 'profile' is {profile!r}; choose one of {', '.join(PROFILES)}"
-        )
-    return profile
-
-
-def load_profiles(path: Path = PROFILES_FILE) -> dict[str, Any]:
-    raw = read_yaml(path) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of profile name -> definition")
-    unknown = set(raw) - set(PROFILES)
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown profile(s) {sorted(unknown)}; allowed: {', '.join(PROFILES)}"
-        )
-    return raw
-
-
-def profile_overrides(profile: str, name: str) -> list[tuple[str, dict[str, Any]]]:
-    """The (source, overrides) blocks of ``profile`` whose ``match`` pattern fits ``name``."""
-    if profile == "paper" and not PROFILES_FILE.is_file():
-        return []
-    profiles = load_profiles()
-    spec = profiles.get(profile)
-    if spec is None:
-        return []
-    allowed = {"description", "overrides", "settings"}
-    unknown = set(spec) - allowed
-    if unknown:
-        raise ConfigError(
-            f"{PROFILES_FILE}: unknown key(s) {sorted(unknown)} in profile {profile!r}; "
-            f"allowed: {sorted(allowed)}"
-        )
-    out = []
-    for i, block in enumerate(spec.get("overrides") or []):
-        src = f"{PROFILES_FILE}: {profile}.overrides[{i}]"
-        if not isinstance(block, dict) or set(block) != {"match", "set"}:
-            raise ConfigError(f"{src}: each block needs exactly the keys 'match' and 'set'")
-        if fnmatch.fnmatch(name, block["match"]):
-            out.append((src, dict(block["set"])))
-    return out
-
-
-def profile_settings(profile: str | None = None) -> dict[str, Any]:
-    """Free-form, profile-level settings (e.g. synthetic image counts, launcher)."""
-    profile = profile or current_profile()
-    if not PROFILES_FILE.is_file():
-        return {}
-    return dict((load_profiles().get(profile) or {}).get("settings") or {})
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,7 +300,19 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "profile"}
 
 
-def _build(cls: type, raw: Any, source: str, prefix: str, extra: dict | None = None) -> Any:
+_CONFIG_HINT = "every configuration file is complete; copy the value from a sibling file in params/"
+
+
+def _build(
+    cls: type,
+    raw: Any,
+    source: str,
+    prefix: str,
+    extra: dict | None = None,
+    choices: Mapping[str, tuple[Any, ...]] = CHOICES,
+    hint: str = _CONFIG_HINT,
+) -> Any:
+    """``cls(**raw)`` after checking every key and type (recursively); errors name the key."""
     where = prefix.rstrip(".") or "<top level>"
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: key {where!r} must be a mapping, got {raw!r}")
@@ -389,13 +323,19 @@ def _build(cls: type, raw: Any, source: str, prefix: str, extra: dict | None = N
             f"{source}: unknown key {prefix + str(unknown[0])!r}; allowed keys here: "
             f"{', '.join(fields)}"
         )
-    missing = [k for k in fields if k not in raw]
+    optional = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+    missing = [k for k in fields if k not in raw and k not in optional]
     if missing:
-        raise ConfigError(
-            f"{source}: missing key {prefix + missing[0]!r} (every configuration file is "
-            f"complete; copy the value from a sibling file in params/)"
-        )
-    kwargs = {k: _check(tp, raw[k], source, prefix + k) for k, tp in fields.items()}
+        raise ConfigError(f"{source}: missing key {prefix + missing[0]!r} ({hint})")
+    kwargs = {
+        k: _check(tp, raw[k], source, prefix + k, choices, hint)
+        for k, tp in fields.items()
+        if k in raw
+    }
     kwargs.update(extra or {})
     return cls(**kwargs)
 
@@ -404,12 +344,19 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _check(tp: Any, value: Any, source: str, key: str) -> Any:
+def _check(
+    tp: Any,
+    value: Any,
+    source: str,
+    key: str,
+    choices: Mapping[str, tuple[Any, ...]] = CHOICES,
+    hint: str = _CONFIG_HINT,
+) -> Any:
     def fail(expected: str) -> ConfigError:
         return ConfigError(f"{source}: key {key!r} must be {expected}, got {value!r}")
 
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, source, key + ".")
+        return _build(tp, value, source, key + ".", choices=choices, hint=hint)
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
         args = typing.get_args(tp)
@@ -417,18 +364,21 @@ def _check(tp: Any, value: Any, source: str, key: str) -> Any:
             out = None
         else:
             inner = [a for a in args if a is not type(None)]
-            out = _check(inner[0], value, source, key)
+            out = _check(inner[0], value, source, key, choices, hint)
     elif origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, list | tuple):
             raise fail(f"a list of {_type_name(args[0])}")
         if len(args) == 2 and args[1] is Ellipsis:
-            out = tuple(_check(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value))
+            out = tuple(
+                _check(args[0], v, source, f"{key}[{i}]", choices, hint)
+                for i, v in enumerate(value)
+            )
         else:
             if len(value) != len(args):
                 raise fail(f"a list of {len(args)} values")
             out = tuple(
-                _check(a, v, source, f"{key}[{i}]")
+                _check(a, v, source, f"{key}[{i}]", choices, hint)
                 for i, (a, v) in enumerate(zip(args, value, strict=True))
             )
     elif tp is bool:
@@ -447,13 +397,17 @@ def _check(tp: Any, value: Any, source: str, key: str) -> Any:
         if not isinstance(value, str):
             raise fail("a string")
         out = value
+    elif tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise fail("a mapping")
+        out = dict(value)
     else:  # pragma: no cover - schema error, not user error
         raise TypeError(f"unsupported type {tp} for {key}")
-    choices = CHOICES.get(key)
-    if choices is not None and out not in choices:
+    allowed = choices.get(key)
+    if allowed is not None and out not in allowed:
         raise ConfigError(
             f"{source}: key {key!r} is {value!r}; choose one of "
-            f"{', '.join(repr(c) for c in choices)}"
+            f"{', '.join(repr(c) for c in allowed)}"
         )
     return out
 
@@ -474,13 +428,3 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def dataset_of(name: str) -> str:
-    """``cityscapes`` or ``ade20k`` from a config name."""
-    for ds in CHOICES["data.dataset"]:
-        if name.endswith("_" + ds):
-            return ds
-    raise ConfigError(
-        f"config name {name!r} names no dataset; expected a suffix _cityscapes or _ade20k"
-    )

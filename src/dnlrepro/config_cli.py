@@ -6,17 +6,16 @@ import argparse
 
 import yaml
 
-from dnlrepro.config import PROFILES, load_config
+from dnlrepro.profile import add_config_arguments, config_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="config name or YAML path")
-    p.add_argument("--profile", choices=PROFILES, default=None, help="default: params.yaml")
+    add_config_arguments(p, overrides=True)
     p.add_argument("--flat", action="store_true", help="dotted keys, one per line")
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, profile=args.profile)
+    cfg, _ = config_from_args(args)
     if args.flat:
         for k, v in cfg.flat().items():
             print(f"{k}: {v}")

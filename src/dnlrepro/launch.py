@@ -2,7 +2,7 @@
 
 DVC runs one stage at a time per ``dvc repro``; it does, however, release the repository lock
 while a stage command runs, so several ``dvc repro -s STAGE`` processes can share one workspace
-(verified with dvc 3.67, shared/spec/dvc-mlflow.md §2.3). The launcher does exactly that:
+(verified with dvc 3.67; docs/pipeline.md, "Parallel runs"). The launcher does exactly that:
 
 1. the shared stages first, serially: ``dvc repro prepare`` (download + prepare + MLflow DB);
    a stale shared upstream would otherwise make the parallel runs fail with "is busy";
@@ -32,7 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dnlrepro.config import CONFIG_NAMES, REPO_ROOT
+from dnlrepro import workspace
+from dnlrepro.registry import config_names
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +121,17 @@ def launch(
     gpus: Sequence[str],
     configs: Sequence[str],
     stage: str = "all",
-    repo: Path = REPO_ROOT,
+    repo: Path | None = None,
     dry_run: bool = False,
     shared: Sequence[str] = ("prepare",),
     final: Sequence[str] = ("tables", "diff"),
     stagger: float = 1.0,
 ) -> list[Job]:
-    """Run the plan; returns one :class:`Job` per configuration (``returncode`` None if dry)."""
+    """Run the plan; returns one :class:`Job` per configuration (``returncode`` None if dry).
+
+    ``repo`` is the workspace the DVC commands run in (default: :func:`workspace.find`).
+    """
+    repo = repo if repo is not None else workspace.find().root
     if stage not in STAGES:
         raise ValueError(f"--stage {stage!r}; choose one of {', '.join(STAGES)}")
     stages = ("train", "evaluate") if stage == "all" else (stage,)
@@ -158,7 +163,7 @@ def launch(
     for i, t in enumerate(threads):
         t.start()
         if i + 1 < len(threads):
-            time.sleep(stagger)  # stagger the starts (spec §4.1)
+            time.sleep(stagger)  # stagger the starts: lock retries are short (docs/pipeline.md)
     for t in threads:
         t.join()
     failed = [j for j in jobs if j.returncode]
@@ -185,9 +190,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--configs",
         nargs="+",
-        default=list(CONFIG_NAMES),
+        default=None,
         metavar="NAME",
-        help="configurations to run (default: all twelve, README order)",
+        help="configurations to run (default: every row of params/published.yaml, in order)",
     )
     parser.add_argument(
         "--stage",
@@ -196,17 +201,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train only, evaluate only, or train+evaluate then tables/diff",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
-    parser.add_argument("--repo", type=Path, default=REPO_ROOT, help=argparse.SUPPRESS)
     parser.add_argument("--stagger", type=float, default=1.0, help=argparse.SUPPRESS)
 
 
 def main(args: argparse.Namespace) -> int:
     gpus = parse_gpus(args.gpus)
-    unknown = [c for c in args.configs if args.repo == REPO_ROOT and c not in CONFIG_NAMES]
+    ws = workspace.find()
+    known = config_names(ws)
+    configs = args.configs or list(known)
+    unknown = [c for c in configs if c not in known]
     if unknown:
-        raise ValueError(
-            f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIG_NAMES)}"
-        )
-    jobs = launch(gpus, args.configs, args.stage, args.repo, args.dry_run, stagger=args.stagger)
+        raise ValueError(f"unknown configuration(s) {unknown}; choose from {', '.join(known)}")
+    jobs = launch(gpus, configs, args.stage, ws.root, args.dry_run, stagger=args.stagger)
     print(summary(jobs))
     return 1 if any(j.returncode for j in jobs) else 0

@@ -1,7 +1,15 @@
-"""The published numbers (``params/published.yaml``): values, definitions, protocols, tolerances.
+"""The registry of configurations: ``params/published.yaml``, one entry per row of the table.
 
-Every number of the mmseg 0.x DNLNet README (fact sheet §6.1) is recorded with its source, the
-metric definition and the protocol of the published run. A README ``-`` cell is ``null`` with a
+§ numbers refer to docs/reference.md.
+
+Each entry names a configuration (its ``params/<name>.yaml`` holds the numbers of the run), its
+dataset, the published checkpoint (URL + sha256 prefix) and the published numbers with their
+tolerances. Everything that lists the rows derives from here: ``dvc.yaml``'s ``foreach``
+(``vars: params/published.yaml``), :func:`config_names`, the checkpoint download table, the tables
+and the diff. Adding a row is one params file plus one entry here (docs/pipeline.md).
+
+Every number of the mmseg 0.x DNLNet README (docs/reference.md §6.1) is recorded with its source,
+the metric definition and the protocol of the published run. A README ``-`` cell is ``null`` with a
 note; it never becomes a number. Tolerances default per metric (0.5 mIoU points, OpenMMLab's
 regression range, §7) and may be widened per configuration and profile only with a reason.
 """
@@ -15,11 +23,12 @@ from typing import Any
 
 import yaml
 
-from dnlrepro.config import REPO_ROOT
+from dnlrepro import workspace
+from dnlrepro.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
-PUBLISHED_FILE = REPO_ROOT / "params" / "published.yaml"
+DATASETS: tuple[str, ...] = ("cityscapes", "ade20k")
 
 # The metrics of the README table, in the order the diff report lists them.
 METRICS: tuple[str, ...] = ("mIoU", "mIoU_ms_flip", "mem_gb", "fps")
@@ -100,6 +109,10 @@ def _entry(name: str, raw: Any, path: Path) -> PublishedEntry:
     where = f"configs.{name}."
     for key in (*ROW_KEYS, "protocol", "metrics", "checkpoint", "sha256_prefix", "log"):
         _need(raw, key, where, path)
+    if raw["dataset"] not in DATASETS:
+        raise PublishedError(
+            f"{path}: '{where}dataset' is {raw['dataset']!r}; choose one of {', '.join(DATASETS)}"
+        )
     metrics = raw["metrics"]
     unknown = set(metrics) - set(METRICS)
     if unknown:
@@ -142,14 +155,14 @@ def _entry(name: str, raw: Any, path: Path) -> PublishedEntry:
     )
 
 
-def load_published(path: str | Path = PUBLISHED_FILE) -> Published:
-    """Read and validate ``params/published.yaml``.
+def load_published(path: str | Path | None = None) -> Published:
+    """Read and validate the registry (default: the workspace's ``params/published.yaml``).
 
     Raises:
         FileNotFoundError: the file does not exist.
         PublishedError: a key is missing, a value has the wrong type, or a null has no note.
     """
-    path = Path(path)
+    path = Path(path) if path is not None else workspace.find().registry_file
     if not path.is_file():
         raise FileNotFoundError(f"published numbers file {path} does not exist")
     try:
@@ -175,3 +188,14 @@ def load_published(path: str | Path = PUBLISHED_FILE) -> Published:
         tolerances=tolerances,
         configs=configs,
     )
+
+
+def config_names(ws: Workspace | None = None) -> tuple[str, ...]:
+    """The rows, in the README's order (the order of the registry file)."""
+    return tuple(load_published((ws or workspace.find()).registry_file).configs)
+
+
+def names_of(dataset: str, ws: Workspace | None = None) -> tuple[str, ...]:
+    """The rows of one dataset, in the README's order."""
+    rows = load_published((ws or workspace.find()).registry_file).configs
+    return tuple(name for name, row in rows.items() if row.dataset == dataset)

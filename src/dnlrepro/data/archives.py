@@ -7,6 +7,7 @@ and the member, so a hostile archive never writes a single file.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -14,7 +15,9 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from tqdm import tqdm
 
@@ -104,11 +107,14 @@ def safe_extract(archive: str | Path, target: str | Path, strip_components: int 
     raise BadArchiveError(f"{archive}: not a zip or tar archive; delete it and fetch again")
 
 
+# A member to write: (destination, is a folder, opener of its bytes).
+_Member = tuple[Path, bool, Callable[[], IO[bytes]]]
+
+
 def _extract_zip(archive: Path, target: Path, strip: int) -> int:
     with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        plan = []
-        for info in infos:  # validate everything before writing anything
+        plan: list[_Member] = []
+        for info in zf.infolist():  # validate everything before writing anything
             if _zip_is_link(info):
                 raise UnsafeArchiveError(
                     f"{archive}: member {info.filename!r} is a symbolic link or device; refusing "
@@ -116,29 +122,14 @@ def _extract_zip(archive: Path, target: Path, strip: int) -> int:
                 )
             dest = _check_member(archive, info.filename, target, strip)
             if dest is not None:
-                plan.append((info, dest))
-        n = 0
-        for info, dest in tqdm(
-            plan, desc=f"extract {archive.name}", unit="file", leave=False, disable=None
-        ):
-            if info.is_dir():
-                dest.mkdir(parents=True, exist_ok=True)
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".extracting")
-            with zf.open(info) as src, open(tmp, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-            os.replace(tmp, dest)
-            n += 1
-    logger.info("extracted %d files from %s into %s", n, archive, target)
-    return n
+                plan.append((dest, info.is_dir(), functools.partial(zf.open, info)))
+        return _write_members(archive, target, plan)
 
 
 def _extract_tar(archive: Path, target: Path, strip: int) -> int:
     with tarfile.open(archive) as tf:
-        members = tf.getmembers()
-        plan = []
-        for m in members:
+        plan: list[_Member] = []
+        for m in tf.getmembers():  # validate everything before writing anything
             if not (m.isfile() or m.isdir()):
                 raise UnsafeArchiveError(
                     f"{archive}: member {m.name!r} is a link or special file; refusing to extract "
@@ -146,21 +137,25 @@ def _extract_tar(archive: Path, target: Path, strip: int) -> int:
                 )
             dest = _check_member(archive, m.name, target, strip)
             if dest is not None:
-                plan.append((m, dest))
-        n = 0
-        for m, dest in tqdm(
-            plan, desc=f"extract {archive.name}", unit="file", leave=False, disable=None
-        ):
-            if m.isdir():
-                dest.mkdir(parents=True, exist_ok=True)
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            src = tf.extractfile(m)
-            assert src is not None  # regular file
-            tmp = dest.with_name(dest.name + ".extracting")
-            with src, open(tmp, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-            os.replace(tmp, dest)
-            n += 1
+                # extractfile returns a stream for regular files (the only kind left here).
+                plan.append((dest, m.isdir(), functools.partial(tf.extractfile, m)))
+        return _write_members(archive, target, plan)
+
+
+def _write_members(archive: Path, target: Path, plan: list[_Member]) -> int:
+    """Write the validated members; each file appears under its name only once complete."""
+    n = 0
+    for dest, is_dir, open_member in tqdm(
+        plan, desc=f"extract {archive.name}", unit="file", leave=False, disable=None
+    ):
+        if is_dir:
+            dest.mkdir(parents=True, exist_ok=True)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".extracting")
+        with open_member() as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        os.replace(tmp, dest)
+        n += 1
     logger.info("extracted %d files from %s into %s", n, archive, target)
     return n

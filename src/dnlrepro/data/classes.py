@@ -1,6 +1,8 @@
 """Class names and palettes of the two datasets, exactly as mmseg 0.x defines them.
 
-Fact sheet §3.1 (Cityscapes, index = trainId 0..18) and §3.2 (ADE20K, index after
+§ numbers refer to docs/reference.md.
+
+docs/reference.md §3.1 (Cityscapes, index = trainId 0..18) and §3.2 (ADE20K, index after
 ``reduce_zero_label``, 0..149; entry 7 really is ``'bed '`` with a trailing space).
 Palettes are RGB.
 Plain dicts keyed by dataset name (``"cityscapes"``, ``"ade20k"``), no registry.

@@ -1,6 +1,8 @@
-"""Cityscapes and ADE20K datasets with mmseg 0.x loading semantics (fact sheet §3.1-§3.4).
+"""Cityscapes and ADE20K datasets with mmseg 0.x loading semantics (docs/reference.md §3.1-§3.4).
 
-Layouts (``data_root`` is relative to ``config.REPO_ROOT`` unless absolute):
+§ numbers refer to docs/reference.md.
+
+Layouts (``data_root`` is relative to the workspace root unless absolute):
 
 * Cityscapes: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` and
   ``gtFine/<split>/<city>/*_gtFine_labelTrainIds.png`` (written by ``dnlrepro prepare``).
@@ -27,6 +29,7 @@ from dnlrepro.data.io import (  # re-exported: datasets.load_label is the evalua
     LAYOUTS,
     DataError,
     Layout,
+    files_by_stem,
     load_image,
     load_label,
     reduce_zero_label,
@@ -37,11 +40,10 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_data_root(data_root: str | Path) -> Path:
-    """``data_root`` relative to the repository root unless absolute (architecture contract)."""
-    from dnlrepro.config import REPO_ROOT
+    """``data_root`` relative to the workspace root unless absolute (docs/architecture.md)."""
+    from dnlrepro import workspace
 
-    p = Path(data_root)
-    return p if p.is_absolute() else REPO_ROOT / p
+    return workspace.find().path(data_root)
 
 
 def scan_pairs(root: Path, layout: Layout, split: str) -> tuple[list[Path], list[Path]]:
@@ -54,16 +56,13 @@ def scan_pairs(root: Path, layout: Layout, split: str) -> tuple[list[Path], list
                 f"dataset folder {d} does not exist; run `dnlrepro prepare` (or `dvc repro "
                 f"prepare`) to create it, or fix data.data_root in the config"
             )
-    imgs = sorted(img_dir.rglob(f"*{layout.img_suffix}"))
+    # Sorted by image path; a label that does not exist is reported when the dataset is built.
+    imgs = sorted(files_by_stem(img_dir, layout.img_suffix).items(), key=lambda kv: kv[1])
     if not imgs:
         raise FileNotFoundError(
             f"no *{layout.img_suffix} images under {img_dir}; run `dnlrepro prepare` first"
         )
-    stem = len(layout.img_suffix)
-    anns = [
-        ann_dir / p.relative_to(img_dir).parent / (p.name[:-stem] + layout.ann_suffix) for p in imgs
-    ]
-    return imgs, anns
+    return [p for _, p in imgs], [ann_dir / (key + layout.ann_suffix) for key, _ in imgs]
 
 
 class SegDataset(torch.utils.data.Dataset):
@@ -100,7 +99,7 @@ class SegDataset(torch.utils.data.Dataset):
         if self.reduce_zero_label != self.layout.reduce_zero_label:
             raise ValueError(
                 f"data.reduce_zero_label is {self.reduce_zero_label} but {cfg_data.dataset} "
-                f"requires {self.layout.reduce_zero_label} (fact sheet §3.2); fix the config"
+                f"requires {self.layout.reduce_zero_label} (docs/reference.md §3.2); fix the config"
             )
         self.root = resolve_data_root(cfg_data.data_root)
         self.split, self.mode, self.seed = split, mode, seed
@@ -166,15 +165,9 @@ __all__ = [
     "Layout",
     "SegDataset",
     "build_dataset",
-    "list_collate",
     "load_image",
     "load_label",
     "reduce_zero_label",
     "resolve_data_root",
     "scan_pairs",
 ]
-
-
-def list_collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """DataLoader collate for test items (images differ in size): the list itself."""
-    return batch

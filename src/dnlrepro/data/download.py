@@ -1,6 +1,8 @@
 """Verified, resumable downloads of datasets, pretrained backbones and published checkpoints.
 
-Sources (fact sheet §2.2, §3.1, §3.2, §6.1):
+§ numbers refer to docs/reference.md.
+
+Sources (docs/reference.md §2.2, §3.1, §3.2, §6.1):
 
 * ADE20K: ``ADEChallengeData2016.zip`` from MIT's public server.
 * Cityscapes: ``gtFine_trainvaltest.zip`` (packageID 1) and ``leftImg8bit_trainvaltest.zip``
@@ -17,7 +19,6 @@ never used. Only the standard library speaks HTTP (urllib).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import http.cookiejar
 import json
@@ -34,11 +35,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dnlrepro.config import CONFIG_NAMES, REPO_ROOT
+from dnlrepro import workspace
+from dnlrepro.files import file_digest
 
 logger = logging.getLogger(__name__)
 
-DOWNLOAD_DIR = REPO_ROOT / "downloads"
 CHUNK = 1 << 20
 
 ADE20K_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
@@ -56,27 +57,6 @@ CITYSCAPES_ARCHIVES: tuple[str, ...] = tuple(CITYSCAPES_PACKAGES)
 PRETRAINED_URLS: dict[str, str] = {
     "resnet50_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth",
     "resnet101_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
-}
-
-CHECKPOINT_BASE = "https://download.openmmlab.com/mmsegmentation/v0.5/dnlnet"
-# §6.1: "<config>_<timestamp>-<sha256[:8]>.pth", one per README row.
-_CHECKPOINT_SUFFIX: dict[str, str] = {
-    "dnl_r50-d8_512x1024_40k_cityscapes": "20200904_233629-53d4ea93",
-    "dnl_r101-d8_512x1024_40k_cityscapes": "20200904_233629-9928ffef",
-    "dnl_r50-d8_769x769_40k_cityscapes": "20200820_232206-0f283785",
-    "dnl_r101-d8_769x769_40k_cityscapes": "20200820_171256-76c596df",
-    "dnl_r50-d8_512x1024_80k_cityscapes": "20200904_233629-58b2f778",
-    "dnl_r101-d8_512x1024_80k_cityscapes": "20200904_233629-758e2dd4",
-    "dnl_r50-d8_769x769_80k_cityscapes": "20200820_011925-366bc4c7",
-    "dnl_r101-d8_769x769_80k_cityscapes": "20200821_051111-95ff84ab",
-    "dnl_r50-d8_512x512_80k_ade20k": "20200826_183354-1cf6e0c1",
-    "dnl_r101-d8_512x512_80k_ade20k": "20200826_183354-d820d6ea",
-    "dnl_r50-d8_512x512_160k_ade20k": "20200826_183350-37837798",
-    "dnl_r101-d8_512x512_160k_ade20k": "20200826_183350-ed522c61",
-}
-CHECKPOINT_URLS: dict[str, str] = {
-    name: f"{CHECKPOINT_BASE}/{name}/{name}_{suffix}.pth"
-    for name, suffix in _CHECKPOINT_SUFFIX.items()
 }
 
 _NAME_HASH = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt)$")
@@ -107,14 +87,6 @@ def sha256_prefix_from_name(name: str) -> str | None:
     """The hex hash at the end of an OpenMMLab/torch-hub file name (``x-53d4ea93.pth``)."""
     m = _NAME_HASH.search(name.split("?")[0])
     return m.group(1) if m else None
-
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_file(
@@ -249,7 +221,7 @@ def download_url(
     backoff: float = 2.0,
     timeout: float = 60.0,
 ) -> Path:
-    """Download ``url`` into ``dest_dir`` (default ``<REPO_ROOT>/downloads``), verified.
+    """Download ``url`` into ``dest_dir`` (default ``<workspace>/downloads``), verified.
 
     A file name ending in ``-<hex>.pth`` implies ``sha256_prefix=<hex>`` unless one is given.
     An existing file is verified (against the given checksums, or the record written after its
@@ -275,7 +247,7 @@ def download_url(
     Raises:
         DownloadError: HTTP error or retries exhausted. ChecksumError: verification failed.
     """
-    dest_dir = Path(dest_dir) if dest_dir is not None else DOWNLOAD_DIR
+    dest_dir = Path(dest_dir) if dest_dir is not None else workspace.find().downloads
     dest_dir.mkdir(parents=True, exist_ok=True)
     name = filename or Path(urllib.parse.urlparse(url).path).name
     if not name:
@@ -490,12 +462,20 @@ def link_local(what: str, local: Path, dest_dir: Path, names: Iterable[str] = ()
 # ---------------------------------------------------------------------------------------------
 
 
-def _configs(names: list[str] | None) -> list[str]:
-    names = names or list(CONFIG_NAMES)
-    unknown = [n for n in names if n not in CHECKPOINT_URLS]
+def checkpoint_urls(names: Iterable[str] | None = None) -> dict[str, str]:
+    """Published checkpoint URL per configuration, from the registry (default: every row).
+
+    The file names end in ``-<first 8 hex of sha256>.pth`` (docs/reference.md §6.1), which
+    :func:`download_url` verifies.
+    """
+    from dnlrepro.registry import load_published
+
+    rows = load_published().configs
+    names = list(names) if names else list(rows)
+    unknown = [n for n in names if n not in rows]
     if unknown:
-        raise ValueError(f"unknown config(s) {unknown}; choose from {', '.join(CONFIG_NAMES)}")
-    return names
+        raise ValueError(f"unknown config(s) {unknown}; choose from {', '.join(rows)}")
+    return {n: rows[n].checkpoint for n in names}
 
 
 def pretrained_for(configs: Iterable[str]) -> list[str]:
@@ -504,7 +484,7 @@ def pretrained_for(configs: Iterable[str]) -> list[str]:
 
     out = []
     for name in configs:
-        p = load_config(name, profile="paper").model.backbone.pretrained
+        p = load_config(name).model.backbone.pretrained
         if p and p not in out:
             out.append(p)
     return out
@@ -514,7 +494,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--what", required=True, choices=("ade20k", "cityscapes", "pretrained", "checkpoints")
     )
-    parser.add_argument("--dest", type=Path, default=DOWNLOAD_DIR, help="target folder")
+    parser.add_argument(
+        "--dest", type=Path, default=None, help="target folder (default: <workspace>/downloads)"
+    )
     parser.add_argument(
         "--config",
         nargs="+",
@@ -532,25 +514,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=5)
 
 
-def main(args: argparse.Namespace) -> int:
-    dest: Path = args.dest
-    if args.what == "ade20k":
+def fetch(
+    what: str,
+    dest: Path,
+    configs: list[str] | None = None,
+    local: Path | None = None,
+    retries: int = 5,
+) -> list[Path]:
+    """Fetch (or link from ``local``) the files of ``what`` into ``dest``; verified paths.
+
+    ``what``: ``ade20k`` / ``cityscapes`` (archives), ``pretrained`` (the ImageNet backbones the
+    configs use) or ``checkpoints`` (the published weights of ``configs``; default: every row).
+    """
+    if what == "ade20k":
         names, urls = list(ADE20K_ARCHIVES), [ADE20K_URL]
-    elif args.what == "cityscapes":
+    elif what == "cityscapes":
         names, urls = list(CITYSCAPES_ARCHIVES), []
-    elif args.what == "pretrained":
-        names = pretrained_for(_configs(args.config))
-        urls = [PRETRAINED_URLS[n] for n in names]
+    elif what == "pretrained":
+        urls = [PRETRAINED_URLS[n] for n in pretrained_for(checkpoint_urls(configs))]
+        names = [Path(u).name for u in urls]
+    elif what == "checkpoints":
+        urls = list(checkpoint_urls(configs).values())
         names = [Path(u).name for u in urls]
     else:
-        urls = [CHECKPOINT_URLS[n] for n in _configs(args.config)]
-        names = [Path(u).name for u in urls]
-    if args.local is not None:
-        paths = link_local(args.what, args.local, dest, names)
-    elif args.what == "cityscapes":
-        paths = download_cityscapes(dest, retries=args.retries)
-    else:
-        paths = [download_url(u, dest, retries=args.retries) for u in urls]
-    for p in paths:
+        choices = "ade20k, cityscapes, pretrained, checkpoints"
+        raise ValueError(f"unknown download {what!r}; choose one of {choices}")
+    if local is not None:
+        return link_local(what, local, dest, names)
+    if what == "cityscapes":
+        return download_cityscapes(dest, retries=retries)
+    return [download_url(u, dest, retries=retries) for u in urls]
+
+
+def main(args: argparse.Namespace) -> int:
+    dest = args.dest if args.dest is not None else workspace.find().downloads
+    for p in fetch(args.what, dest, args.config, args.local, args.retries):
         logger.info("ready: %s", p)
     return 0

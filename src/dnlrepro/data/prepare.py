@@ -1,4 +1,7 @@
-"""Extract, convert and validate a dataset; write ``<data-root>/manifest.json`` (fact sheet §3).
+"""Extract, convert and validate a dataset; write ``<data-root>/manifest.json``
+(docs/reference.md §3).
+
+§ numbers refer to docs/reference.md.
 
 Steps (``dnlrepro prepare``):
 
@@ -22,7 +25,6 @@ Steps (``dnlrepro prepare``):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -36,8 +38,9 @@ import numpy as np
 from tqdm import tqdm
 
 from dnlrepro.data.archives import safe_extract
-from dnlrepro.data.download import ADE20K_ARCHIVES, CITYSCAPES_ARCHIVES, DOWNLOAD_DIR, EXTRACTED
-from dnlrepro.data.io import LAYOUTS, Layout, load_image, load_label
+from dnlrepro.data.download import ADE20K_ARCHIVES, CITYSCAPES_ARCHIVES, EXTRACTED
+from dnlrepro.data.io import LAYOUTS, load_image, load_label, pair_split
+from dnlrepro.files import file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -184,14 +187,6 @@ def convert_cityscapes(data_root: Path, nproc: int = 1) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_pair(task: tuple[str, str, str, str]) -> tuple[dict[str, Any], list[str]]:
     """Decode one image/label pair; (manifest entries, problems)."""
     dataset, root, img_rel, ann_rel = task
@@ -217,33 +212,8 @@ def _check_pair(task: tuple[str, str, str, str]) -> tuple[dict[str, Any], list[s
         problems.append(f"{ann_path}: {e}")
     for rel, p in ((img_rel, img_path), (ann_rel, ann_path)):
         if p.is_file():
-            entries[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+            entries[rel] = {"size": p.stat().st_size, "sha256": file_digest(p)}
     return entries, problems
-
-
-def _pairs(root: Path, layout: Layout, split: str) -> tuple[list[tuple[str, str]], int, list[str]]:
-    """(image, label) relative paths of a split, the number of images, missing-pair problems."""
-    img_dir, ann_dir = root / layout.img_dir / split, root / layout.ann_dir / split
-    problems = [f"missing folder {d}" for d in (img_dir, ann_dir) if not d.is_dir()]
-    if problems:
-        return [], 0, problems
-    imgs = {
-        str(p.relative_to(img_dir))[: -len(layout.img_suffix)]: p
-        for p in img_dir.rglob(f"*{layout.img_suffix}")
-    }
-    anns = {
-        str(p.relative_to(ann_dir))[: -len(layout.ann_suffix)]: p
-        for p in ann_dir.rglob(f"*{layout.ann_suffix}")
-    }
-    for key in sorted(imgs.keys() - anns.keys()):
-        problems.append(f"{imgs[key]}: no label {ann_dir / (key + layout.ann_suffix)}")
-    for key in sorted(anns.keys() - imgs.keys()):
-        problems.append(f"{anns[key]}: no image {img_dir / (key + layout.img_suffix)}")
-    pairs = [
-        (str(imgs[k].relative_to(root)), str(anns[k].relative_to(root)))
-        for k in sorted(imgs.keys() & anns.keys())
-    ]
-    return pairs, len(imgs), problems
 
 
 def validate(
@@ -255,7 +225,8 @@ def validate(
     counts: dict[str, int] = {}
     problems: list[str] = []
     for split, n_expected in zip(SPLITS[dataset], expect, strict=True):
-        pairs, n_images, missing = _pairs(data_root, layout, split)
+        found, n_images, missing = pair_split(data_root, layout, split)
+        pairs = [(str(i.relative_to(data_root)), str(a.relative_to(data_root))) for i, a in found]
         problems += missing
         counts[split] = n_images
         if n_images != n_expected:
@@ -324,7 +295,7 @@ def _archives_match(recorded: dict[str, Any], fp: dict[str, Any], archives_dir: 
         if rec.get("size") != now["size"]:
             return False
         if rec.get("mtime") != now["mtime"]:
-            if rec.get("sha256") != _sha256(archives_dir / name):
+            if rec.get("sha256") != file_digest(archives_dir / name):
                 return False
             rec["mtime"] = now["mtime"]
     return True
@@ -392,7 +363,7 @@ def prepare(
         logger.info("hashing %d archive(s) for the manifest", len(fp))
     manifest = {
         "dataset": dataset,
-        "archives": {n: {**v, "sha256": _sha256(archives_dir / n)} for n, v in fp.items()},
+        "archives": {n: {**v, "sha256": file_digest(archives_dir / n)} for n, v in fp.items()},
         "expected": list(expect),
         "counts": counts,
         "files": files,
@@ -409,7 +380,12 @@ def prepare(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=tuple(SPLITS))
-    parser.add_argument("--archives", type=Path, default=DOWNLOAD_DIR, help="archive folder")
+    parser.add_argument(
+        "--archives",
+        type=Path,
+        default=None,
+        help="archive folder (default: <workspace>/downloads)",
+    )
     parser.add_argument(
         "--data-root",
         type=Path,
@@ -428,13 +404,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro.config import REPO_ROOT
+    from dnlrepro import workspace
 
-    root = args.data_root or REPO_ROOT / DEFAULT_ROOTS[args.dataset]
+    ws = workspace.find()
+    root = args.data_root or ws.path(DEFAULT_ROOTS[args.dataset])
+    archives = args.archives if args.archives is not None else ws.downloads
     real = REAL_COUNTS[args.dataset]
     expect = (
         args.expect_train if args.expect_train is not None else real[0],
         args.expect_val if args.expect_val is not None else real[1],
     )
-    prepare(args.dataset, args.archives, root, expect, nproc=args.nproc, force=args.force)
+    prepare(args.dataset, archives, root, expect, nproc=args.nproc, force=args.force)
     return 0

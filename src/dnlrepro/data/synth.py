@@ -1,4 +1,4 @@
-"""Synthetic Cityscapes / ADE20K archives in the real layouts (fact sheet §3.1, §3.2).
+"""Synthetic Cityscapes / ADE20K archives in the real layouts (docs/reference.md §3.1, §3.2).
 
 ``dnlrepro synth`` writes ``gtFine_trainvaltest.zip`` + ``leftImg8bit_trainvaltest.zip`` or
 ``ADEChallengeData2016.zip`` with the real member paths, so ``prepare`` and the datasets cannot
@@ -21,13 +21,14 @@ byte-identical archives.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -35,6 +36,9 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from dnlrepro.data.classes import ADE20K_CLASSES, ADE20K_PALETTE
+
+if TYPE_CHECKING:
+    from dnlrepro.profile import Synthetic
 
 logger = logging.getLogger(__name__)
 
@@ -204,9 +208,9 @@ def write_cityscapes(
     out_dir: str | Path,
     n_train: int,
     n_val: int,
-    width: int = 256,
-    height: int = 128,
-    seed: int = 0,
+    width: int,
+    height: int,
+    seed: int,
 ) -> list[Path]:
     """Write ``gtFine_trainvaltest.zip`` and ``leftImg8bit_trainvaltest.zip`` into ``out_dir``."""
     from cityscapesscripts.helpers.labels import labels as cs_labels
@@ -292,9 +296,9 @@ def write_ade20k(
     out_dir: str | Path,
     n_train: int,
     n_val: int,
-    min_size: int = 72,
-    max_size: int = 128,
-    seed: int = 0,
+    min_size: int,
+    max_size: int,
+    seed: int,
 ) -> list[Path]:
     """Write ``ADEChallengeData2016.zip`` into ``out_dir`` (image sides in [min, max])."""
     if min_size < 16 or max_size < min_size or n_train < 1 or n_val < 1:
@@ -352,47 +356,37 @@ def write_ade20k(
 # ---------------------------------------------------------------------------------------------
 
 
-def _smoke_defaults(dataset: str) -> dict[str, Any]:
-    """``settings.synthetic`` of the smoke profile: the seed plus this dataset's counts/sizes."""
-    from dnlrepro.config import profile_settings
-
-    synthetic = profile_settings("smoke").get("synthetic") or {}
-    return {"seed": synthetic.get("seed", 0), **(synthetic.get(dataset) or {})}
+def write(dataset: str, out_dir: str | Path, synthetic: Synthetic) -> list[Path]:
+    """The archives of ``dataset`` at the counts, sizes and seed of a profile's ``synthetic``."""
+    if dataset == "cityscapes":
+        c = synthetic.cityscapes
+        return write_cityscapes(out_dir, c.train, c.val, c.width, c.height, synthetic.seed)
+    a = synthetic.ade20k
+    return write_ade20k(out_dir, a.train, a.val, a.min_size, a.max_size, synthetic.seed)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=("cityscapes", "ade20k"))
     parser.add_argument("--out", type=Path, required=True, help="folder for the archives")
-    parser.add_argument("--seed", type=int, default=None, help="default: smoke profile seed")
-    parser.add_argument("--train", type=int, default=None, help="training images")
-    parser.add_argument("--val", type=int, default=None, help="validation images")
-    parser.add_argument("--width", type=int, default=None, help="Cityscapes image width")
-    parser.add_argument("--height", type=int, default=None, help="Cityscapes image height")
-    parser.add_argument("--min-size", type=int, default=None, help="ADE20K smallest side")
-    parser.add_argument("--max-size", type=int, default=None, help="ADE20K largest side")
+    default = " (default: the smoke profile's, params/profiles.yaml)"
+    parser.add_argument("--seed", type=int, default=None, help="random seed" + default)
+    parser.add_argument("--train", type=int, default=None, help="training images" + default)
+    parser.add_argument("--val", type=int, default=None, help="validation images" + default)
+    parser.add_argument("--width", type=int, default=None, help="Cityscapes image width" + default)
+    parser.add_argument("--height", type=int, default=None, help="Cityscapes height" + default)
+    parser.add_argument("--min-size", type=int, default=None, help="ADE20K smallest side" + default)
+    parser.add_argument("--max-size", type=int, default=None, help="ADE20K largest side" + default)
 
 
 def main(args: argparse.Namespace) -> int:
-    d = _smoke_defaults(args.dataset)
-    fallback = {
-        "seed": 0,
-        "train": 8,
-        "val": 3,
-        "width": 256,
-        "height": 128,
-        "min_size": 72,
-        "max_size": 128,
-    }
-    opt = {
-        k: getattr(args, k) if getattr(args, k) is not None else int(d.get(k, v))
-        for k, v in fallback.items()
-    }
-    if args.dataset == "cityscapes":
-        write_cityscapes(
-            args.out, opt["train"], opt["val"], opt["width"], opt["height"], opt["seed"]
-        )
-    else:
-        write_ade20k(
-            args.out, opt["train"], opt["val"], opt["min_size"], opt["max_size"], opt["seed"]
-        )
+    from dnlrepro.profile import load_profile
+
+    smoke = load_profile("smoke").synthetic_or_fail()
+    sizes = smoke.cityscapes if args.dataset == "cityscapes" else smoke.ade20k
+    given = {k: v for k, v in vars(args).items() if v is not None and hasattr(sizes, k)}
+    seed = smoke.seed if args.seed is None else args.seed
+    spec = dataclasses.replace(
+        smoke, seed=seed, **{args.dataset: dataclasses.replace(sizes, **given)}
+    )
+    write(args.dataset, args.out, spec)
     return 0

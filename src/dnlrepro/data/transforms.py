@@ -1,4 +1,6 @@
-"""mmseg 0.x / mmcv 1.x image transforms, reproduced numerically (fact sheet §3.3, §3.4).
+"""mmseg 0.x / mmcv 1.x image transforms, reproduced numerically (docs/reference.md §3.3, §3.4).
+
+§ numbers refer to docs/reference.md.
 
 Conventions: images are HxWx3 ``uint8`` **BGR** arrays (cv2 decode, §3.3 step 1) until
 :func:`normalize`; labels are HxW ``uint8`` arrays with 255 = ignore. Sizes passed to cv2 are

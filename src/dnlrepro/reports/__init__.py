@@ -1,1 +1,1 @@
-"""Published numbers, tables, the diff report, the CI check and the multi-GPU launcher."""
+"""Tables, the diff report against the published numbers, and the CI check."""

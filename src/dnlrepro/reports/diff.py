@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dnlrepro.config import CONFIG_NAMES, REPO_ROOT, current_profile
-from dnlrepro.reports.published import METRICS, PUBLISHED_FILE, Published, load_published
-from dnlrepro.reports.results import RESULTS_DIR, Measured, load_measured, read_json
+from dnlrepro import workspace
+from dnlrepro.files import write_json
+from dnlrepro.profile import read_params
+from dnlrepro.registry import METRICS, Published, load_published
+from dnlrepro.reports.results import Measured, load_measured, read_json
 from dnlrepro.reports.tables import environment
 
 logger = logging.getLogger(__name__)
 
-BASELINE_FILE = REPO_ROOT / "params" / "smoke_baseline.json"
 BASELINE_METRICS: tuple[str, ...] = ("mIoU", "mIoU_ms_flip", "mAcc", "aAcc")
 # Seeded single-process CPU runs repeat bit for bit on one machine; another CPU or BLAS can sum
 # in another order and flip the argmax of a few pixels of the tiny synthetic val set.
@@ -40,7 +40,8 @@ BASELINE_REASON = (
     "smoke runs are seeded and single-process, so they repeat exactly on one machine; another "
     "CPU/BLAS may reorder float sums and flip a few argmax pixels of the tiny synthetic val set"
 )
-# Fields that explain most "cannot reproduce" gaps (spec §4.3): GPUs x batch, crop, test scales.
+# Fields that explain most "cannot reproduce" gaps in mmseg's issues (#1169: GPUs x batch; #87:
+# single-scale vs ms+flip): GPUs x batch, crop, test scales (docs/reference.md §8).
 PROTOCOL_EVAL_KEYS = (
     "split",
     "image_count",
@@ -198,15 +199,21 @@ def build_diff(
     return {
         "profile": profile,
         "reference": "smoke baseline" if profile == "smoke" else "published",
-        "published_file": str(published.path.relative_to(REPO_ROOT))
-        if published.path.is_relative_to(REPO_ROOT)
-        else str(published.path),
+        "published_file": _relative(published.path),
         "source": published.source,
         "definitions": published.definitions,
         "summary": summary,
         "rows": rows,
         "protocols": protocols,
     }
+
+
+def _relative(path: Path) -> str:
+    """The registry path as committed files show it: relative to the workspace when inside."""
+    try:
+        return workspace.find().relative(path)
+    except workspace.WorkspaceError:
+        return str(path)
 
 
 def _cell(value: Any, digits: int = 2, signed: bool = False) -> str:
@@ -239,7 +246,7 @@ def write_diff(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "diff.json", out_dir / "diff.md"
-    json_path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    write_json(json_path, report)
     md_path.write_text(render_markdown(report), encoding="utf-8")
     logger.info("wrote %s and %s: %s", md_path, json_path, report["summary"])
     return md_path, json_path
@@ -286,24 +293,23 @@ def update_baseline(names: Sequence[str], measured: dict[str, Measured], path: s
         "reason": BASELINE_REASON,
         "configs": configs,
     }
-    path = Path(path)
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    path = write_json(path, data)
     logger.info("recorded the smoke baseline of %d configurations in %s", len(names), path)
     return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", default=str(RESULTS_DIR), help="results/<config>/ root")
-    parser.add_argument("--published", default=str(PUBLISHED_FILE), help="published numbers")
-    parser.add_argument("--baseline", default=str(BASELINE_FILE), help="smoke baseline JSON")
-    parser.add_argument("--out", default=str(REPO_ROOT / "reports"), help="output folder")
+    parser.add_argument("--results", default=None, help="default: <workspace>/results")
+    parser.add_argument("--published", default=None, help="default: params/published.yaml")
+    parser.add_argument("--baseline", default=None, help="default: params/smoke_baseline.json")
+    parser.add_argument("--out", default=None, help="output folder (default: <workspace>/reports)")
     parser.add_argument("--profile", default=None, help="default: the switch in params.yaml")
     parser.add_argument(
         "--configs",
         nargs="+",
-        default=list(CONFIG_NAMES),
+        default=None,
         metavar="NAME",
-        help="configurations to compare (default: all twelve)",
+        help="configurations to compare (default: every row of params/published.yaml)",
     )
     parser.add_argument(
         "--update-baseline",
@@ -312,14 +318,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(args: argparse.Namespace) -> int:
-    profile = args.profile or current_profile()
-    measured = {n: load_measured(n, args.results) for n in args.configs}
-    if args.update_baseline:
+def run(
+    ws: workspace.Workspace,
+    profile: str,
+    configs: Sequence[str] | None = None,
+    update: bool = False,
+    paths: dict[str, str | Path | None] | None = None,
+) -> dict[str, Any]:
+    """Build and write the diff report of ``ws`` (``paths`` may override results, published,
+    baseline and out); with ``update``, first record the smoke results as the baseline."""
+    paths = paths or {}
+    published = load_published(paths.get("published") or ws.registry_file)
+    names = list(configs or published.configs)
+    baseline_file = paths.get("baseline") or ws.baseline_file
+    measured = {n: load_measured(n, paths.get("results") or ws.results) for n in names}
+    if update:
         if profile != "smoke":
             raise ValueError(f"--update-baseline records smoke results; the profile is {profile!r}")
-        update_baseline(args.configs, measured, args.baseline)
-    baseline = load_baseline(args.baseline) if profile == "smoke" else None
-    report = build_diff(args.configs, load_published(args.published), measured, profile, baseline)
-    write_diff(report, args.out)
+        update_baseline(names, measured, baseline_file)
+    baseline = load_baseline(baseline_file) if profile == "smoke" else None
+    report = build_diff(names, published, measured, profile, baseline)
+    write_diff(report, paths.get("out") or ws.reports)
+    return report
+
+
+def main(args: argparse.Namespace) -> int:
+    ws = workspace.find()
+    profile = args.profile or read_params(ws).name
+    paths = {k: getattr(args, k) for k in ("results", "published", "baseline", "out")}
+    run(ws, profile, args.configs, args.update_baseline, paths)
     return 0

@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dnlrepro.config import REPO_ROOT
+from dnlrepro import workspace
 
 logger = logging.getLogger(__name__)
-
-RESULTS_DIR = REPO_ROOT / "results"
 
 
 class ResultsError(ValueError):
@@ -88,9 +86,12 @@ def _read_mapping(path: Path, files: dict[str, str], key: str, writer: str) -> d
     return data
 
 
-def load_measured(name: str, results_dir: str | Path = RESULTS_DIR) -> Measured:
-    """Everything we measured for configuration ``name`` (missing files give ``None`` values)."""
-    root = Path(results_dir) / name
+def load_measured(name: str, results_dir: str | Path | None = None) -> Measured:
+    """Everything we measured for configuration ``name`` (missing files give ``None`` values).
+
+    ``results_dir`` defaults to the workspace's ``results/``.
+    """
+    root = Path(results_dir if results_dir is not None else workspace.find().results) / name
     files: dict[str, str] = {}
     metrics: dict[str, float | None] = dict.fromkeys(
         ("mIoU", "mIoU_ms_flip", "mAcc", "aAcc", "mem_gb", "fps")

@@ -15,23 +15,15 @@ from pathlib import Path
 
 import jinja2
 
-from dnlrepro.config import (
-    ADE20K_CONFIGS,
-    CITYSCAPES_CONFIGS,
-    REPO_ROOT,
-    current_profile,
-    load_profiles,
-)
-from dnlrepro.reports.published import PUBLISHED_FILE, Published, load_published
-from dnlrepro.reports.results import RESULTS_DIR, Measured, device_of, load_measured
+from dnlrepro import workspace
+from dnlrepro.profile import Profile, load_profile, read_params
+from dnlrepro.registry import Published, load_published
+from dnlrepro.reports.results import Measured, device_of, load_measured
 
 logger = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
-DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "cityscapes": ("Cityscapes", CITYSCAPES_CONFIGS),
-    "ade20k": ("ADE20K", ADE20K_CONFIGS),
-}
+TITLES: dict[str, str] = {"cityscapes": "Cityscapes", "ade20k": "ADE20K"}
 HEADER = (
     "Method",
     "Backbone",
@@ -110,9 +102,9 @@ def render(
     profile_description: str,
 ) -> str:
     """Markdown table of ``names`` (in this order) for ``dataset``."""
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    title, _ = DATASETS[dataset]
+    if dataset not in TITLES:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(TITLES)}")
+    title = TITLES[dataset]
     header, rule, rows = _pad([row_cells(n, published, measured[n]) for n in names])
     devices = sorted({d for n in names if (d := device_of(measured[n]))})
     notes = []
@@ -121,7 +113,8 @@ def render(
             notes.append(f"`{n}`: not evaluated yet (no `results/{n}/metrics.json`).")
     if dataset == "cityscapes":
         notes.append(
-            "The mmseg README publishes no mIoU(ms+flip) for the 512x1024 rows (fact sheet §5.3); "
+            "The mmseg README publishes no mIoU(ms+flip) for the 512x1024 rows "
+            "(docs/reference.md §5.3); "
             "see diff.md."
         )
     return (
@@ -142,20 +135,19 @@ def render(
 
 def write_tables(
     out_dir: str | Path,
-    results_dir: str | Path = RESULTS_DIR,
-    published_file: str | Path = PUBLISHED_FILE,
-    profile: str | None = None,
+    results_dir: str | Path,
+    published: Published,
+    profile: Profile,
 ) -> list[Path]:
     """Render both tables into ``out_dir``; returns the written paths."""
-    profile = profile or current_profile()
-    description = str((load_profiles().get(profile) or {}).get("description", ""))
-    published = load_published(published_file)
+    description = " ".join(profile.description.split())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for dataset, (_title, names) in DATASETS.items():
+    for dataset in TITLES:
+        names = [n for n, row in published.configs.items() if row.dataset == dataset]
         measured = {n: load_measured(n, results_dir) for n in names}
-        text = render(dataset, names, published, measured, profile, description)
+        text = render(dataset, names, published, measured, profile.name, description)
         path = out_dir / f"{dataset}.md"
         path.write_text(text, encoding="utf-8")
         logger.info("wrote %s (%d rows)", path, len(names))
@@ -164,14 +156,21 @@ def write_tables(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", default=str(RESULTS_DIR), help="results/<config>/ root")
-    parser.add_argument("--published", default=str(PUBLISHED_FILE), help="published numbers")
-    parser.add_argument("--out", default=str(REPO_ROOT / "reports"), help="output folder")
+    parser.add_argument("--results", default=None, help="default: <workspace>/results")
+    parser.add_argument("--published", default=None, help="default: params/published.yaml")
+    parser.add_argument("--out", default=None, help="output folder (default: <workspace>/reports)")
     parser.add_argument(
-        "--profile", default=None, help="profile named in the header line (default: params.yaml)"
+        "--profile", default=None, help="profile that produced the results (default: params.yaml)"
     )
 
 
 def main(args: argparse.Namespace) -> int:
-    write_tables(args.out, args.results, args.published, args.profile)
+    ws = workspace.find()
+    profile = load_profile(args.profile, ws) if args.profile else read_params(ws)
+    write_tables(
+        args.out or ws.reports,
+        args.results or ws.results,
+        load_published(args.published or ws.registry_file),
+        profile,
+    )
     return 0
