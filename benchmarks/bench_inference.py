@@ -3,7 +3,8 @@
 R50-D8, random weights, batch 1, ``model.inference`` in whole mode (forward, two-step resize,
 softmax), fp32. Each variant runs in a fresh subprocess so its peak memory is that process's
 ``ru_maxrss`` alone (on CUDA: ``torch.cuda.max_memory_allocated``). At 1024x2048 the DNL block
-attends over P = 128 * 256 = 32768 positions: one fp32 P x P matrix is 4 GiB (fact sheet §5.3).
+attends over P = 128 * 256 = 32768 positions: one fp32 P x P matrix is 4 GiB
+(docs/reference.md §5.3).
 
     .venv/bin/python benchmarks/bench_inference.py [--size 1024 2048] [--variants sdpa naive]
         [--repeat 1] [--threads N] [--device cpu|cuda]

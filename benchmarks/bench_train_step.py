@@ -1,9 +1,10 @@
 """Time and peak memory of one DNLNet training step (R50-D8, default 256x512 crop, batch 2).
 
-The step is exactly the train loop's: poly lr, forward_train (decode + 0.4 aux CE), backward,
-SGD with momentum and weight decay. Inputs are random (data loading is not timed). On CPU the
+The step is the train loop's own (:func:`dnlrepro.engine.step.train_step` after the poly lr):
+forward_train (decode + 0.4 aux CE), loss sum and NaN check, backward, SGD with momentum and
+weight decay. Inputs are random (data loading is not timed). On CPU the
 peak memory is the process's max RSS (what the train loop logs on CPU); on CUDA it is
-``torch.cuda.max_memory_allocated`` (mmcv's "memory", fact sheet §5.5).
+``torch.cuda.max_memory_allocated`` (mmcv's "memory", docs/reference.md §5.5).
 
     .venv/bin/python benchmarks/bench_train_step.py [--crop 256 512] [--batch 2] [--steps 3]
 """
@@ -21,6 +22,7 @@ import torch
 
 from dnlrepro.config import load_config
 from dnlrepro.engine import schedule
+from dnlrepro.engine.step import train_step
 from dnlrepro.models import build_segmentor
 
 CFG = "dnl_r50-d8_512x1024_40k_cityscapes"
@@ -58,11 +60,7 @@ def main() -> None:
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
         schedule.set_lr(opt, schedule.lr_at(it, cfg.schedule))
-        losses = model(img, gt)
-        loss = sum(v for k, v in losses.items() if "loss" in k)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, img, gt, opt, iteration=it, max_iters=args.steps + 1)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         if it > 0:  # the first step allocates gradients and momentum buffers

@@ -1,4 +1,7 @@
-"""``dnlrepro benchmark``: mmseg's fps definition (§5.4) and the CPU fallback for Mem (§5.5)."""
+"""``dnlrepro benchmark``: mmseg's fps definition (§5.4) and the CPU fallback for Mem (§5.5).
+
+§ numbers refer to docs/reference.md.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """``dnlrepro evaluate`` on a synthetic prepared Cityscapes split, through a saved checkpoint.
 
-The expected numbers are recomputed here from the fact sheet (§5.1, §5.2, §5.3) with numpy
+§ numbers refer to docs/reference.md.
+
+The expected numbers are recomputed here from docs/reference.md (§5.1, §5.2, §5.3) with numpy
 histograms over the whole split, independently of ``engine.metrics`` and ``engine.evaluate``.
 """
 

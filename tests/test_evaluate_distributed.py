@@ -1,4 +1,7 @@
-"""Sharded evaluation over 2 gloo processes equals the single-process result (§5.1 totals)."""
+"""Sharded evaluation over 2 gloo processes equals the single-process result (§5.1 totals).
+
+§ numbers refer to docs/reference.md.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dnlrepro.config import load_config
-from dnlrepro.engine.evaluate import evaluate_model, load_model
+from dnlrepro.engine.evaluate import evaluate_model
+from dnlrepro.engine.inference import load_model
 from dnlrepro.engine.metrics import IoUAccumulator
 from dnlrepro.models import build_segmentor, save_checkpoint
 

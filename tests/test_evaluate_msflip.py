@@ -1,4 +1,7 @@
-"""ms+flip (fact sheet §5.3) equals an explicit mean of the 12 per-view softmax maps."""
+"""ms+flip (docs/reference.md §5.3) equals an explicit mean of the 12 per-view softmax maps.
+
+§ numbers refer to docs/reference.md.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dnlrepro.config import load_config
-from dnlrepro.engine.evaluate import infer_image
+from dnlrepro.engine.inference import infer_image
 from dnlrepro.models import build_segmentor
 
 
@@ -31,7 +34,7 @@ def _model(cfg, seed: int = 0):
 
 
 def _manual_view_probs(model, cfg, img_bgr, ratio, flip):
-    """One view written out from the fact sheet, independent of data.transforms (§3.4, §5.2)."""
+    """One view written out from docs/reference.md, independent of data.transforms (§3.4, §5.2)."""
     h, w = img_bgr.shape[:2]
     long_s, short_s = (int(s * ratio) for s in cfg.test.img_scale)
     f = min(long_s / max(h, w), short_s / min(h, w))

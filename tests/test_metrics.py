@@ -1,4 +1,7 @@
-"""Hand-computed mIoU cases pinning mmseg 0.x's definition (fact sheet §5.1)."""
+"""Hand-computed mIoU cases pinning mmseg 0.x's definition (docs/reference.md §5.1).
+
+§ numbers refer to docs/reference.md.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""``dnlrepro predict``: label PNGs at the original size, overlays, and clear errors."""
+"""``dnlrepro predict``: label PNGs at the original size, overlays, and clear errors.
+
+§ numbers refer to docs/reference.md.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Poly lr (mmcv formula, §4.1), SGD settings (§4.2) and the resumable distributed sampler."""
+"""Poly lr (mmcv formula, §4.1), SGD settings (§4.2) and the resumable distributed sampler.
+
+§ numbers refer to docs/reference.md.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """MLflow adapter: absolute URIs, one-time DB init, runs with params/metrics/artifacts, and
-failures that only warn (shared/spec/dvc-mlflow.md §0, §3)."""
+failures that only warn (behaviour verified with MLflow 3.17.2)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dnlrepro.config import REPO_ROOT, load_config
+from dnlrepro import workspace
+from dnlrepro.config import load_config
 from dnlrepro.engine import tracking
 from dnlrepro.engine.tracking import Tracker, init_db, tracking_uri
 
@@ -18,7 +19,7 @@ CFG = "dnl_r50-d8_512x1024_40k_cityscapes"
 def test_tracking_uri_is_absolute_and_follows_dvc_root(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
-    assert tracking_uri() == f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+    assert tracking_uri() == f"sqlite:///{workspace.find().root / 'mlflow.db'}"
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert tracking_uri().startswith("sqlite:////")  # absolute path -> four slashes

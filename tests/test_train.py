@@ -1,5 +1,7 @@
 """Training engine on synthetic Cityscapes (written by ``synth``, converted by ``prepare``).
 
+§ numbers refer to docs/reference.md.
+
 Every run uses the real R50 DNLNet at the smoke profile's tiny crops (32x64 from 128x64 images),
 so each iteration costs seconds on 2 CPU cores; the expensive runs share module fixtures.
 """
@@ -23,10 +25,10 @@ import torch
 import yaml
 
 from dnlrepro.config import Config, load_config
-from dnlrepro.data.download import file_digest
-from dnlrepro.engine import checkpointing, schedule, train
-from dnlrepro.engine.checkpointing import ResumeError
+from dnlrepro.engine import resume, schedule, train, train_setup
+from dnlrepro.engine.resume import ResumeError
 from dnlrepro.engine.train import NonFiniteLossError
+from dnlrepro.files import file_digest
 
 CFG = "dnl_r50-d8_512x1024_40k_cityscapes"
 
@@ -241,7 +243,7 @@ def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "no-data-needed"
     written_by = tiny_cfg(root)
     opt_model = nn.Linear(2, 2)
-    checkpointing.save_train_checkpoint(
+    resume.save_train_checkpoint(
         tmp_path / "wd",
         opt_model,
         torch.optim.SGD(opt_model.parameters(), lr=0.1),
@@ -282,10 +284,11 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(
 
 def test_cli_rejects_bad_override() -> None:
     from dnlrepro.config import ConfigError
+    from dnlrepro.profile import parse_overrides
 
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        train.parse_overrides(["schedule.max_iters"])
-    assert train.parse_overrides(["schedule.max_iters=20", "data.crop_size=[8, 16]"]) == {
+        parse_overrides(["schedule.max_iters"])
+    assert parse_overrides(["schedule.max_iters=20", "data.crop_size=[8, 16]"]) == {
         "schedule.max_iters": 20,
         "data.crop_size": [8, 16],
     }
@@ -323,8 +326,7 @@ def test_pretrained_backbone_is_downloaded_and_loaded(
     http_dir: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """cfg.model.backbone.pretrained -> PRETRAINED_URLS -> download -> backbone weights (§2.2)."""
-    from dnlrepro import models
-    from dnlrepro.data import download
+    from dnlrepro import models, workspace
     from dnlrepro.engine.distributed import DistInfo
 
     root, url = http_dir
@@ -333,7 +335,12 @@ def test_pretrained_backbone_is_downloaded_and_loaded(
     source = models.build_segmentor(cfg).backbone.state_dict()
     torch.save({"state_dict": source}, root / "resnet50_v1c.pth")
     monkeypatch.setitem(models.PRETRAINED_URLS, "resnet50_v1c", f"{url}/resnet50_v1c.pth")
-    monkeypatch.setattr(download, "DOWNLOAD_DIR", tmp_path / "downloads")
+    # Downloads go to <workspace>/downloads: a scratch workspace that shares the real params/.
+    scratch = tmp_path / "ws"
+    scratch.mkdir()
+    (scratch / "dvc.yaml").write_text("stages: {}\n")
+    (scratch / "params").symlink_to(workspace.find().params_dir)
+    monkeypatch.setenv(workspace.ENV_VAR, str(scratch))
     info = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
 
     def backbone_matches(model: torch.nn.Module) -> bool:
@@ -341,12 +348,12 @@ def test_pretrained_backbone_is_downloaded_and_loaded(
         return all(torch.equal(got[k], v) for k, v in source.items())
 
     torch.manual_seed(0)
-    assert backbone_matches(train._build_model(cfg, info, None))  # the config's URL
-    assert (tmp_path / "downloads" / "resnet50_v1c.pth").is_file()
+    assert backbone_matches(train_setup.build_model(cfg, info, None))  # the config's URL
+    assert (scratch / "downloads" / "resnet50_v1c.pth").is_file()
     torch.manual_seed(0)
-    assert not backbone_matches(train._build_model(cfg, info, "none"))  # random init
+    assert not backbone_matches(train_setup.build_model(cfg, info, "none"))  # random init
     torch.manual_seed(0)
-    assert backbone_matches(train._build_model(cfg, info, str(root / "resnet50_v1c.pth")))
+    assert backbone_matches(train_setup.build_model(cfg, info, str(root / "resnet50_v1c.pth")))
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
@@ -381,7 +388,7 @@ def test_cli_reports_a_refused_resume_in_one_line(
     from dnlrepro import cli
 
     model = nn.Linear(2, 2)
-    checkpointing.save_train_checkpoint(
+    resume.save_train_checkpoint(
         tmp_path / "wd",
         model,
         torch.optim.SGD(model.parameters(), lr=0.1),
@@ -466,3 +473,29 @@ def test_loader_workers_do_not_change_the_batches(cityscapes_root: Path, tmp_pat
         finals.append(state_dict_of(tmp_path / f"w{workers}" / "final.pth"))
     different = [k for k in finals[0] if not torch.equal(finals[0][k], finals[1][k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_final_weights_go_to_final_path_named_relative_to_the_workspace(
+    cityscapes_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DVC stage trains in a scratch work dir and keeps only ``final_path``; the summary
+    names it relative to the workspace root (a committed file must not hold a machine's path)."""
+    from dnlrepro import workspace
+
+    scratch_ws = tmp_path / "ws"
+    scratch_ws.mkdir()
+    (scratch_ws / "dvc.yaml").write_text("stages: {}\n")
+    (scratch_ws / "params").symlink_to(workspace.find().params_dir)
+    monkeypatch.setenv(workspace.ENV_VAR, str(scratch_ws))
+    cfg = tiny_cfg(cityscapes_root, **{"schedule.max_iters": 1, "schedule.eval_interval": 1})
+    work_dir = scratch_ws / "work_dirs" / CFG / "scratch" / cfg.digest()[:16]
+    final = scratch_ws / "work_dirs" / CFG / "final.pth"
+    summary = train.train(
+        cfg, work_dir, track=False, eval_max_images=1, final_path=final,
+        summary_out=tmp_path / "summary.json",
+    )  # fmt: skip
+    assert final.is_file() and not (work_dir / "final.pth").exists()
+    assert summary["checkpoint"] == f"work_dirs/{CFG}/final.pth"
+    assert summary["checkpoint_sha256"] == file_digest(final)
+    assert summary["profile"] == "smoke"
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary

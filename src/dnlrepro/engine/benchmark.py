@@ -1,14 +1,17 @@
 """``dnlrepro benchmark``: the README's "Inf time (fps)" and "Mem (GB)" columns on your hardware.
 
-* **fps** (fact sheet §5.4, mmseg v0.6 ``tools/benchmark.py``): batch 1, ``num_images`` images
-  (200), the first ``warmup`` (5) excluded, ``cudnn.benchmark = False``. Each timed region is
+§ numbers refer to docs/reference.md.
+
+* **fps** (docs/reference.md §5.4, mmseg v0.6 ``tools/benchmark.py``): batch 1, ``num_images``
+  images (200), the first ``warmup`` (5) excluded, ``cudnn.benchmark = False``. Each timed region is
   bracketed by ``torch.cuda.synchronize()`` + ``perf_counter`` and covers what mmseg's
   ``model(return_loss=False, rescale=True)`` does after data loading: moving the image to the
   device, the forward pass (whole or slide), the resize to the original size, softmax, argmax and
   ``.cpu().numpy()``. Reading and preprocessing images is outside the timed region.
   ``fps = (num_images - warmup) / total_time``; metafiles show ``round(1000 / fps, 2)`` ms/im.
-* **Mem (GB)** (§5.5): ``torch.cuda.max_memory_allocated()`` over a few training iterations at the
-  config's crop and per-GPU batch (SyncBN reverted to BN: one process), in MB as mmcv logs it
+* **Mem (GB)** (§5.5): ``torch.cuda.max_memory_allocated()`` over a few training iterations (the
+  train loop's own step) at the config's crop and per-GPU batch (SyncBN reverted to BN: one
+  process), in MB as mmcv logs it
   (``int(bytes / 2**20)``), divided by 1024. Only defined on CUDA: on CPU it is ``null`` with a
   note. mmseg's docs say ``cudnn.benchmark=False`` while its runtime config sets True (§5.5
   caveat); we use False, as the docs define it.
@@ -30,15 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dnlrepro.config import PROFILES, Config, load_config
-from dnlrepro.data.download import file_digest
-from dnlrepro.engine.evaluate import (
-    SINGLE_SCALE,
-    load_model,
-    resolve_split,
-    unwrap,
-    write_json,
-)
+from dnlrepro.config import Config
+from dnlrepro.engine import schedule
+from dnlrepro.engine.evaluate import resolve_split
+from dnlrepro.engine.inference import SINGLE_SCALE, checkpoint_label, load_model, unwrap
+from dnlrepro.engine.step import train_step
+from dnlrepro.files import file_digest, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,6 @@ def benchmark_inference(
     Raises:
         ValueError: ``warmup`` is not smaller than ``num_images``.
     """
-    from dnlrepro.data import transforms
-
     if num_images <= 0 or not 0 <= warmup < num_images:
         raise ValueError(
             f"need 0 <= warmup < num_images, got warmup={warmup}, num_images={num_images}; "
@@ -114,18 +112,8 @@ def benchmark_inference(
     try:
         with torch.no_grad():
             for i, img in enumerate(_images(cfg, data_root, split, num_images)):
-                # Data loading and preprocessing are outside the timed region (§5.4).
-                ((view, _),) = transforms.test_views(
-                    img, cfg.test.img_scale, SINGLE_SCALE, False, cfg.data
-                )
-                ori_shape = tuple(img.shape[:2])
-                shapes.add(ori_shape)
-                _sync(device)
-                start = time.perf_counter()
-                probs = net.inference(view.unsqueeze(0).to(device), ori_shape, flip=False)
-                _ = probs.argmax(dim=1).cpu().numpy()
-                _sync(device)
-                elapsed = time.perf_counter() - start
+                shapes.add(tuple(img.shape[:2]))
+                elapsed = _time_one_image(net, img, cfg, device)
                 if i >= warmup:
                     total += elapsed
                 if (i + 1) % log_every == 0:
@@ -151,10 +139,32 @@ def benchmark_inference(
     }
 
 
+def _time_one_image(
+    net: torch.nn.Module, img: np.ndarray, cfg: Config, device: torch.device
+) -> float:
+    """Seconds of what mmseg's ``model(return_loss=False, rescale=True)`` does for one image.
+
+    Preprocessing is outside the timed region (§5.4); inside: the copy to the device, forward
+    (whole or slide), resize to the original size, softmax, argmax and ``.cpu().numpy()``.
+    """
+    from dnlrepro.data import transforms
+
+    ((view, _),) = transforms.test_views(img, cfg.test.img_scale, SINGLE_SCALE, False, cfg.data)
+    _sync(device)
+    start = time.perf_counter()
+    probs = net.inference(view.unsqueeze(0).to(device), tuple(img.shape[:2]), flip=False)
+    _ = probs.argmax(dim=1).cpu().numpy()
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def benchmark_train_memory(
     cfg: Config, device: torch.device | str, iters: int = 5, seed: int = 0
 ) -> dict[str, Any]:
     """Peak CUDA memory of ``iters`` training iterations at the config's crop and batch (§5.5).
+
+    Each iteration is the train loop's :func:`~dnlrepro.engine.step.train_step` on random inputs
+    (10% of the label pixels ignored), fp32, one process, BN instead of SyncBN.
 
     Returns:
         ``{"mem_gb", "mem_mb", "train_iters", "batch", "crop_size", "note"}``; ``mem_*`` are None
@@ -166,34 +176,21 @@ def benchmark_train_memory(
     batch, (h, w) = cfg.data.samples_per_gpu, cfg.data.crop_size
     info: dict[str, Any] = {"train_iters": iters, "batch": batch, "crop_size": [h, w]}
     if device.type != "cuda":
-        return {
-            **info,
-            "mem_gb": None,
-            "mem_mb": None,
-            "note": "Mem (GB) is torch.cuda.max_memory_allocated (fact sheet §5.5): CUDA only",
-        }
+        note = "Mem (GB) is torch.cuda.max_memory_allocated (docs/reference.md §5.5): CUDA only"
+        return {**info, "mem_gb": None, "mem_mb": None, "note": note}
     if iters <= 0:
         return {**info, "mem_gb": None, "mem_mb": None, "note": "training memory not measured"}
     torch.manual_seed(seed)
-    model = models.build_segmentor(cfg)
-    model = models.revert_sync_batchnorm(model)
-    model.to(device).train()
-    s = cfg.schedule
-    opt = torch.optim.SGD(
-        model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
-    )
+    model = models.revert_sync_batchnorm(models.build_segmentor(cfg)).to(device).train()
+    opt = schedule.build_optimizer(model, cfg.schedule)
     gen = torch.Generator().manual_seed(seed)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(iters):
+    for it in range(iters):
         img = torch.randn(batch, 3, h, w, generator=gen).to(device)
         gt = torch.randint(0, cfg.model.num_classes, (batch, h, w), generator=gen)
         gt[torch.rand(batch, h, w, generator=gen) < 0.1] = cfg.model.ignore_index
-        losses = model.forward_train(img, gt.to(device))
-        loss = sum(v for k, v in losses.items() if "loss" in k)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, img, gt.to(device), opt, iteration=it, max_iters=iters)
     _sync(device)
     # mmcv TextLoggerHook: int(max_memory_allocated / 1024 / 1024) MB; README GB = MB / 1024.
     mem_mb = int(torch.cuda.max_memory_allocated(device) / (1024 * 1024))
@@ -222,10 +219,9 @@ def benchmark(
     """fps (§5.4) and training memory (§5.5); writes ``out`` JSON when given.
 
     Returns:
-        ``{"fps", "ms_per_image", "mem_gb", "mem_mb", "device", ..., "notes": [...]}``.
+        ``{"config", "profile", "fps", "ms_per_image", "mem_gb", "mem_mb", "device", ...,
+        "notes": [...]}``.
     """
-    from dnlrepro import models
-
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -235,15 +231,7 @@ def benchmark(
     old_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False  # §5.4 / §5.5
     try:
-        if checkpoint is not None:
-            model, _, local = load_model(cfg, checkpoint, device)
-            sha = file_digest(local)
-        else:
-            torch.manual_seed(0)
-            model = models.build_segmentor(cfg)
-            model = models.revert_sync_batchnorm(model).to(device).eval()
-            sha = None
-            notes.append("no checkpoint: random weights (the timing does not depend on them)")
+        model, sha = _timing_model(cfg, checkpoint, device, notes)
         inf = benchmark_inference(model, cfg, device, num_images, warmup, data_root, split)
         del model
         if inf["input"] == "random":
@@ -258,7 +246,47 @@ def benchmark(
         torch.backends.cudnn.benchmark = old_benchmark
     if device.type == "cpu":
         notes.append("CPU run: the published fps were measured on one V100 (§5.4)")
-    result = {
+    result = _result(cfg, device, checkpoint, sha, inf, mem, notes)
+    logger.info(
+        "%s on %s: %.2f fps (%.2f ms/im), Mem %s GB",
+        cfg.name, result["device_name"], result["fps"], result["ms_per_image"],
+        "-" if result["mem_gb"] is None else result["mem_gb"],
+    )  # fmt: skip
+    if out is not None:
+        logger.info("wrote %s", write_json(out, result))
+    return result
+
+
+def _timing_model(
+    cfg: Config, checkpoint: str | Path | None, device: torch.device, notes: list[str]
+) -> tuple[torch.nn.Module, str | None]:
+    """The checkpoint's model and sha256, or random weights (the timing does not depend on them)."""
+    from dnlrepro import models
+
+    if checkpoint is not None:
+        model, _, local = load_model(cfg, checkpoint, device)
+        return model, file_digest(local)
+    torch.manual_seed(0)
+    model = models.build_segmentor(cfg)
+    notes.append("no checkpoint: random weights (the timing does not depend on them)")
+    return models.revert_sync_batchnorm(model).to(device).eval(), None
+
+
+def _result(
+    cfg: Config,
+    device: torch.device,
+    checkpoint: str | Path | None,
+    sha: str | None,
+    inf: dict[str, Any],
+    mem: dict[str, Any],
+    notes: list[str],
+) -> dict[str, Any]:
+    """The benchmark JSON: the README columns first, then how they were measured."""
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = platform.processor() or platform.machine()
+    return {
         "config": cfg.name,
         "profile": cfg.profile,
         "fps": inf.pop("fps"),
@@ -266,12 +294,10 @@ def benchmark(
         "mem_gb": mem.pop("mem_gb"),
         "mem_mb": mem.pop("mem_mb"),
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": device_name,
         "torch": torch.__version__,
         "cudnn_benchmark": False,
-        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "checkpoint": checkpoint_label(checkpoint) if checkpoint is not None else None,
         "checkpoint_sha256": sha,
         "test_mode": cfg.test.mode,
         "test_img_scale": list(cfg.test.img_scale),
@@ -279,19 +305,12 @@ def benchmark(
         "train": mem,
         "notes": notes,
     }
-    logger.info(
-        "%s on %s: %.2f fps (%.2f ms/im), Mem %s GB",
-        cfg.name, result["device_name"], result["fps"], result["ms_per_image"],
-        "-" if result["mem_gb"] is None else result["mem_gb"],
-    )  # fmt: skip
-    if out is not None:
-        logger.info("wrote %s", write_json(result, out))
-    return result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="config name (params/) or YAML path")
-    parser.add_argument("--profile", choices=PROFILES, default=None, help="default: params.yaml")
+    from dnlrepro.profile import add_config_arguments
+
+    add_config_arguments(parser)
     parser.add_argument("--checkpoint", default=None, help=".pth or URL (default: random init)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: auto")
     parser.add_argument("--num-images", type=int, default=200, help="images timed (mmseg: 200)")
@@ -305,7 +324,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, profile=args.profile)
+    from dnlrepro.profile import config_from_args
+
+    cfg, _ = config_from_args(args)
     result = benchmark(
         cfg,
         checkpoint=args.checkpoint,

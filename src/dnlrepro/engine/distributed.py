@@ -1,6 +1,8 @@
-"""Process-group setup for ``torchrun`` launches, and the few collectives the train loop needs.
+"""Process-group setup for ``torchrun`` launches, and the few collectives the engine needs.
 
-The published runs used 4 GPUs with DDP and SyncBN (fact sheet §3.5); we accept any number of
+§ numbers refer to docs/reference.md.
+
+The published runs used 4 GPUs with DDP and SyncBN (docs/reference.md §3.5); we accept any number of
 processes and nodes. ``torchrun`` exports ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; without
 them the process trains alone (no process group, plain BN). NCCL is used when CUDA is available,
 gloo otherwise (CPU tests run two gloo processes).
@@ -96,6 +98,17 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(
         rank=rank, local_rank=local_rank, world_size=world_size, device=dev, backend=backend
     )
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the process group in force; ``(0, 1)`` without one.
+
+    For code that runs inside a group someone else created -- evaluation called by the train
+    loop, or by a test's ``mp.spawn`` workers -- rather than through :func:`init_distributed`.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def cleanup(info: DistInfo) -> None:

@@ -1,4 +1,6 @@
-"""mIoU / mAcc / aAcc exactly as mmseg 0.x computes them (fact sheet §5.1).
+"""mIoU / mAcc / aAcc exactly as mmseg 0.x computes them (docs/reference.md §5.1).
+
+§ numbers refer to docs/reference.md.
 
 mmseg (v0.6 ``core/evaluation/mean_iou.py``; >= v0.19 ``core/evaluation/metrics.py``) does *not*
 average per-image IoUs. Per image it builds four class histograms over the non-ignored pixels --
@@ -28,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dnlrepro.data import io as data_io
+
 logger = logging.getLogger(__name__)
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -48,18 +52,6 @@ def _hist(values: torch.Tensor, num_classes: int) -> torch.Tensor:
     # >= v0.19 (§5.1: "predictions of classes outside [0, num_classes) fall outside the bins").
     values = values[(values >= 0) & (values < num_classes)]
     return torch.bincount(values, minlength=num_classes).to(torch.int64)
-
-
-def reduce_zero_label_(label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """ADE20K label reduction (§3.2): 0 ('other') -> ignore, 1..150 -> 0..149, in place.
-
-    mmseg does it on uint8 as ``0 -> 255; -1; 254 -> 255`` to avoid underflow; on int64 the
-    result is the same: raw 0 and raw ``ignore_index`` both end up as ``ignore_index``.
-    """
-    ignored = (label == 0) | (label == ignore_index)
-    label -= 1
-    label[ignored] = ignore_index
-    return label
 
 
 def intersect_and_union(
@@ -95,7 +87,7 @@ def intersect_and_union(
     if num_classes <= 0:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     if reduce_zero_label:
-        label_t = reduce_zero_label_(label_t.clone(), ignore_index)
+        label_t = data_io.reduce_zero_label(label_t, ignore_index)
     mask = label_t != ignore_index
     pred_t = pred_t[mask]
     label_t = label_t[mask]

@@ -1,9 +1,11 @@
 """``dnlrepro predict``: label maps (and colour overlays) for arbitrary images.
 
-Each image goes through the config's test pipeline (fact sheet §3.4: cv2 BGR decode, keep-ratio
-resize to the test scale with mmcv's rounding and cv2 bilinear, BGR->RGB, normalise), the model's
-``inference`` (whole or slide per ``cfg.test``, logits resized to the original size, softmax;
-§5.2 / §1.1), optionally ms+flip (§5.3), and argmax. Output per image:
+§ numbers refer to docs/reference.md.
+
+Each image goes through the config's test pipeline (docs/reference.md §3.4: cv2 BGR decode,
+keep-ratio resize to the test scale with mmcv's rounding and cv2 bilinear, BGR->RGB, normalise), the
+model's ``inference`` (whole or slide per ``cfg.test``, logits resized to the original size,
+softmax; §5.2 / §1.1), optionally ms+flip (§5.3), and argmax. Output per image:
 
 * ``<stem>.png``: uint8 label ids at the original size, Pillow mode ``'L'``;
 * ``<stem>_overlay.png`` (``--overlay``): mmseg ``show_result`` blend, 0.5 image + 0.5 palette.
@@ -23,8 +25,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dnlrepro.config import PROFILES, Config, load_config
-from dnlrepro.engine.evaluate import infer_image, load_model
+from dnlrepro.config import Config
+from dnlrepro.engine.inference import infer_image, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +155,9 @@ def predict(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="config name (params/) or YAML path")
-    parser.add_argument("--profile", choices=PROFILES, default=None, help="default: params.yaml")
+    from dnlrepro.profile import add_config_arguments
+
+    add_config_arguments(parser)
     parser.add_argument("--checkpoint", required=True, help=".pth file or published URL")
     parser.add_argument("--images", required=True, nargs="+", help="image files and/or folders")
     parser.add_argument("--out", required=True, help="output folder")
@@ -164,7 +167,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, profile=args.profile)
+    from dnlrepro.profile import config_from_args
+
+    cfg, _ = config_from_args(args)
     written = predict(
         cfg,
         args.checkpoint,

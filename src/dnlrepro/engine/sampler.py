@@ -1,5 +1,7 @@
 """Seeded, resumable, infinite distributed sampler yielding ``(index, per-sample seed)`` pairs.
 
+§ numbers refer to docs/reference.md.
+
 mmseg 0.x trains with a shuffling ``DistributedSampler`` (``drop_last=False``) wrapped by mmcv's
 ``IterLoader``, which starts a new epoch (``set_epoch``) whenever the loader runs out (§3.5). This
 sampler produces the same kind of stream without the epoch bookkeeping in the loop:

@@ -1,4 +1,7 @@
-"""Optimizer and learning-rate schedule of the mmseg 0.x DNLNet configs (fact sheet §4.1, §4.2).
+"""Optimizer and learning-rate schedule of the mmseg 0.x DNLNet configs
+(docs/reference.md §4.1, §4.2).
+
+§ numbers refer to docs/reference.md.
 
 * SGD, lr 0.01, momentum 0.9, weight decay 5e-4 on *every* parameter (no ``paramwise_cfg``, §4.2:
   BN weights/biases and conv biases are decayed too), no Nesterov, no gradient clipping.

@@ -1,10 +1,12 @@
 """MLflow tracking: one small adapter, used by training and evaluation (rank 0 only).
 
-Behaviour verified on this machine (``shared/spec/dvc-mlflow.md`` §0, §3, §4.2):
+Behaviour verified on this machine (MLflow 3.17.2, DVC 3.67.1):
 
 * the tracking URI is always absolute -- ``$MLFLOW_TRACKING_URI``, else
-  ``sqlite:///<$DVC_ROOT or REPO_ROOT>/mlflow.db`` -- because MLflow's default ``sqlite:///mlflow.db``
-  is relative to the current directory and DVC stages / queued experiments run elsewhere;
+  ``sqlite:///<$DVC_ROOT or the workspace root>/mlflow.db`` -- because MLflow's default
+  ``sqlite:///mlflow.db`` is relative to the current directory and DVC stages / queued experiments
+  run elsewhere. ``$DVC_ROOT`` names the parent repository even in a queued experiment's copy, so
+  every experiment writes to the one shared store (:mod:`dnlrepro.workspace`);
 * a fresh sqlite DB must be created and migrated once before parallel stages start (concurrent
   first use races in Alembic): ``dnlrepro mlflow-init`` does that;
 * artifacts are stored next to the DB (``<db dir>/mlruns``), never in the current directory;
@@ -24,7 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from dnlrepro.config import REPO_ROOT, Config
+from dnlrepro import workspace
+from dnlrepro.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +36,13 @@ _METRIC_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. /:]")
 
 
 def tracking_root() -> Path:
-    """The folder that holds ``mlflow.db``: ``$DVC_ROOT`` inside a DVC stage, else the repo root."""
+    """The folder that holds ``mlflow.db``: ``$DVC_ROOT`` inside a DVC stage, else the workspace."""
     dvc_root = os.environ.get("DVC_ROOT")
-    return Path(dvc_root).resolve() if dvc_root else REPO_ROOT
+    return Path(dvc_root).resolve() if dvc_root else workspace.find().root
 
 
 def tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` or the absolute ``sqlite:///.../mlflow.db`` of this checkout."""
+    """``$MLFLOW_TRACKING_URI`` or the absolute ``sqlite:///.../mlflow.db`` of this workspace."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
@@ -83,12 +86,12 @@ def init_db(uri: str | None = None) -> str:
     return uri
 
 
-def git_state(repo: Path = REPO_ROOT) -> tuple[str, bool | None]:
-    """(commit sha or "unknown", dirty flag or None when git is unavailable)."""
+def git_state(root: Path) -> tuple[str, bool | None]:
+    """(commit sha or "unknown", dirty flag or None when git is unavailable) of ``root``."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"],
-            cwd=repo,
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=10,
@@ -96,7 +99,7 @@ def git_state(repo: Path = REPO_ROOT) -> tuple[str, bool | None]:
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo,
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=30,
@@ -176,7 +179,7 @@ class Tracker:
                 exp_id = exp.experiment_id
         else:
             exp_id = exp.experiment_id
-        commit, dirty = git_state()
+        commit, dirty = git_state(workspace.find().root)
         dvc_stage = os.environ.get("DVC_STAGE", "")
         tags = {
             "config": self.cfg.name,
@@ -273,7 +276,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--uri",
         default=None,
-        help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<repo>/mlflow.db)",
+        help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<workspace>/mlflow.db)",
     )
 
 

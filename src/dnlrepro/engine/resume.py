@@ -1,6 +1,8 @@
-"""Training checkpoints: resumable ``iter_N.pth`` / ``latest.pth`` and mmseg-style ``final.pth``.
+"""Resume state of a training run: ``iter_N.pth`` / ``latest.pth``, the digest check, ``final.pth``.
 
-Layout (fact sheet §1.7): ``{"meta": ..., "state_dict": ...}`` written by
+§ numbers refer to docs/reference.md.
+
+Layout (docs/reference.md §1.7): ``{"meta": ..., "state_dict": ...}`` written by
 :func:`dnlrepro.models.save_checkpoint`, so the weights load into mmseg 0.x unchanged. Resume
 files add ``optimizer``, ``iter``, ``config`` (the resolved config dict), ``config_digest``,
 ``rng`` (every rank's torch RNG state, for dropout), ``scaler`` (fp16) and ``history`` (the curves
@@ -9,6 +11,9 @@ logged so far). ``final.pth`` is the published layout: no optimizer, ``meta`` wi
 
 A checkpoint is resumed only by the config that wrote it (same ``Config.digest()``); anything else
 is refused with :class:`ResumeError` instead of silently continuing another experiment.
+
+Reading and writing the mmseg file format itself is :mod:`dnlrepro.models.checkpoint`'s job; this
+module decides which files a training run keeps and which one it resumes.
 """
 
 from __future__ import annotations

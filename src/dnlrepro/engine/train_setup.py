@@ -1,0 +1,232 @@
+"""Everything a training run sets up before its first iteration.
+
+§ numbers refer to docs/reference.md.
+
+In the order :func:`dnlrepro.engine.train.train` uses them: the process (process group, work dir,
+log file), determinism flags, the batch-size report, the model (pretrained backbone, SyncBN, DDP),
+the optimizer and fp16 scaler, the resume state of an interrupted run (:func:`start`), and the
+data loader positioned at the resumed iteration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dnlrepro.config import Config, ConfigError
+from dnlrepro.engine import distributed, schedule
+from dnlrepro.engine.distributed import DistInfo
+from dnlrepro.engine.resume import find_resume, load_resume
+from dnlrepro.engine.sampler import InfiniteDistributedSampler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """What the loop trains and what a checkpoint restores."""
+
+    model: nn.Module  # the bare segmentor: checkpoints and validation use it
+    ddp_model: nn.Module  # the same model, DDP-wrapped when distributed: the loop trains it
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # enabled only for runtime.amp "fp16"
+    start_iter: int  # 0, or the iteration of the resumed checkpoint
+    history: dict[str, list[dict[str, Any]]]  # {"train": [log points], "val": [validations]}
+    last_val: dict[str, Any] | None  # the newest validation (restored from the history)
+
+
+@contextlib.contextmanager
+def process_scope(work_dir: Path, device: str | None) -> Iterator[DistInfo]:
+    """This process's part of the run: its process group (torchrun) or none, the work dir, the
+    ``train.log`` copy of the log (rank 0); all undone on exit, also on errors."""
+    info = distributed.init_distributed(device)
+    if info.is_main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(info)
+    log_handler = _add_file_log(work_dir, info)
+    previous_determinism = torch.are_deterministic_algorithms_enabled()
+    try:
+        yield info
+    finally:
+        torch.use_deterministic_algorithms(previous_determinism)
+        if log_handler is not None:
+            logging.getLogger("dnlrepro").removeHandler(log_handler)
+            log_handler.close()
+        distributed.cleanup(info)
+
+
+def set_determinism(cfg: Config, dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
+        logger.info(
+            "cudnn.benchmark=%s; GPU runs are not bit-deterministic", cfg.runtime.cudnn_benchmark
+        )
+    else:
+        # CPU kernels are deterministic for a fixed thread count; ask torch to keep it that way
+        # so a resumed run reaches bit-identical weights (warn_only: never fail on a kernel).
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def report_batch(cfg: Config, info: DistInfo) -> int:
+    """Log the effective batch (warn when it differs from the published one); return it."""
+    effective_batch = info.world_size * cfg.data.samples_per_gpu
+    logger.info(
+        "effective batch %d = %d process(es) x %d images (published: %d = %d GPUs x %d)",
+        effective_batch, info.world_size, cfg.data.samples_per_gpu,
+        cfg.published_batch, cfg.runtime.gpus, cfg.data.samples_per_gpu,
+    )  # fmt: skip
+    if effective_batch != cfg.published_batch and info.is_main:
+        logger.warning(
+            "effective batch %d differs from the published %d (%s): BN statistics and the "
+            "optimisation differ from the paper run; launch torchrun with %d processes to match",
+            effective_batch, cfg.published_batch, cfg.name, cfg.runtime.gpus,
+        )  # fmt: skip
+    return effective_batch
+
+
+def start(
+    cfg: Config, work_dir: Path, info: DistInfo, pretrained: str | None, resume: str
+) -> TrainState:
+    """Model, optimizer and scaler, restored from ``work_dir``'s resume checkpoint if any.
+
+    Raises:
+        ResumeError: ``work_dir`` holds a checkpoint of another configuration.
+    """
+    sched = cfg.schedule
+    torch.manual_seed(sched.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
+    # Rank 0 decides which checkpoint to resume; every rank then loads that file (the work dir
+    # must be on a filesystem all ranks share, as mmcv's resume also assumes).
+    resume_path = find_resume(work_dir) if resume == "auto" and info.is_main else None
+    resume_path = distributed.broadcast_object(resume_path, info)
+    ckpt = load_resume(resume_path, cfg) if resume_path else None
+    model = build_model(cfg, info, pretrained if ckpt is None else "none")
+    optimizer = schedule.build_optimizer(model, sched)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.runtime.amp == "fp16")
+    # Different dropout masks per rank (each rank sees different images anyway).
+    torch.manual_seed(sched.seed + info.rank)
+    state = TrainState(model, model, optimizer, scaler, 0, {"train": [], "val": []}, None)
+    if ckpt is not None:
+        restore(ckpt, state, info)
+        logger.info("resumed from %s at iteration %d/%d", resume_path, state.start_iter,
+                    sched.max_iters)  # fmt: skip
+    state.ddp_model = wrap_ddp(model, info)
+    return state
+
+
+def build_model(cfg: Config, info: DistInfo, pretrained: str | None) -> nn.Module:
+    """The segmentor on ``info.device``, with backbone weights per :func:`pretrained_source`."""
+    from dnlrepro import models
+
+    model = models.build_segmentor(cfg)
+    source = pretrained_source(cfg, pretrained)
+    if source is not None:
+        missing, unexpected = models.load_pretrained_backbone(model, source)
+        logger.info("backbone weights from %s (%d missing, %d unexpected keys)",
+                    source, len(missing), len(unexpected))  # fmt: skip
+    model.to(info.device)
+    if cfg.runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if info.distributed and cfg.model.norm == "SyncBN":
+        # nn.SyncBatchNorm on GPUs, CPUSyncBatchNorm (gloo all_reduce) on CPU: BN statistics
+        # over the whole effective batch, as the published 4-GPU runs (§3.5).
+        model = models.convert_sync_batchnorm(model)
+        logger.info("SyncBN across %d processes", info.world_size)
+    elif cfg.model.norm == "SyncBN":
+        logger.info(
+            "not distributed: SyncBN runs as plain BN, so BN statistics are per-process "
+            "(%d images per BN batch)", cfg.data.samples_per_gpu,
+        )  # fmt: skip
+    return model
+
+
+def pretrained_source(cfg: Config, pretrained: str | None) -> str | None:
+    """``pretrained`` as given (``"none"``: random init), else the config's backbone URL (§2.2).
+
+    Raises:
+        ConfigError: ``model.backbone.pretrained`` names weights without a download URL.
+    """
+    if pretrained is not None:
+        return None if pretrained.lower() == "none" else pretrained
+    name = cfg.model.backbone.pretrained
+    if name is None:
+        logger.info("no pretrained backbone (model.backbone.pretrained is null): random init")
+        return None
+    from dnlrepro.models import PRETRAINED_URLS
+
+    if name not in PRETRAINED_URLS:
+        raise ConfigError(
+            f"model.backbone.pretrained {name!r} has no download URL; known: "
+            f"{', '.join(PRETRAINED_URLS)}"
+        )
+    return PRETRAINED_URLS[name]
+
+
+def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
+    if not info.distributed:
+        return model
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def restore(ckpt: dict[str, Any], state: TrainState, info: DistInfo) -> None:
+    """Weights, optimizer, scaler, this rank's RNG, iteration and history from a checkpoint."""
+    state.model.load_state_dict(ckpt["state_dict"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler"):
+        state.scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt.get("rng") or []
+    if len(rng) == info.world_size:
+        torch.set_rng_state(rng[info.rank])
+    else:
+        logger.warning(
+            "checkpoint holds RNG states of %d process(es), this run has %d: dropout masks "
+            "will differ from an uninterrupted run", len(rng), info.world_size,
+        )  # fmt: skip
+    state.start_iter = int(ckpt["iter"])
+    state.history = ckpt.get("history") or {"train": [], "val": []}
+    state.last_val = state.history["val"][-1] if state.history.get("val") else None
+
+
+def build_loader(cfg: Config, info: DistInfo, start_iter: int) -> torch.utils.data.DataLoader:
+    """Training batches; the sampler is positioned by the iteration, so a resumed run sees the
+    same stream as an uninterrupted one (§3.5)."""
+    from dnlrepro.data.datasets import build_dataset
+
+    dataset = build_dataset(cfg.data, cfg.data.train_split, mode="train")
+    sampler = InfiniteDistributedSampler(
+        len(dataset),
+        info.rank,
+        info.world_size,
+        seed=cfg.schedule.seed,
+        start=start_iter * cfg.data.samples_per_gpu,
+    )
+    workers = cfg.data.workers_per_gpu
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.data.samples_per_gpu,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=info.device.type == "cuda",
+        persistent_workers=workers > 0,
+        drop_last=True,
+        # Its own generator: iter(loader) draws a base seed, and drawing it from the global RNG
+        # would shift the dropout stream of a resumed run by one draw.
+        generator=torch.Generator().manual_seed(cfg.schedule.seed),
+    )
+
+
+def _add_file_log(work_dir: Path, info: DistInfo) -> logging.Handler | None:
+    """Copy the ``dnlrepro`` log into ``work_dir/train.log`` (rank 0 only)."""
+    if not info.is_main:
+        return None
+    handler = logging.FileHandler(work_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("dnlrepro").addHandler(handler)
+    return handler
