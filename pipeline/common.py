@@ -13,6 +13,8 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from dnlrepro import workspace
 from dnlrepro.profile import Profile, read_params
@@ -40,12 +42,27 @@ def setup() -> tuple[Workspace, Profile]:
     return ws, profile
 
 
-def smoke_archives(ws: Workspace):
+def run_stage(main: Callable[[], int]) -> int:
+    """Run a stage; a user-facing error ends in the library's one clear line, no traceback.
+
+    Set ``DNLREPRO_DEBUG=1`` for the traceback (as ``dnlrepro -v`` does for the CLI).
+    """
+    try:
+        return int(main() or 0)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        if os.environ.get("DNLREPRO_DEBUG"):
+            raise
+        stage = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
+        print(f"stage {stage}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def smoke_archives(ws: Workspace) -> Path:
     """Where the synthetic archives go: inside the download stage's output folder."""
     return ws.downloads / "smoke"
 
 
-def archives(ws: Workspace, profile: Profile):
+def archives(ws: Workspace, profile: Profile) -> Path:
     synthetic = profile.settings.data_source == "synthetic"
     return smoke_archives(ws) if synthetic else ws.downloads
 

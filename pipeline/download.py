@@ -19,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from common import DATASETS, setup, smoke_archives
+from common import DATASETS, run_stage, setup, smoke_archives
 from dnlrepro.data import download, synth
 from dnlrepro.files import file_digest, write_json
 
@@ -36,12 +36,22 @@ def main() -> int:
         folder = ws.downloads
         local = os.environ.get("DNLREPRO_LOCAL_DATA")
         local_path = Path(local) if local else None
-        for what in DATASETS:
-            download.fetch(what, folder, local=local_path)
-        if profile.settings.train:  # ImageNet backbones (docs/reference.md §2.2)
-            download.fetch("pretrained", folder, local=local_path)
-        else:
-            download.fetch("checkpoints", folder / "checkpoints", local=local_path)
+        # ImageNet backbones to train (docs/reference.md §2.2), else the published checkpoints.
+        weights = (
+            ("pretrained", folder)
+            if profile.settings.train
+            else ("checkpoints", folder / "checkpoints")
+        )
+        # Each download is attempted even when an earlier one failed (e.g. no Cityscapes login),
+        # so what can be fetched is there for the next run; the stage then fails naming all.
+        failed = []
+        for what, dest in (*((d, folder) for d in DATASETS), weights):
+            try:
+                download.fetch(what, dest, local=local_path)
+            except (FileNotFoundError, ValueError, RuntimeError) as e:
+                failed.append(f"{what}: {e}")
+        if failed:
+            raise RuntimeError("; ".join(failed))
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".part"))
     receipt = {
         "profile": profile.name,
@@ -56,4 +66,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

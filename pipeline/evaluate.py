@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import setup
+from common import run_stage, setup
 from dnlrepro.config import load_config
 from dnlrepro.engine.benchmark import benchmark
 from dnlrepro.engine.evaluate import evaluate
@@ -53,4 +53,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

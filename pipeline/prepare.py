@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 
-from common import DATASETS, archives, setup
+from common import DATASETS, archives, run_stage, setup
 from dnlrepro.config import load_config
 from dnlrepro.data.prepare import REAL_COUNTS, prepare
 from dnlrepro.engine.tracking import init_db
@@ -51,4 +51,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

@@ -15,7 +15,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from common import setup, torchrun
+from common import run_stage, setup, torchrun
 from dnlrepro.config import load_config
 from dnlrepro.data import download
 from dnlrepro.engine.train import train
@@ -78,4 +78,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))
