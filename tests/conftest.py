@@ -43,3 +43,54 @@ def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture(scope="session")
+def clone_repo():
+    """Factory ``clone(dest, git=False) -> dest``: a copy of this checkout, as a clone would be.
+
+    Copies the files git tracks plus the untracked files it does not ignore (so uncommitted work
+    is included), never ignored build outputs (``.venv``, ``data/``, ``downloads/``, caches).
+    ``git=True`` makes the copy a git repository with one commit (what ``dvc exp`` needs);
+    otherwise DVC is told there is no SCM (``core.no_scm``).
+    """
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=repo,
+        capture_output=True,
+        check=False,
+    )
+    if listed.returncode != 0:
+        pytest.skip(f"{repo} is not a git checkout: {listed.stderr.decode().strip()}")
+    files = sorted({f for f in listed.stdout.decode().split("\0") if (repo / f).is_file()})
+
+    def clone(dest: Path, *, git: bool = False) -> Path:
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / f, dest / f)
+        if git:
+            for cmd in (
+                ["git", "init", "-q", "-b", "main"],
+                ["git", "config", "user.name", "dnlrepro tests"],
+                ["git", "config", "user.email", "tests@dnlrepro.invalid"],
+                ["git", "add", "-A"],
+                ["git", "commit", "-q", "--no-verify", "-m", "clone"],
+            ):
+                subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+        else:
+            config = dest / ".dvc" / "config"
+            text = config.read_text(encoding="utf-8") if config.is_file() else ""
+            if "[core]\n" in text:
+                text = text.replace("[core]\n", "[core]\n    no_scm = true\n", 1)
+            else:
+                text += "[core]\n    no_scm = true\n"
+            config.parent.mkdir(exist_ok=True)
+            config.write_text(text, encoding="utf-8")
+        return dest
+
+    return clone

@@ -1,13 +1,15 @@
-"""The DVC DAG: stage names, the foreach list, and per-configuration invalidation.
+"""The DVC DAG: stage names, the foreach rows, per-configuration invalidation, a 13th row.
 
-The invalidation test copies the pipeline definition and the code into a temporary DVC repo,
-records fake outputs for every stage (``dvc commit``), edits one file and asks ``dvc status``
-which stages changed -- no stage command runs, so it takes seconds.
+The rows of the pipeline are the registry's (``params/published.yaml`` ``configs:``, read by
+``dvc.yaml``'s ``vars``). The invalidation tests copy the pipeline definition and the code into a
+temporary DVC repo, record fake outputs for every stage (``dvc commit``), edit one file and ask
+``dvc status`` which stages changed -- no stage command runs, so they take seconds.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -16,9 +18,34 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dnlrepro.config import CONFIG_NAMES, REPO_ROOT, dataset_of
+from dnlrepro.config import load_config
+from dnlrepro.registry import config_names, load_published
+from dnlrepro.workspace import Workspace
 
+REPO = Path(__file__).resolve().parents[1]
+NAMES = config_names(Workspace(REPO))
 ONE = "dnl_r101-d8_512x512_80k_ade20k"
+# The 13th row: a copy of BASE with another schedule, added by one params file + one registry entry.
+BASE = "dnl_r50-d8_512x1024_40k_cityscapes"
+NEW = "dnl_r50-d8_512x1024_20k_cityscapes"
+NEW_ENTRY = f"""\
+  {NEW}:
+    dataset: cityscapes
+    method: DNL
+    backbone: R-50-D8
+    crop_size: 512x1024
+    lr_schd: 20000
+    protocol: *cs_512_1024
+    metrics: {{mIoU: null, mIoU_ms_flip: null, mem_gb: null, fps: null}}
+    notes:
+      mIoU: not a row of the mmseg README (a 20k schedule added by tests/test_dvc_dag.py)
+      mIoU_ms_flip: not published
+      mem_gb: not published
+      fps: not published
+    checkpoint: https://example.invalid/{NEW}.pth
+    sha256_prefix: "00000000"
+    log: https://example.invalid/{NEW}.log.json
+"""
 
 
 def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
@@ -28,22 +55,46 @@ def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def test_experiments_list_is_the_config_list():
-    experiments = yaml.safe_load((REPO_ROOT / "params" / "experiments.yaml").read_text())
-    assert list(experiments["experiments"]) == list(CONFIG_NAMES)
-    for name, item in experiments["experiments"].items():
-        assert item == {"dataset": dataset_of(name)}
+def test_foreach_stages_are_the_registry_rows():
+    """train@/evaluate@ are exactly the registry's rows, each wired to its own dataset and file."""
+    from dvc.repo import Repo
+
+    definition = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert definition["vars"] == ["params/published.yaml:configs"]
+    for stage in ("train", "evaluate"):
+        assert definition["stages"][stage]["foreach"] == "${configs}"
+
+    with Repo(str(REPO)) as repo:
+        stages = {s.addressing: s for s in repo.index.stages}
+    for kind in ("train", "evaluate"):
+        assert [s.split("@", 1)[1] for s in stages if s.startswith(f"{kind}@")] == list(NAMES)
+
+    registry = load_published(REPO / "params" / "published.yaml").configs
+    # No orphan configuration file: every params/dnl_*.yaml is a row (else it would never run).
+    assert {p.stem for p in (REPO / "params").glob("dnl_*.yaml")} == set(registry)
+    for name, row in registry.items():
+        params = yaml.safe_load((REPO / "params" / f"{name}.yaml").read_text())
+        assert params["name"] == name
+        assert row.dataset == params["data"]["dataset"], name
+        for kind in ("train", "evaluate"):
+            stage = stages[f"{kind}@{name}"]
+            deps = {d.def_path for d in stage.deps}
+            assert f"results/data/{row.dataset}.json" in deps  # item.dataset is used
+            other = "ade20k" if row.dataset == "cityscapes" else "cityscapes"
+            assert f"results/data/{other}.json" not in deps
+            assert f"params/{name}.yaml" in deps
+            assert stage.cmd == f"sh pipeline/run.sh pipeline/{kind}.py {name}"
 
 
 def test_stage_names_follow_the_mmseg_config_names():
-    result = dvc(REPO_ROOT, "stage", "list", "--name-only")
+    result = dvc(REPO, "stage", "list", "--name-only")
     assert result.returncode == 0, result.stderr
     names = result.stdout.split()
     expected = [
         "download",
         "prepare",
-        *(f"train@{n}" for n in CONFIG_NAMES),
-        *(f"evaluate@{n}" for n in CONFIG_NAMES),
+        *(f"train@{n}" for n in NAMES),
+        *(f"evaluate@{n}" for n in NAMES),
         "tables",
         "diff",
     ]
@@ -58,7 +109,7 @@ def fake_outputs(repo: Path) -> None:
     for name in ("downloads", "cityscapes", "ade20k"):
         (repo / "results" / "data").mkdir(parents=True, exist_ok=True)
         (repo / "results" / "data" / f"{name}.json").write_text("{}")
-    for name in CONFIG_NAMES:
+    for name in NAMES:
         (repo / "work_dirs" / name).mkdir(parents=True)
         (repo / "work_dirs" / name / "final.pth").write_text(name)
         (repo / "results" / name).mkdir(parents=True)
@@ -74,9 +125,9 @@ def locked_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("dag")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for d in ("params", "pipeline", "src"):
-        shutil.copytree(REPO_ROOT / d, repo / d, ignore=ignore)
+        shutil.copytree(REPO / d, repo / d, ignore=ignore)
     for f in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(REPO_ROOT / f, repo / f)
+        shutil.copy(REPO / f, repo / f)
     assert dvc(repo, "init", "--no-scm", "-q").returncode == 0
     fake_outputs(repo)
     result = dvc(repo, "commit", "-f", "-q")
@@ -134,4 +185,76 @@ def test_model_code_invalidates_training_and_evaluation_only(locked_copy: Path):
         changed = changed_stages(locked_copy)
     finally:
         path.write_text(original)
-    assert changed == {f"{s}@{n}" for s in ("train", "evaluate") for n in CONFIG_NAMES}
+    assert changed == {f"{s}@{n}" for s in ("train", "evaluate") for n in NAMES}
+
+
+@pytest.mark.slow
+def test_a_13th_configuration_is_one_params_file_and_one_registry_entry(
+    locked_copy: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Adding a row touches nothing else: not dvc.yaml, not the code, not another params file."""
+    untouched = {
+        p: p.read_bytes() for p in locked_copy.rglob("*") if p.is_file() and ".dvc" not in p.parts
+    }
+    params_dir = locked_copy / "params"
+    new_file = params_dir / f"{NEW}.yaml"
+    text = (params_dir / f"{BASE}.yaml").read_text()
+    text = text.replace(f"name: {BASE}", f"name: {NEW}", 1)
+    text = re.sub(r"(?m)^  max_iters: 40000$", "  max_iters: 20000", text, count=1)
+    assert f"name: {NEW}" in text and "max_iters: 20000" in text
+    registry = params_dir / "published.yaml"
+    original = registry.read_text()
+    assert original.rstrip("\n").splitlines()[-1].startswith("    log: ")  # configs: is last
+    new_file.write_text(text)
+    registry.write_text(original.rstrip("\n") + "\n" + NEW_ENTRY)
+    try:
+        ws = Workspace(locked_copy)
+        assert config_names(ws) == (*NAMES, NEW)
+        # The new row resolves like its siblings: paper values from its file, smoke overrides.
+        paper = load_config(NEW, "paper", ws=ws)
+        assert (paper.name, paper.schedule.max_iters, paper.data.dataset) == (
+            NEW,
+            20000,
+            "cityscapes",
+        )
+        assert (
+            load_config(NEW, "smoke", ws=ws).data.crop_size
+            == load_config(BASE, "smoke", ws=ws).data.crop_size
+        )
+        # The published profile would fetch its checkpoint with the others.
+        monkeypatch.setenv("DNLREPRO_WORKSPACE", str(locked_copy))
+        from dnlrepro.data import download
+
+        assert download.checkpoint_urls()[NEW] == f"https://example.invalid/{NEW}.pth"
+
+        new_and_reports = {f"train@{NEW}", f"evaluate@{NEW}", "tables", "diff"}
+        assert changed_stages(locked_copy) == new_and_reports
+        # `dvc repro --dry` stops at a dependency no stage has produced yet (evaluate needs
+        # train's final.pth; treeverse/dvc#9021), so dry-run the training and read the edges.
+        dry = dvc(locked_copy, "repro", "--dry", f"train@{NEW}")
+        assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+        planned = set(re.findall(r"Running stage '([^']+)'", dry.stdout))
+        assert planned == {f"train@{NEW}"}, dry.stdout[-3000:]
+        assert f"> sh pipeline/run.sh pipeline/train.py {NEW}" in dry.stdout
+        dag = dvc(locked_copy, "dag", "--dot", f"evaluate@{NEW}")
+        assert dag.returncode == 0, dag.stderr
+        edges = set(re.findall(r'"([^"]+)" -> "([^"]+)"', dag.stdout))
+        assert edges == {
+            ("download", "prepare"),
+            ("prepare", f"train@{NEW}"),
+            ("prepare", f"evaluate@{NEW}"),
+            (f"train@{NEW}", f"evaluate@{NEW}"),
+        }
+
+        # Nothing else needed editing: every other file of the copy is byte-identical.
+        now = {
+            p: p.read_bytes()
+            for p in locked_copy.rglob("*")
+            if p.is_file() and ".dvc" not in p.parts
+        }
+        changed = {p for p in untouched if now.get(p) != untouched[p]} | (set(now) - set(untouched))
+        assert changed == {new_file, registry}
+    finally:
+        new_file.unlink(missing_ok=True)
+        registry.write_text(original)
+    assert changed_stages(locked_copy) == set()

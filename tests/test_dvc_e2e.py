@@ -1,15 +1,20 @@
 """End to end: the real DAG with `dvc repro` in a temporary copy, on an even smaller profile.
 
-The copy's smoke profile trains 1 iteration on 2+1 synthetic images and runs two of the twelve
-configurations (one Cityscapes 769x769 slide/align_corners row, one ADE20K row); the tables must
-still list all 8 + 4 rows, with `-` where nothing was measured. Then the documented baseline
-workflow (`dnlrepro diff --update-baseline`, `dvc repro`) and the MLflow runs are checked.
+§ numbers refer to docs/reference.md.
+
+The copy's smoke profile trains 1 iteration on 2+1 synthetic images, and its registry
+(``params/published.yaml`` ``configs:``, the pipeline's rows) keeps two of the twelve
+configurations (one Cityscapes 769x769 slide/align_corners row, one ADE20K row). Then the documented
+baseline workflow (`dnlrepro diff --update-baseline`, `dvc repro`) and the MLflow runs are checked,
+and finally a third registry row that was never run must appear in the tables as `-` and in the
+diff as `missing`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -19,9 +24,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dnlrepro.config import CONFIG_NAMES, REPO_ROOT
-
+REPO = Path(__file__).resolve().parents[1]
 RUN = ("dnl_r50-d8_769x769_40k_cityscapes", "dnl_r50-d8_512x512_80k_ade20k")
+UNRUN = "dnl_r101-d8_512x1024_40k_cityscapes"  # a registry row added after the runs, never run
 
 
 def shrink(repo: Path) -> None:
@@ -43,11 +48,19 @@ def shrink(repo: Path) -> None:
         synthetic[dataset].update(train=2, val=1)
     smoke["settings"]["benchmark"] = {"num_images": 3, "warmup": 1, "train_iters": 0}
     profiles_path.write_text(yaml.safe_dump(profiles, sort_keys=False))
-    experiments = {n: {"dataset": "ade20k" if n.endswith("ade20k") else "cityscapes"} for n in RUN}
-    (repo / "params" / "experiments.yaml").write_text(yaml.safe_dump({"experiments": experiments}))
+    keep_rows(repo, RUN)
     baseline = json.loads((repo / "params" / "smoke_baseline.json").read_text())
     baseline["configs"] = {}
     (repo / "params" / "smoke_baseline.json").write_text(json.dumps(baseline))
+
+
+def keep_rows(repo: Path, names: tuple[str, ...]) -> None:
+    """The copy's registry lists only ``names`` (in README order); the rest of the file stays."""
+    path = repo / "params" / "published.yaml"
+    registry = yaml.safe_load((REPO / "params" / "published.yaml").read_text())
+    assert set(names) <= set(registry["configs"])
+    registry["configs"] = {n: row for n, row in registry["configs"].items() if n in names}
+    path.write_text(yaml.safe_dump(registry, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +68,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("e2e")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for d in ("params", "pipeline", "src"):
-        shutil.copytree(REPO_ROOT / d, repo / d, ignore=ignore)
+        shutil.copytree(REPO / d, repo / d, ignore=ignore)
     for f in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(REPO_ROOT / f, repo / f)
+        shutil.copy(REPO / f, repo / f)
     shrink(repo)
     assert run(repo, "-m", "dvc", "init", "--no-scm", "-q").returncode == 0
     return repo
@@ -66,6 +79,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def env_for(repo: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)  # the stages must use <repo>/mlflow.db
+    env.pop("DNLREPRO_WORKSPACE", None)  # the stages find their workspace themselves
     env.update(PYTHONPATH=str(repo / "src"), DNLREPRO_PYTHON=sys.executable, OMP_NUM_THREADS="2")
     return env
 
@@ -91,23 +105,18 @@ def table_rows(path: Path) -> dict[str, list[str]]:
     return rows
 
 
-@pytest.mark.slow
-def test_dvc_repro_end_to_end(repo: Path):
-    result = run(repo, "-m", "dvc", "repro")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-
+def check_tables(repo: Path, rows: tuple[str, ...]) -> None:
+    """Both tables list the registry ``rows`` (README order); numbers only where measured."""
+    registry = yaml.safe_load((repo / "params" / "published.yaml").read_text())["configs"]
+    assert set(registry) == set(rows)
     city, ade = table_rows(repo / "reports/cityscapes.md"), table_rows(repo / "reports/ade20k.md")
-    assert len(city) == 8 and len(ade) == 4
-    assert list(city) + list(ade) == list(CONFIG_NAMES)
-    for name in CONFIG_NAMES:
+    assert list(city) == [n for n in registry if registry[n]["dataset"] == "cityscapes"]
+    assert list(ade) == [n for n in registry if registry[n]["dataset"] == "ade20k"]
+    for name in rows:
         cells = {**city, **ade}[name]
         mem, fps, miou, ms = cells[4:8]
-        metrics = (
-            json.loads((repo / "results" / name / "metrics.json").read_text())
-            if name in RUN
-            else None
-        )
         if name in RUN:
+            metrics = json.loads((repo / "results" / name / "metrics.json").read_text())
             assert miou == f"{metrics['single_scale']['mIoU']:.2f}"
             assert ms == f"{metrics['ms_flip']['mIoU']:.2f}"
             assert float(fps) > 0
@@ -116,9 +125,23 @@ def test_dvc_repro_end_to_end(repo: Path):
             assert (mem, fps, miou, ms) == ("-", "-", "-", "-")
     assert "Profile: `smoke`" in (repo / "reports/cityscapes.md").read_text()
 
+
+def stages_run(result: subprocess.CompletedProcess) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", result.stdout)
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end(repo: Path):
+    result = run(repo, "-m", "dvc", "repro")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    # The registry is the list of rows: only its two rows are trained and evaluated.
+    per_row = {f"{s}@{n}" for s in ("train", "evaluate") for n in RUN}
+    assert set(stages_run(result)) == {"download", "prepare", *per_row, "tables", "diff"}
+    check_tables(repo, RUN)
+
     report = json.loads((repo / "reports/diff.json").read_text())
     assert report["profile"] == "smoke"
-    assert {r["config"] for r in report["rows"]} == set(CONFIG_NAMES)
+    assert {r["config"] for r in report["rows"]} == set(RUN)
     published = [r for r in report["rows"] if r["reference"] == "published"]
     assert {r["verdict"] for r in published} == {"not comparable"}
     baseline = [r for r in report["rows"] if r["reference"] == "smoke baseline"]
@@ -127,7 +150,7 @@ def test_dvc_repro_end_to_end(repo: Path):
     # MLflow: one training and one evaluation run per configuration, named by DVC stage
     with sqlite3.connect(repo / "mlflow.db") as db:
         stages = {v for (v,) in db.execute("SELECT value FROM tags WHERE key = 'dvc.stage'")}
-    assert {f"{s}@{n}" for s in ("train", "evaluate") for n in RUN} <= stages
+    assert per_row <= stages
 
     # the documented baseline workflow: record, re-run the diff stage, everything recorded passes
     cmd = ["-m", "dnlrepro.cli", "diff", "--update-baseline", "--configs", *RUN]
@@ -135,14 +158,44 @@ def test_dvc_repro_end_to_end(repo: Path):
     assert result.returncode == 0, result.stderr
     result = run(repo, "-m", "dvc", "repro")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Running stage 'train@" not in result.stdout
+    assert stages_run(result) == ["diff"]
     report = json.loads((repo / "reports/diff.json").read_text())
-    recorded = [
-        r for r in report["rows"] if r["reference"] == "smoke baseline" and r["config"] in RUN
-    ]
+    recorded = [r for r in report["rows"] if r["reference"] == "smoke baseline"]
+    assert {r["config"] for r in recorded} == set(RUN)
     assert {r["verdict"] for r in recorded} == {"pass"}
     check = run(repo, "-m", "dnlrepro.cli", "check", "reports/diff.json")
-    assert check.returncode == 1  # the 10 configurations not run are 'missing'
+    assert check.returncode == 0, check.stdout + check.stderr  # every row is recorded
+    assert run(repo, "-m", "dvc", "status", "-q").returncode == 0  # dvc.lock is consistent
+
+    # A registry row that was never run: `-` in the tables, 'missing' in the diff, and `check`
+    # fails unless told to allow it. Only the reports are re-rendered (--single-item).
+    keep_rows(repo, (*RUN, UNRUN))
+    result = run(repo, "-m", "dvc", "repro", "--single-item", "tables", "diff")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert stages_run(result) == ["tables", "diff"]
+    check_tables(repo, (*RUN, UNRUN))
+    assert f"`{UNRUN}`: not evaluated yet" in (repo / "reports/cityscapes.md").read_text()
+    report = json.loads((repo / "reports/diff.json").read_text())
+    assert {r["config"] for r in report["rows"]} == {*RUN, UNRUN}
+    unrun = [r for r in report["rows"] if r["config"] == UNRUN]
+    assert {r["verdict"] for r in unrun if r["reference"] == "smoke baseline"} == {"missing"}
+    check = run(repo, "-m", "dnlrepro.cli", "check", "reports/diff.json")
+    assert check.returncode == 1  # the configuration not run is 'missing'
     check = run(repo, "-m", "dnlrepro.cli", "check", "reports/diff.json", "--allow-missing")
     assert check.returncode == 0, check.stdout
-    assert run(repo, "-m", "dvc", "status", "-q").returncode == 0  # dvc.lock is consistent
+    status = run(repo, "-m", "dvc", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert set(json.loads(status.stdout)) == {f"train@{UNRUN}", f"evaluate@{UNRUN}"}
+
+
+@pytest.mark.slow
+def test_committed_results_do_not_name_the_clone(repo: Path):
+    """Committed results are the same in every clone: paths are relative to the workspace.
+
+    (metrics.json's protocol.checkpoint and benchmark.json's checkpoint once named the absolute
+    path of the clone's work_dirs/.)
+    """
+    files = sorted((repo / "results").rglob("*.json"))
+    if not any(f.name == "metrics.json" for f in files):
+        pytest.skip("needs the results of test_dvc_repro_end_to_end (run the whole module)")
+    assert [str(f.relative_to(repo)) for f in files if str(repo) in f.read_text()] == []
