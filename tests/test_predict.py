@@ -5,6 +5,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -14,7 +18,8 @@ from PIL import Image
 from dnlrepro.cli import main as cli_main
 from dnlrepro.config import load_config
 from dnlrepro.data import classes, transforms
-from dnlrepro.engine.predict import collect_images, overlay, predict
+from dnlrepro.engine.predict import label_lut, overlay, predict
+from dnlrepro.engine.predict_outputs import MANIFEST, collect_images
 from dnlrepro.models import build_segmentor, save_checkpoint
 
 CONFIG = "dnl_r50-d8_512x512_80k_ade20k"
@@ -126,3 +131,127 @@ def test_missing_inputs_and_duplicate_stems(setup, tmp_path):
     with pytest.raises(ValueError, match="share the stem"):
         collect_images([images / "a.png", twin])
     assert collect_images([images, images / "a.png"]) == [images / "a.png", images / "b.jpg"]
+
+
+# -- output safety, recursion, label conventions ---------------------------------------------
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in folder.rglob("*") if f.is_file()}
+
+
+def _copy_images(images: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    for name in ("a.png", "b.jpg", "notes.txt"):
+        shutil.copy2(images / name, dest / name)
+    return dest
+
+
+def test_out_equal_to_input_folder_is_refused_and_inputs_untouched(setup, tmp_path, capsys):
+    cfg, _, ckpt, images, _ = setup
+    folder = _copy_images(images, tmp_path / "in")
+    before = _snapshot(folder)
+    with pytest.raises(ValueError, match=r"input image .*a\.png.*choose another --out"):
+        predict(cfg, ckpt, [folder], folder, device="cpu")
+    rc = cli_main(["predict", "--config", CONFIG, "--profile", "smoke", "--checkpoint", str(ckpt),
+                   "--images", str(folder), "--out", str(folder)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "would be overwritten" in err
+    assert _snapshot(folder) == before, "inputs byte-identical, nothing added"
+
+
+def test_foreign_file_at_an_output_path_is_refused_with_nothing_written(setup, tmp_path):
+    cfg, _, ckpt, images, _ = setup
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.png").write_bytes(b"someone else's file")
+    foreign = r"refusing to overwrite .*b\.png: .*not written by dnlrepro predict.*--out .*delete"
+    with pytest.raises(ValueError, match=foreign):
+        predict(cfg, ckpt, [images], out, device="cpu", with_overlay=True)
+    assert _snapshot(out) == {"b.png": b"someone else's file"}
+    # A predict.json that predict did not write is not trusted (nor overwritten) either.
+    (out / "b.png").unlink()
+    (out / MANIFEST).write_text('{"files": {}}')
+    with pytest.raises(ValueError, match=r"predict\.json: it is not a manifest"):
+        predict(cfg, ckpt, [images], out, device="cpu")
+    assert _snapshot(out) == {MANIFEST: b'{"files": {}}'}
+
+
+def test_rerun_into_same_out_overwrites_only_own_outputs(setup, tmp_path):
+    cfg, _, ckpt, images, _ = setup
+    out = tmp_path / "out"
+    first = predict(cfg, ckpt, [images], out, device="cpu", with_overlay=True)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["labels"] == "train_ids" and "0..149" in manifest["label_values"]
+    assert sorted(manifest["files"]) == ["a.png", "a_overlay.png", "b.png", "b_overlay.png"]
+    snap = _snapshot(out)
+    second = predict(cfg, ckpt, [images], out, device="cpu", with_overlay=True)
+    assert second == first and _snapshot(out) == snap
+    # Once a listed file is changed by someone else, it is no longer predict's own.
+    (out / "a_overlay.png").write_bytes(b"edited")
+    with pytest.raises(ValueError, match=r"a_overlay\.png"):
+        predict(cfg, ckpt, [images], out, device="cpu", with_overlay=True)
+    assert (out / "a_overlay.png").read_bytes() == b"edited"
+
+
+def test_out_inside_or_equal_to_input_folder_never_rescans_outputs(setup, tmp_path):
+    cfg, _, ckpt, images, _ = setup
+    folder = _copy_images(images, tmp_path / "in")
+    inner = folder / "pred"
+    for _ in range(2):  # the second scan skips the out folder: no pred/pred/a.png
+        written = predict(cfg, ckpt, [folder], inner, device="cpu", with_overlay=True)
+        assert written == [inner / "a.png", inner / "b.png"]
+    assert collect_images([folder], inner) == [folder / "a.png", folder / "b.jpg"]
+    # out == input folder without collisions (only the JPEG): b.png is not an input next time.
+    jpgs = tmp_path / "jpgs"
+    jpgs.mkdir()
+    shutil.copy2(images / "b.jpg", jpgs / "b.jpg")
+    for _ in range(2):
+        assert predict(cfg, ckpt, [jpgs], jpgs, device="cpu") == [jpgs / "b.png"]
+    assert collect_images([jpgs]) == [jpgs / "b.jpg"]
+    assert sorted(f.name for f in jpgs.iterdir()) == ["b.jpg", "b.png", MANIFEST]
+
+
+def test_recursion_keeps_sub_folder_structure(setup, tmp_path):
+    cfg, _, ckpt, images, _ = setup
+    val = tmp_path / "leftImg8bit" / "val"
+    for city in ("bochum", "aachen"):
+        (val / city).mkdir(parents=True)
+        shutil.copy2(images / "a.png", val / city / f"{city}_000000_leftImg8bit.png")
+        shutil.copy2(images / "b.jpg", val / city / "same.JPG")  # same stem in both cities
+    out = tmp_path / "out"
+    written = predict(cfg, ckpt, [val], out, device="cpu")
+    rel = [p.relative_to(out).as_posix() for p in written]
+    assert rel == ["aachen/aachen_000000_leftImg8bit.png", "aachen/same.png",
+                   "bochum/bochum_000000_leftImg8bit.png", "bochum/same.png"]  # fmt: skip
+    with Image.open(out / "bochum" / "same.png") as im:
+        assert im.size == (23, 41)
+    assert sorted(json.loads((out / MANIFEST).read_text())["files"]) == rel
+
+
+def test_labels_dataset_ade20k_is_train_ids_plus_one(setup, tmp_path):
+    cfg, _, ckpt, images, _ = setup
+    (train,) = predict(cfg, ckpt, [images / "a.png"], tmp_path / "t", device="cpu")
+    (ds,) = predict(cfg, ckpt, [images / "a.png"], tmp_path / "d", device="cpu", labels="dataset")
+    a, b = np.array(Image.open(train)), np.array(Image.open(ds))
+    np.testing.assert_array_equal(b, a + 1)
+    assert b.min() >= 1 and b.max() <= 150
+    manifest = json.loads((tmp_path / "d" / MANIFEST).read_text())
+    assert manifest["labels"] == "dataset" and "1..150" in manifest["label_values"]
+    assert manifest["files"]["a.png"]["labels"] == "dataset"
+
+
+def test_labels_dataset_cityscapes_writes_label_ids(setup, tmp_path):
+    from cityscapesscripts.helpers.labels import trainId2label
+
+    _, _, _, images, _ = setup
+    cs_cfg = load_config("dnl_r50-d8_512x1024_40k_cityscapes", "smoke", overrides=OVERRIDES)
+    ckpt = save_checkpoint(tmp_path / "cs.pth", _model(cs_cfg, seed=1))
+    lut = label_lut("cityscapes", "dataset")
+    assert lut[0] == 7 and lut[11] == 24 and lut[18] == 33  # road, person, bicycle
+    label_ids = {trainId2label[t].id for t in range(19)}
+    (train,) = predict(cs_cfg, ckpt, [images / "a.png"], tmp_path / "t", device="cpu")
+    (ds,) = predict(cs_cfg, ckpt, [images / "a.png"], tmp_path / "d", labels="dataset")
+    a, b = np.array(Image.open(train)), np.array(Image.open(ds))
+    assert a.max() < 19 and set(np.unique(b).tolist()) <= label_ids
+    np.testing.assert_array_equal(b, lut[a])

@@ -16,13 +16,22 @@ def write_json(path: str | Path, payload: Any, *, sort_keys: bool = False) -> Pa
 
     ``allow_nan=False``: a NaN must already be ``None`` (JSON null); a bare NaN is not JSON.
     """
+    text = json.dumps(payload, indent=2, sort_keys=sort_keys, allow_nan=False) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
+    return Path(path)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> str:
+    """Write ``data`` through a temporary file and ``os.replace``; returns its sha256.
+
+    A reader never sees half a file, and a symlink at ``path`` is replaced, never followed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    text = json.dumps(payload, indent=2, sort_keys=sort_keys, allow_nan=False) + "\n"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:

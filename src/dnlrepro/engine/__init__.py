@@ -17,6 +17,7 @@ Read in this order:
 * :mod:`~dnlrepro.engine.metrics` -- mIoU / mAcc / aAcc from class histograms;
 * :mod:`~dnlrepro.engine.eval_artifacts` -- protocol block, per-class tables, chart, MLflow run;
 * :mod:`~dnlrepro.engine.predict` -- ``dnlrepro predict``: label maps and overlays;
+* :mod:`~dnlrepro.engine.predict_outputs` -- where predict writes and what it may overwrite;
 * :mod:`~dnlrepro.engine.benchmark` -- ``dnlrepro benchmark``: fps and Mem (GB);
 * :mod:`~dnlrepro.engine.tracking` -- the MLflow adapter (never fails a run).
 

@@ -5,18 +5,31 @@
 Each image goes through the config's test pipeline (docs/reference.md §3.4: cv2 BGR decode,
 keep-ratio resize to the test scale with mmcv's rounding and cv2 bilinear, BGR->RGB, normalise), the
 model's ``inference`` (whole or slide per ``cfg.test``, logits resized to the original size,
-softmax; §5.2 / §1.1), optionally ms+flip (§5.3), and argmax. Output per image:
+softmax; §5.2 / §1.1), optionally ms+flip (§5.3), and argmax. Output per image, at the image's path
+relative to the folder it was found in (``--images leftImg8bit/val`` -> ``<out>/<city>/<stem>.png``;
+a file given directly -> ``<out>/<stem>.png``):
 
-* ``<stem>.png``: uint8 label ids at the original size, Pillow mode ``'L'``;
-* ``<stem>_overlay.png`` (``--overlay``): mmseg ``show_result`` blend, 0.5 image + 0.5 palette.
+* ``<stem>.png``: uint8 label map at the original size, Pillow mode ``'L'``, in the convention
+  ``labels`` picks (:data:`LABEL_VALUES`): ``train_ids`` (default; Cityscapes trainIds 0..18,
+  ADE20K 0..149 = annotation - 1) or ``dataset`` (Cityscapes ``labelIds`` as in
+  ``*_gtFine_labelIds.png``; ADE20K annotation values 1..150);
+* ``<stem>_overlay.png`` (``--overlay``): mmseg ``show_result`` blend, 0.5 image + 0.5 palette
+  colour of the predicted class (independent of ``labels``);
+* ``predict.json`` in the output folder: the manifest of every file predict wrote there, with its
+  sha256 and label convention.
+
+Nothing is written unless every output path is free (:mod:`~dnlrepro.engine.predict_outputs`):
+an output may replace only a file that the manifest lists with the same sha256 (predict's own
+earlier output); an input image or any other existing file is refused before the model is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -27,44 +40,58 @@ from tqdm import tqdm
 
 from dnlrepro.config import Config
 from dnlrepro.engine.inference import infer_image, load_model
+from dnlrepro.engine.predict_outputs import (
+    IMAGE_SUFFIXES,
+    MANIFEST,
+    Manifest,
+    check_outputs,
+    plan_outputs,
+)
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 OVERLAY_OPACITY = 0.5  # mmseg show_result default
+LABEL_CONVENTIONS = ("train_ids", "dataset")
+# (dataset, convention) -> what the pixel values of a label PNG mean.
+LABEL_VALUES = {
+    ("cityscapes", "train_ids"): "Cityscapes trainIds 0..18 (road 0 ... bicycle 18)",
+    ("cityscapes", "dataset"): "Cityscapes labelIds (cityscapesscripts `id`, as in "
+    "*_gtFine_labelIds.png: road 7 ... bicycle 33)",
+    ("ade20k", "train_ids"): "ADE20K train ids 0..149 (annotation value - 1, reduce_zero_label)",
+    ("ade20k", "dataset"): "ADE20K annotation values 1..150 (train id + 1; 0 = other is never "
+    "predicted)",
+}
+OVERLAY_VALUES = "mmseg show_result: 0.5 image + 0.5 palette colour of the predicted class, BGR PNG"
 
 
-def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand directories (non-recursive, sorted, known image suffixes) and keep files as given.
+def label_lut(dataset: str, convention: str) -> np.ndarray:
+    """256-entry uint8 table from a train id to the pixel value written in ``convention``.
+
+    ``dataset``: Cityscapes trainId -> ``labelId`` via cityscapesscripts ``trainId2label`` (road 0
+    -> 7); ADE20K train id -> train id + 1 (the annotation value, 0 = other). Values outside the
+    dataset's train ids (never predicted) map to 0.
 
     Raises:
-        FileNotFoundError: an input does not exist, or a directory holds no images.
-        ValueError: two inputs share a stem, so their outputs would overwrite each other.
+        ValueError: unknown convention, or a dataset without a ``dataset`` convention.
     """
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise FileNotFoundError(
-                    f"no images ({', '.join(IMAGE_SUFFIXES)}) in directory {p}; pass image files "
-                    "or a folder that holds them"
-                )
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"image {p} does not exist")
-    seen: dict[str, Path] = {}
-    for f in files:
-        if f.stem in seen and seen[f.stem] != f:
-            raise ValueError(
-                f"images {seen[f.stem]} and {f} share the stem {f.stem!r}; both would be written "
-                f"to {f.stem}.png -- predict them into different --out folders"
-            )
-        seen[f.stem] = f
-    return list(dict.fromkeys(files))
+    if convention not in LABEL_CONVENTIONS:
+        choices = ", ".join(LABEL_CONVENTIONS)
+        raise ValueError(f"unknown label convention {convention!r}; choose one of {choices}")
+    if convention == "train_ids":
+        return np.arange(256, dtype=np.uint8)
+    lut = np.zeros(256, dtype=np.uint8)
+    if dataset == "cityscapes":
+        from cityscapesscripts.helpers.labels import trainId2label
+
+        for train_id in range(19):
+            lut[train_id] = trainId2label[train_id].id
+    elif dataset == "ade20k":
+        lut[:150] = np.arange(1, 151)
+    else:
+        raise ValueError(
+            f"--labels dataset: no dataset convention known for {dataset!r}; use --labels train_ids"
+        )
+    return lut
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -96,6 +123,19 @@ def overlay(img_bgr: np.ndarray, label: np.ndarray, palette: Sequence[Sequence[i
     return blended.astype(np.uint8)
 
 
+def _png_bytes_label(label: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(label, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _png_bytes_bgr(img: np.ndarray) -> bytes:
+    ok, enc = cv2.imencode(".png", img)
+    if not ok:  # pragma: no cover - cv2 encodes any uint8 HxWx3 array
+        raise RuntimeError("cv2 could not encode the overlay as PNG")
+    return enc.tobytes()
+
+
 def predict(
     cfg: Config,
     checkpoint: str | Path,
@@ -104,53 +144,73 @@ def predict(
     ms_flip: bool = False,
     device: torch.device | str | None = None,
     with_overlay: bool = False,
+    labels: str = "train_ids",
 ) -> list[Path]:
-    """Write one label PNG (and optionally one overlay) per image.
+    """Write one label PNG (and optionally one overlay) per image, and the manifest.
 
     Args:
         cfg: the resolved config (test pipeline, classes, palette).
         checkpoint: ``.pth`` file or URL; keys and shapes must match ``cfg``.
-        images: image files and/or directories.
-        out_dir: output folder (created).
+        images: image files and/or directories (searched recursively; the sub-folder structure is
+            kept below ``out_dir``).
+        out_dir: output folder (created); may be an input folder or inside one as long as no
+            output path is an input or a file predict did not write.
         ms_flip: average the softmax of 6 ratios x flip (§5.3).
         device: default: CUDA when available.
         with_overlay: also write ``<stem>_overlay.png``.
+        labels: ``train_ids`` (Cityscapes 0..18, ADE20K 0..149) or ``dataset`` (Cityscapes
+            labelIds, ADE20K 1..150); see :data:`LABEL_VALUES`.
 
     Returns:
         The label PNG paths, in input order.
 
     Raises:
-        FileNotFoundError: missing inputs or checkpoint. DataError (a ValueError): an image cannot
-        be decoded (checked for every image before the model is built). ValueError / RuntimeError:
+        FileNotFoundError: missing inputs or checkpoint. ValueError: an output path is an input
+        image or an existing file predict did not write (:func:`check_outputs`; nothing is
+        written); two images map to one output path. DataError (a ValueError): an image cannot be
+        decoded (checked for every image before the model is built). ValueError / RuntimeError:
         a checkpoint that does not match the config (from the model's ``load_checkpoint``).
     """
     from dnlrepro.data import classes
 
-    files = collect_images(images)
+    dataset = cfg.data.dataset
+    lut = label_lut(dataset, labels)
+    values = LABEL_VALUES.get((dataset, labels), f"{dataset} {labels}")
+    out = Path(out_dir).expanduser()
+    plan = plan_outputs(images, out, with_overlay)
+    check_outputs(plan, out)
     # Decode everything first so a bad file fails fast, before minutes of model loading.
-    for f in files:
-        read_image(f)
+    for item in plan:
+        read_image(item.source)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _, _ = load_model(cfg, checkpoint, device)
-    palette = classes.PALETTE[cfg.data.dataset]
-    out = Path(out_dir)
+    palette = classes.PALETTE[dataset]
     out.mkdir(parents=True, exist_ok=True)
+    header = {"config": cfg.name, "profile": cfg.profile, "dataset": dataset}
+    header |= {"checkpoint": str(checkpoint), "ms_flip": bool(ms_flip), "labels": labels}
+    manifest = Manifest.start(out, {**header, "label_values": values, "overlay": OVERLAY_VALUES})
+    logger.info("label maps: --labels %s = %s", labels, values)
     written: list[Path] = []
-    with torch.no_grad():
-        for f in tqdm(files, desc="predict", unit="img", disable=not sys.stderr.isatty()):
-            img = read_image(f)
-            probs_ss, probs_ms = infer_image(model, img, cfg, ms_flip, device)
-            probs = probs_ms if probs_ms is not None else probs_ss
-            # argmax of the softmax at original size (§1.1 step 3); ids < 256 fit uint8.
-            label = probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
-            dest = out / f"{f.stem}.png"
-            Image.fromarray(label, mode="L").save(dest)
-            written.append(dest)
-            if with_overlay:
-                cv2.imwrite(str(out / f"{f.stem}_overlay.png"), overlay(img, label, palette))
-            logger.debug("%s -> %s (%dx%d)", f, dest, label.shape[1], label.shape[0])
-    logger.info("wrote %d label map(s) to %s", len(written), out)
+    try:
+        with torch.no_grad():
+            for item in tqdm(plan, desc="predict", unit="img", disable=not sys.stderr.isatty()):
+                img = read_image(item.source)
+                probs_ss, probs_ms = infer_image(model, img, cfg, ms_flip, device)
+                probs = probs_ms if probs_ms is not None else probs_ss
+                # argmax of the softmax at original size (§1.1 step 3); ids < 256 fit uint8.
+                label = probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+                source = {"dataset": dataset, "source": str(item.source)}
+                data = _png_bytes_label(lut[label])
+                manifest.write(item.label, data, kind="label", labels=labels, **source)
+                written.append(item.label)
+                if item.overlay is not None:  # colours of the train ids, whatever --labels says
+                    data = _png_bytes_bgr(overlay(img, label, palette))
+                    manifest.write(item.overlay, data, kind="overlay", **source)
+    finally:
+        if written:  # also after an error or Ctrl-C: what was written stays predict's own
+            manifest.save()
+    logger.info("wrote %d label map(s) (%s) to %s", len(written), labels, out)
     return written
 
 
@@ -159,11 +219,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", required=True, help=".pth file or published URL")
-    parser.add_argument("--images", required=True, nargs="+", help="image files and/or folders")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--images",
+        required=True,
+        nargs="+",
+        help="image files and/or folders; folders are searched recursively (sorted) for "
+        f"{', '.join(IMAGE_SUFFIXES)} and the sub-folder structure is kept under --out",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help=f"output folder; {MANIFEST} there lists what predict wrote (with sha256). Refused, "
+        "with nothing written, when an output would overwrite an input image or an existing file "
+        "predict did not write; re-running into the same folder overwrites predict's own outputs",
+    )
     parser.add_argument("--ms-flip", action="store_true", help="6 ratios x flip (§5.3)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: auto")
-    parser.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    parser.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also write <stem>_overlay.png: 0.5 image + 0.5 palette colour of the predicted class "
+        "(mmseg show_result), the same for either --labels",
+    )
+    parser.add_argument(
+        "--labels",
+        choices=LABEL_CONVENTIONS,
+        default="train_ids",
+        help="pixel values of <stem>.png (recorded in predict.json). train_ids (default): "
+        "Cityscapes trainIds 0..18, ADE20K 0..149 (annotation - 1). dataset: the dataset's own "
+        "annotation values: Cityscapes labelIds as in *_gtFine_labelIds.png (road 7 ... bicycle "
+        "33), ADE20K 1..150 (0 = other is never predicted)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -178,6 +264,10 @@ def main(args: argparse.Namespace) -> int:
         ms_flip=args.ms_flip,
         device=args.device,
         with_overlay=args.overlay,
+        labels=args.labels,
     )
-    print(f"wrote {len(written)} label map(s) to {args.out}")
+    values = LABEL_VALUES.get((cfg.data.dataset, args.labels), args.labels)
+    print(
+        f"wrote {len(written)} label map(s) to {args.out} ({values}); list: {args.out}/{MANIFEST}"
+    )
     return 0
