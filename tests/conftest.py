@@ -94,3 +94,30 @@ def clone_repo():
         return dest
 
     return clone
+
+
+@pytest.fixture(scope="session")
+def shrink_smoke():
+    """Factory ``shrink(root, train, val)``: a smaller smoke profile in the copy ``root``.
+
+    ``train``/``val`` synthetic images per dataset, 1 training iteration, 3 timed images: the
+    whole DAG's code paths at a fraction of the committed profile's CPU time.
+    """
+    import yaml
+
+    def shrink(root: Path, *, train: int, val: int) -> None:
+        path = root / "params" / "profiles.yaml"
+        profiles = yaml.safe_load(path.read_text())
+        smoke = profiles["smoke"]
+        one_iteration = {
+            "schedule.max_iters": 1,
+            "schedule.checkpoint_interval": 1,
+            "schedule.eval_interval": 1,
+        }
+        smoke["overrides"].append({"match": "*", "set": one_iteration})
+        for dataset in ("cityscapes", "ade20k"):
+            smoke["settings"]["synthetic"][dataset].update(train=train, val=val)
+        smoke["settings"]["benchmark"] = {"num_images": 3, "warmup": 1, "train_iters": 0}
+        path.write_text(yaml.safe_dump(profiles, sort_keys=False))
+
+    return shrink

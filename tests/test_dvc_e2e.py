@@ -29,25 +29,8 @@ RUN = ("dnl_r50-d8_769x769_40k_cityscapes", "dnl_r50-d8_512x512_80k_ade20k")
 UNRUN = "dnl_r101-d8_512x1024_40k_cityscapes"  # a registry row added after the runs, never run
 
 
-def shrink(repo: Path) -> None:
-    profiles_path = repo / "params" / "profiles.yaml"
-    profiles = yaml.safe_load(profiles_path.read_text())
-    smoke = profiles["smoke"]
-    smoke["overrides"].append(
-        {
-            "match": "*",
-            "set": {
-                "schedule.max_iters": 1,
-                "schedule.checkpoint_interval": 1,
-                "schedule.eval_interval": 1,
-            },
-        }
-    )
-    synthetic = smoke["settings"]["synthetic"]
-    for dataset in ("cityscapes", "ade20k"):
-        synthetic[dataset].update(train=2, val=1)
-    smoke["settings"]["benchmark"] = {"num_images": 3, "warmup": 1, "train_iters": 0}
-    profiles_path.write_text(yaml.safe_dump(profiles, sort_keys=False))
+def shrink(repo: Path, shrink_smoke) -> None:
+    shrink_smoke(repo, train=2, val=1)
     keep_rows(repo, RUN)
     baseline = json.loads((repo / "params" / "smoke_baseline.json").read_text())
     baseline["configs"] = {}
@@ -64,14 +47,14 @@ def keep_rows(repo: Path, names: tuple[str, ...]) -> None:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def repo(tmp_path_factory: pytest.TempPathFactory, shrink_smoke) -> Path:
     repo = tmp_path_factory.mktemp("e2e")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for d in ("params", "pipeline", "src"):
         shutil.copytree(REPO / d, repo / d, ignore=ignore)
     for f in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(REPO / f, repo / f)
-    shrink(repo)
+    shrink(repo, shrink_smoke)
     assert run(repo, "-m", "dvc", "init", "--no-scm", "-q").returncode == 0
     return repo
 

@@ -25,34 +25,12 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = "dnl_r50-d8_512x1024_40k_cityscapes"  # the cheapest row on CPU (32x64 crops, batch 2)
 WRITTEN = ("results", "reports", "data", "downloads", "work_dirs", "mlflow.db", "mlruns")
 
 pytestmark = pytest.mark.slow
-
-
-def shrink(root: Path, *, train: int, val: int) -> None:
-    """A smaller smoke profile: ``train``/``val`` synthetic images, 1 iteration, 3 timed images."""
-    path = root / "params" / "profiles.yaml"
-    profiles = yaml.safe_load(path.read_text())
-    smoke = profiles["smoke"]
-    smoke["overrides"].append(
-        {
-            "match": "*",
-            "set": {
-                "schedule.max_iters": 1,
-                "schedule.checkpoint_interval": 1,
-                "schedule.eval_interval": 1,
-            },
-        }
-    )
-    for dataset in ("cityscapes", "ade20k"):
-        smoke["settings"]["synthetic"][dataset].update(train=train, val=val)
-    smoke["settings"]["benchmark"] = {"num_images": 3, "warmup": 1, "train_iters": 0}
-    path.write_text(yaml.safe_dump(profiles, sort_keys=False))
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -106,10 +84,12 @@ def stages_run(result: subprocess.CompletedProcess) -> list[str]:
 # -- Two clones, one interpreter -----------------------------------------------------------------
 
 
-def test_two_clones_one_interpreter_write_only_into_themselves(tmp_path: Path, clone_repo) -> None:
+def test_two_clones_one_interpreter_write_only_into_themselves(
+    tmp_path: Path, clone_repo, shrink_smoke
+) -> None:
     a, b = clone_repo(tmp_path / "a"), clone_repo(tmp_path / "b")
-    shrink(a, train=2, val=1)
-    shrink(b, train=3, val=2)  # other sizes: each clone must read its own params
+    shrink_smoke(a, train=2, val=1)
+    shrink_smoke(b, train=3, val=2)  # other sizes: each clone must read its own params
     import dnlrepro
 
     package = Path(dnlrepro.__file__).resolve()
@@ -159,10 +139,10 @@ def assert_shown(shown: dict, full: dict, where: str = "") -> None:
 
 
 def test_dvc_exp_run_temp_records_the_experiment_and_leaves_the_parent_alone(
-    tmp_path: Path, clone_repo
+    tmp_path: Path, clone_repo, shrink_smoke
 ) -> None:
     repo = clone_repo(tmp_path / "exp", git=True)
-    shrink(repo, train=2, val=2)
+    shrink_smoke(repo, train=2, val=2)
     subprocess.run(["git", "commit", "-qam", "smaller smoke profile"], cwd=repo, check=True)
     before = snapshot(repo)
 
