@@ -36,7 +36,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dnlrepro import workspace
-from dnlrepro.files import file_digest
+from dnlrepro.files import file_digest, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def download_url(
 def _write_sidecar(dest: Path, url: str) -> None:
     st = dest.stat()
     record = {"url": url, "size": st.st_size, "mtime": st.st_mtime, "sha256": file_digest(dest)}
-    _sidecar(dest).write_text(json.dumps(record, indent=1))
+    write_json(_sidecar(dest), record)
 
 
 def _verify_existing(dest: Path, expect: dict) -> list[str]:

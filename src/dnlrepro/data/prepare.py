@@ -40,7 +40,7 @@ from tqdm import tqdm
 from dnlrepro.data.archives import safe_extract
 from dnlrepro.data.download import ADE20K_ARCHIVES, CITYSCAPES_ARCHIVES, EXTRACTED
 from dnlrepro.data.io import LAYOUTS, load_image, load_label, pair_split
-from dnlrepro.files import file_digest
+from dnlrepro.files import file_digest, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -314,9 +314,7 @@ def _manifest_current(
 
 
 def _write_manifest(data_root: Path, manifest: dict[str, Any]) -> None:
-    tmp = data_root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, data_root / MANIFEST)
+    write_json(data_root / MANIFEST, manifest, sort_keys=True)
 
 
 def prepare(
