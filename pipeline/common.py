@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dnlrepro import workspace
+from dnlrepro.cli import run_reporting
 from dnlrepro.profile import Profile, read_params
 from dnlrepro.workspace import Workspace
 
@@ -47,14 +48,8 @@ def run_stage(main: Callable[[], int]) -> int:
 
     Set ``DNLREPRO_DEBUG=1`` for the traceback (as ``dnlrepro -v`` does for the CLI).
     """
-    try:
-        return int(main() or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        if os.environ.get("DNLREPRO_DEBUG"):
-            raise
-        stage = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
-        print(f"stage {stage}: error: {e}", file=sys.stderr)
-        return 1
+    stage = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
+    return run_reporting(f"stage {stage}", main, bool(os.environ.get("DNLREPRO_DEBUG")))
 
 
 def smoke_archives(ws: Workspace) -> Path:

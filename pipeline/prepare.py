@@ -24,12 +24,11 @@ from dnlrepro.registry import names_of
 
 def main() -> int:
     ws, profile = setup()
-    synthetic = profile.settings.synthetic
     for dataset in DATASETS:
         # Every configuration of a dataset shares its data root (test_config checks it).
         root = ws.path(load_config(names_of(dataset, ws)[0], profile, ws=ws).data.data_root)
-        if synthetic is not None and profile.settings.data_source == "synthetic":
-            sizes = getattr(synthetic, dataset)
+        if profile.settings.data_source == "synthetic":
+            sizes = getattr(profile.synthetic_or_fail(), dataset)
             expect = (sizes.train, sizes.val)  # known exactly
         else:
             expect = REAL_COUNTS[dataset]

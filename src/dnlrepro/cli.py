@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -83,13 +84,19 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    return run_reporting(f"dnlrepro {known.command}", lambda: module.main(args), known.verbose)
+
+
+def run_reporting(label: str, job: Callable[[], int | None], debug: bool = False) -> int:
+    """Run ``job``; a user-facing error (bad input, missing file) ends in one clear line,
+    ``LABEL: error: MESSAGE``, and exit code 1 instead of a traceback (``debug`` re-raises).
+    Used by the CLI and by the DVC stage entry points."""
     try:
-        return int(module.main(args) or 0)
+        return int(job() or 0)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        # User-facing errors (bad input, missing files) end in one clear line, not a traceback.
-        if known.verbose:
+        if debug:
             raise
-        print(f"dnlrepro {known.command}: error: {e}", file=sys.stderr)
+        print(f"{label}: error: {e}", file=sys.stderr)
         return 1
 
 

@@ -531,7 +531,8 @@ def fetch(
     elif what == "cityscapes":
         names, urls = list(CITYSCAPES_ARCHIVES), []
     elif what == "pretrained":
-        urls = [PRETRAINED_URLS[n] for n in pretrained_for(checkpoint_urls(configs))]
+        rows = list(checkpoint_urls(configs))  # the registry rows (validated; default: all)
+        urls = [PRETRAINED_URLS[n] for n in pretrained_for(rows)]
         names = [Path(u).name for u in urls]
     elif what == "checkpoints":
         urls = list(checkpoint_urls(configs).values())
