@@ -63,13 +63,37 @@ def test_random_image_shape_follows_the_test_scale():
     assert random_image_shape(cs) == (1025, 2049)
 
 
+def test_ours_and_mmseg_comparable_attention_are_both_timed(monkeypatch):
+    """§5.6: top level = our SDPA path, ``mmseg_comparable`` = mmseg's explicit attention."""
+    from dnlrepro.models import dnl_block
+
+    seen = []
+    real = dnl_block.DisentangledNonLocal2d.pairwise
+
+    def spy(self, query, key, value):
+        seen.append(self.attention)
+        return real(self, query, key, value)
+
+    monkeypatch.setattr(dnl_block.DisentangledNonLocal2d, "pairwise", spy)
+    res = benchmark(load_config(CONFIG, "smoke"), device="cpu", num_images=3, warmup=1)
+    assert seen == ["sdpa"] * 3 + ["naive"] * 3  # every image once per path, ours first
+    assert res["attention"] == "sdpa" and res["fps"] > 0
+    comp = res["mmseg_comparable"]
+    assert comp["attention"] == "naive" and comp["fps"] > 0
+    assert comp["ms_per_image"] == round(1000 / comp["fps"], 2)
+    assert comp["mem_gb"] is None and "§5.6" in comp["notes"][0]  # Mem: CUDA only
+    assert res["precision"] == {"amp": "none", "allow_tf32": False, "tf32_in_effect": False}
+
+
 def test_cli_benchmark_on_cpu_writes_json_with_null_memory(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = cli_main(["benchmark", "--config", CONFIG, "--profile", "smoke", "--device", "cpu",
-                   "--num-images", "3", "--warmup", "1", "--out", str(out)])  # fmt: skip
+                   "--num-images", "3", "--warmup", "1", "--out", str(out),
+                   "--no-mmseg-comparable"])  # fmt: skip
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and data["fps"] > 0 and data["mem_gb"] is None
+    assert data["mmseg_comparable"] is None and data["attention"] == "sdpa"
     assert data["mem_mb"] is None and data["cudnn_benchmark"] is False
     assert data["num_images"] == 3 and data["warmup"] == 1 and data["input"] == "random"
     assert data["image_shapes"] == [[64, 128]]
@@ -84,3 +108,6 @@ def test_training_memory_on_cuda():
     res = benchmark(cfg, device="cuda", num_images=3, warmup=1, train_iters=2)
     assert res["mem_mb"] > 0 and res["mem_gb"] == round(res["mem_mb"] / 1024, 2)
     assert res["train"]["batch"] == cfg.data.samples_per_gpu
+    comp = res["mmseg_comparable"]
+    assert comp["mem_mb"] > 0 and comp["mem_gb"] == round(comp["mem_mb"] / 1024, 2)
+    assert res["precision"]["allow_tf32"] is False and res["precision"]["tf32_in_effect"] is False

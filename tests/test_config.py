@@ -179,6 +179,30 @@ def test_choice_lists_valid_values(tmp_path):
         load_config(_write(tmp_path, raw))
 
 
+def test_precision_and_small_window_keys(tmp_path):
+    """§5.7: TF32 off (the published V100 runs were fp32); §5.2: small windows fed unpadded.
+    Each key carries its reason on its own line in every file."""
+    for name in CONFIG_NAMES:
+        cfg = load_config(name)
+        assert cfg.runtime.allow_tf32 is False and cfg.test.small_window == "unpadded"
+        lines = (PARAMS_DIR / f"{name}.yaml").read_text().splitlines()
+        for key in ("allow_tf32: false  # [5.7]", "small_window: unpadded  # [5.2]"):
+            assert sum(line.strip().startswith(key) for line in lines) == 1, (name, key)
+    assert load_config(BASE, overrides={"test.small_window": "pad"}).test.small_window == "pad"
+    raw = _raw()
+    raw["test"]["small_window"] = "reflect"
+    with pytest.raises(ConfigError, match=r"test\.small_window.*'unpadded', 'pad'"):
+        load_config(_write(tmp_path, raw))
+    raw = _raw()
+    raw["runtime"]["allow_tf32"] = "no"
+    with pytest.raises(ConfigError, match=r"runtime\.allow_tf32.*true or false"):
+        load_config(_write(tmp_path, raw))
+    raw = _raw()
+    del raw["runtime"]["allow_tf32"]
+    with pytest.raises(ConfigError, match=r"missing key 'runtime\.allow_tf32'"):
+        load_config(_write(tmp_path, raw))
+
+
 def test_unknown_config_name_lists_known():
     with pytest.raises(ConfigError, match="dnl_r50-d8_512x1024_40k_cityscapes"):
         load_config("dnl_r50-d8_512x1024_40k_cityscape")

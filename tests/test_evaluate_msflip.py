@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dnlrepro.config import load_config
-from dnlrepro.engine.inference import infer_image
+from dnlrepro.engine.inference import infer_image, infer_image_modes
 from dnlrepro.models import build_segmentor
 
 
@@ -103,3 +103,40 @@ def test_single_scale_only_when_ms_flip_off():
     img = np.random.default_rng(2).integers(0, 256, size=(30, 20, 3), dtype=np.uint8)
     probs_ss, probs_ms = infer_image(model, img, cfg, ms_flip=False)
     assert probs_ms is None and probs_ss.shape == (1, 5, 30, 20)
+
+
+def test_ms_flip_under_both_small_window_modes_in_one_pass(monkeypatch):
+    """§5.2: only the views with windows smaller than the crop (r=0.5 here) run per mode."""
+    cfg = _tiny_cfg(
+        "dnl_r50-d8_769x769_40k_cityscapes",
+        # One 24x48 window per view keeps it cheap; the r=0.5 view (12x24) is smaller than it.
+        **{"test.crop_size": [24, 48], "test.stride": [16, 32], "test.ms_ratios": [0.5, 1.0]},
+    )
+    assert cfg.test.small_window == "unpadded"
+    model = _model(cfg, seed=2)
+    img = np.random.default_rng(3).integers(0, 256, size=(24, 48, 3), dtype=np.uint8)
+    from dnlrepro.data import transforms
+
+    views = transforms.test_views(img, cfg.test.img_scale, cfg.test.ms_ratios, True, cfg.data)
+    model.cfg = cfg.replace({"test.small_window": "pad"})  # the model's default mode
+    padded = model.aug_test([v[None] for v, _ in views], [f for _, f in views], (24, 48))
+    model.cfg = cfg
+    calls = []
+    real = model.inference
+
+    def spy(x, ori_shape, flip=False, small_window=None):
+        calls.append((tuple(x.shape[-2:]), flip, small_window))
+        return real(x, ori_shape, flip, small_window)
+
+    monkeypatch.setattr(model, "inference", spy)
+    probs_ss, by_mode = infer_image_modes(model, img, cfg, True, "cpu", ("unpadded", "pad"))
+    # r=1.0 (24x48, the crop): the single-scale view, reused, and its flip, run once for both;
+    # r=0.5 (12x24, smaller than the crop): unflipped and flipped, each in both modes.
+    assert sorted(calls, key=str) == sorted(
+        [((24, 48), False, None), ((24, 48), True, None), ((12, 24), False, None),
+         ((12, 24), True, None), ((12, 24), False, "pad"), ((12, 24), True, "pad")], key=str,
+    )  # fmt: skip
+    # The own mode is infer_image's result (test_ms_flip_matches_model_aug_test_in_slide_mode).
+    torch.testing.assert_close(by_mode["pad"], padded, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(by_mode["pad"], by_mode["unpadded"], atol=1e-5)
+    assert probs_ss.shape == (1, 5, 24, 48)

@@ -286,6 +286,30 @@ def test_sdpa_uses_a_fused_kernel(random_block: nn.Module, monkeypatch: pytest.M
     assert seen and seen[0] != 0, "SDPA fell back to the math kernel (0)"
 
 
+def test_attention_impl_switches_every_block_at_run_time(random_block: nn.Module) -> None:
+    """The explicit (mmseg-comparable, §5.6) path is picked at run time on any module tree."""
+    from dnlrepro.models import MMSEG_ATTENTION, attention_impl
+
+    tree = nn.ModuleDict({"head": nn.Sequential(random_block)})  # e.g. inside a DDP wrapper
+    x = torch.randn(2, 64, 9, 11)
+    random_block.attention = "sdpa"
+    with torch.no_grad():
+        sdpa = random_block(x)
+        with attention_impl(tree, MMSEG_ATTENTION) as same:
+            assert same is tree and random_block.attention == "naive"
+            naive = random_block(x)
+    assert random_block.attention == "sdpa"  # restored
+    rel = ((sdpa - naive).norm() / (naive - x).norm()).item()
+    assert rel <= 1e-5, f"relative error {rel:.2e}"
+    with pytest.raises(RuntimeError), attention_impl(tree, "naive"):
+        raise RuntimeError("restored on errors too")
+    assert random_block.attention == "sdpa"
+    with pytest.raises(ValueError, match="attention must be one of"):
+        attention_impl(tree, "flash").__enter__()
+    with pytest.raises(ValueError, match="no DisentangledNonLocal2d"):
+        attention_impl(nn.Linear(2, 2), "naive").__enter__()
+
+
 def test_naive_matches_written_out_reference(random_block: nn.Module) -> None:
     x = torch.randn(2, 64, 5, 6)
     with torch.no_grad():

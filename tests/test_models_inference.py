@@ -105,6 +105,33 @@ def test_slide_window_larger_than_image_is_not_padded(
     assert tuple(probs.shape) == (1, 19, 40, 120)
 
 
+def test_slide_window_larger_than_image_padded_like_v050(
+    model769: EncoderDecoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """test.small_window 'pad' (§5.2, mmseg v0.5.0): each 20x33 window is zero-padded at the
+    bottom to 33x33, run, and its logits are cropped back to the window."""
+    img = torch.randn(1, 3, 20, 60)
+    with torch.no_grad():
+        expected = torch.zeros(1, 19, 20, 60)
+        count = torch.zeros(1, 1, 20, 60)
+        for x1 in (0, 17, 27):  # w grids = 3, the last window pushed back to end at 60
+            padded = torch.zeros(1, 3, 33, 33)
+            padded[:, :, :20] = img[:, :, :, x1 : x1 + 33]
+            expected[:, :, :, x1 : x1 + 33] += model769.encode_decode(padded)[:, :, :20]
+            count[:, :, :, x1 : x1 + 33] += 1
+        expected /= count
+        unpadded = model769.slide_inference(img, small_window="unpadded")
+    # The config key selects the mode (the default of slide_inference and inference).
+    monkeypatch.setattr(model769, "cfg", model769.cfg.replace({"test.small_window": "pad"}))
+    boxes = record_windows(model769, monkeypatch)
+    got = model769.slide_inference(img)
+    assert boxes == [(33, 33)] * 3
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, unpadded, atol=1e-4)  # the zero rows change the border logits
+    with pytest.raises(ValueError, match="small_window"):
+        model769.slide_inference(img, small_window="reflect")
+
+
 def test_aug_test_is_mean_of_view_softmaxes(model: EncoderDecoder) -> None:
     torch.manual_seed(0)
     ori = (25, 41)

@@ -10,7 +10,7 @@ import itertools
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DistributedSampler
+from torch.utils.data import BatchSampler, DistributedSampler
 
 from dnlrepro.config import load_config
 from dnlrepro.engine.sampler import InfiniteDistributedSampler, sample_seed
@@ -101,3 +101,63 @@ def test_sampler_permutation_uses_torch_generator_recipe() -> None:
     g.manual_seed(11 + 2)
     expected = torch.randperm(8, generator=g).tolist()
     assert InfiniteDistributedSampler(8, seed=11).epoch_indices(2) == expected
+
+
+def _mmseg_batches(n: int, world: int, rank: int, batch: int, epochs: int, seed: int) -> list:
+    """mmseg's training loader (§3.5): DistributedSampler(shuffle) in DataLoader(drop_last=True),
+    restarted with set_epoch by mmcv's IterLoader whenever it runs out."""
+    ref = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    batches = []
+    for epoch in range(epochs):
+        ref.set_epoch(epoch)
+        batches += list(BatchSampler(ref, batch, drop_last=True))
+    return batches
+
+
+@pytest.mark.parametrize(
+    ("n", "world", "batch"),
+    [(20210, 4, 4), (5, 1, 2), (5, 2, 2), (7, 3, 2), (16, 4, 2)],
+)
+def test_sampler_epochs_end_at_the_last_full_batch_like_mmseg(n, world, batch) -> None:
+    epochs = 3
+    for rank in range(world):
+        ours = InfiniteDistributedSampler(n, rank, world, seed=7, batch_size=batch)
+        expected = _mmseg_batches(n, world, rank, batch, epochs, seed=7)
+        stream = [i for i, _ in itertools.islice(iter(ours), len(expected) * batch)]
+        got = [stream[b : b + batch] for b in range(0, len(stream), batch)]
+        assert got == expected, (rank, n, world, batch)
+        assert len(ours) == len(expected) // epochs * batch
+
+
+def test_ade20k_epoch_drops_one_image_per_rank() -> None:
+    """20210 images, 4 ranks x 4 (§3.5): 5053 per rank, 1263 batches, the 5053rd image skipped."""
+    for rank in range(4):
+        ours = InfiniteDistributedSampler(20210, rank, 4, seed=0, batch_size=4)
+        assert (ours.per_rank, len(ours), len(ours) // 4) == (5053, 5052, 1263)
+        ref = DistributedSampler(range(20210), num_replicas=4, rank=rank, shuffle=True, seed=0)
+        ref.set_epoch(0)
+        share = list(ref)
+        stream = itertools.islice(iter(ours), 5052, 5056)  # the first batch of epoch 1
+        ref.set_epoch(1)
+        assert [i for i, _ in stream] == list(ref)[:4]
+        assert ours.epoch_indices(0) == share[:5052]  # share[5052] waits for a later epoch
+
+
+def test_sampler_resume_across_dropped_elements() -> None:
+    full = list(
+        itertools.islice(iter(InfiniteDistributedSampler(5, 1, 2, seed=3, batch_size=2)), 12)
+    )
+    for start in (0, 2, 4, 6, 10):  # resume points are whole batches: iteration * batch
+        resumed = InfiniteDistributedSampler(5, 1, 2, seed=3, start=start, batch_size=2)
+        assert list(itertools.islice(iter(resumed), 12 - start)) == full[start:]
+    # n=5 over 2 ranks: 3 per rank, one batch of 2 per epoch; position 3 is rank 1's 2nd element.
+    assert [s for _, s in full[:4]] == [
+        sample_seed(3, e, p) for e, p in ((0, 1), (0, 3), (1, 1), (1, 3))
+    ]
+
+
+def test_sampler_rejects_fewer_images_than_a_batch() -> None:
+    with pytest.raises(ValueError, match="fewer than one batch of 2"):
+        InfiniteDistributedSampler(3, rank=0, world_size=4, batch_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        InfiniteDistributedSampler(3, batch_size=0)

@@ -145,6 +145,9 @@ class TestConfig:
     img_scale: tuple[int, int]  # test resize scale, mmcv (long, short)
     ms_ratios: tuple[float, ...]  # (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     ms_flip: bool  # the ms+flip protocol also flips every scale
+    # Slide windows larger than the (ms-resized) image, §5.2: "unpadded" feeds the smaller patch
+    # (mmseg >= PR #133); "pad" zero-pads it to crop_size and crops the logits back (v0.5.0).
+    small_window: str
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,9 @@ class RuntimeConfig:
     amp: str  # "none" | "bf16" | "fp16"
     channels_last: bool
     cudnn_benchmark: bool  # mmseg's default_runtime sets it True
+    # TF32 for cuDNN convolutions and CUDA matmuls on Ampere+ (§5.7); False: the fp32 of the
+    # published V100 runs (PyTorch enables it for convolutions by default).
+    allow_tf32: bool
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.decode_head.mode": ("embedded_gaussian",),
     "data.dataset": ("cityscapes", "ade20k"),
     "test.mode": ("whole", "slide"),
+    "test.small_window": ("unpadded", "pad"),
     "runtime.amp": ("none", "bf16", "fp16"),
 }
 

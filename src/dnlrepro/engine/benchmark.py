@@ -16,6 +16,13 @@
   note. mmseg's docs say ``cudnn.benchmark=False`` while its runtime config sets True (§5.5
   caveat); we use False, as the docs define it.
 
+Both are measured twice (§5.6). mmseg's DNL head materialises the [N, P, P] attention matrix;
+our default SDPA path never does, so its Mem and fps are ours, not comparable with the published
+columns. The JSON keeps ours at the top level (``fps``, ``ms_per_image``, ``mem_gb``, ``mem_mb``,
+``attention: "sdpa"``) and adds ``mmseg_comparable``: the same measurements with the explicit
+attention of mmseg (``attention: "naive"``), the numbers to set beside the published ones.
+``precision`` records the TF32 setting in force (``runtime.allow_tf32``, §5.7).
+
 Without ``--data-root`` the images are random uint8 images of the config's test size (said so in
 the output); the weights do not change the timing, so ``--checkpoint`` is optional.
 """
@@ -23,186 +30,49 @@ the output); the weights do not change the timing, so ``--checkpoint`` is option
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import platform
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dnlrepro.config import Config
-from dnlrepro.engine import schedule
-from dnlrepro.engine.evaluate import resolve_split
-from dnlrepro.engine.inference import SINGLE_SCALE, checkpoint_label, load_model, unwrap
-from dnlrepro.engine.step import train_step
+from dnlrepro.engine.benchmark_measure import (
+    benchmark_inference,
+    benchmark_train_memory,
+    random_image_shape,
+)
+from dnlrepro.engine.inference import checkpoint_label, load_model
+from dnlrepro.engine.precision import precision_record, tf32_scope
 from dnlrepro.files import file_digest, write_json
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "add_arguments",
+    "benchmark",
+    "benchmark_inference",
+    "benchmark_train_memory",
+    "main",
+    "random_image_shape",
+]
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def random_image_shape(cfg: Config) -> tuple[int, int]:
-    """(H, W) of the synthetic benchmark image: a landscape image the test resize leaves as is.
-
-    Cityscapes: (short, long) of ``test.img_scale`` (1024x2048, the real frame size). ADE20K has
-    no fixed size; a 4:3 image with the short side at the test short side (512x683) is typical.
-    """
-    long_side, short_side = max(cfg.test.img_scale), min(cfg.test.img_scale)
-    if cfg.data.dataset == "ade20k":
-        return short_side, min(long_side, int(short_side * 4 / 3 + 0.5))
-    return short_side, long_side
+OURS = "sdpa"  # the attention our training and evaluation use
 
 
-def _images(cfg: Config, data_root: str | Path | None, split: str | None, n: int):
-    """Yield ``n`` BGR uint8 images: the dataset's (cycled) or random ones."""
-    if data_root is not None:
-        from dnlrepro.data import datasets
-
-        c = cfg.replace({"data.data_root": str(data_root)})
-        ds = datasets.build_dataset(c.data, resolve_split(c, split), mode="test")
-        if len(ds) == 0:
-            raise FileNotFoundError(f"no images in {data_root} split {resolve_split(c, split)}")
-        for i in range(n):
-            yield ds[i % len(ds)]["img_bgr"]
-        return
-    rng = np.random.default_rng(0)
-    h, w = random_image_shape(cfg)
-    pool = [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for _ in range(min(n, 4))]
-    for i in range(n):
-        yield pool[i % len(pool)]
-
-
-def benchmark_inference(
-    model: torch.nn.Module,
-    cfg: Config,
-    device: torch.device | str,
-    num_images: int = 200,
-    warmup: int = 5,
-    data_root: str | Path | None = None,
-    split: str | None = None,
-) -> dict[str, Any]:
-    """Time single-scale inference per mmseg's ``tools/benchmark.py`` (§5.4).
-
-    Returns:
-        ``{"fps", "ms_per_image", "num_images", "warmup", "timed_seconds", "input",
-        "image_shapes"}``.
-
-    Raises:
-        ValueError: ``warmup`` is not smaller than ``num_images``.
-    """
-    if num_images <= 0 or not 0 <= warmup < num_images:
-        raise ValueError(
-            f"need 0 <= warmup < num_images, got warmup={warmup}, num_images={num_images}; "
-            "mmseg times 200 images with 5 warm-up images"
-        )
-    device = torch.device(device)
-    net = unwrap(model)
-    was_training = net.training
-    net.eval()
-    total = 0.0
-    shapes: set[tuple[int, int]] = set()
-    log_every = max(1, num_images // 10)
+@contextlib.contextmanager
+def _cudnn_benchmark_off() -> Iterator[None]:
+    """cudnn.benchmark False for the block (§5.4 / §5.5), the previous value afterwards."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
     try:
-        with torch.no_grad():
-            for i, img in enumerate(_images(cfg, data_root, split, num_images)):
-                shapes.add(tuple(img.shape[:2]))
-                elapsed = _time_one_image(net, img, cfg, device)
-                if i >= warmup:
-                    total += elapsed
-                if (i + 1) % log_every == 0:
-                    done = i + 1 - warmup
-                    logger.info(
-                        "benchmark %d/%d images, %.2f fps so far",
-                        i + 1, num_images, done / total if done > 0 and total > 0 else 0.0,
-                    )  # fmt: skip
+        yield
     finally:
-        net.train(was_training)
-    if total <= 0:  # perf_counter cannot resolve the timed work: no meaningful fps
-        raise RuntimeError(f"timed {num_images - warmup} images in {total} s; raise --num-images")
-    fps = round((num_images - warmup) / total, 2)
-    return {
-        "fps": fps,
-        # .dev/md2yml.py derives the metafiles' ms/im from the README's 2-decimal fps.
-        "ms_per_image": round(1000 / fps, 2),
-        "num_images": num_images,
-        "warmup": warmup,
-        "timed_seconds": round(total, 4),
-        "input": "dataset" if data_root is not None else "random",
-        "image_shapes": sorted([list(s) for s in shapes]),
-    }
-
-
-def _time_one_image(
-    net: torch.nn.Module, img: np.ndarray, cfg: Config, device: torch.device
-) -> float:
-    """Seconds of what mmseg's ``model(return_loss=False, rescale=True)`` does for one image.
-
-    Preprocessing is outside the timed region (§5.4); inside: the copy to the device, forward
-    (whole or slide), resize to the original size, softmax, argmax and ``.cpu().numpy()``.
-    """
-    from dnlrepro.data import transforms
-
-    ((view, _),) = transforms.test_views(img, cfg.test.img_scale, SINGLE_SCALE, False, cfg.data)
-    _sync(device)
-    start = time.perf_counter()
-    probs = net.inference(view.unsqueeze(0).to(device), tuple(img.shape[:2]), flip=False)
-    _ = probs.argmax(dim=1).cpu().numpy()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def benchmark_train_memory(
-    cfg: Config, device: torch.device | str, iters: int = 5, seed: int = 0
-) -> dict[str, Any]:
-    """Peak CUDA memory of ``iters`` training iterations at the config's crop and batch (§5.5).
-
-    Each iteration is the train loop's :func:`~dnlrepro.engine.step.train_step` on random inputs
-    (10% of the label pixels ignored), fp32, one process, BN instead of SyncBN.
-
-    Returns:
-        ``{"mem_gb", "mem_mb", "train_iters", "batch", "crop_size", "note"}``; ``mem_*`` are None
-        on a non-CUDA device.
-    """
-    from dnlrepro import models
-
-    device = torch.device(device)
-    batch, (h, w) = cfg.data.samples_per_gpu, cfg.data.crop_size
-    info: dict[str, Any] = {"train_iters": iters, "batch": batch, "crop_size": [h, w]}
-    if device.type != "cuda":
-        note = "Mem (GB) is torch.cuda.max_memory_allocated (docs/reference.md §5.5): CUDA only"
-        return {**info, "mem_gb": None, "mem_mb": None, "note": note}
-    if iters <= 0:
-        return {**info, "mem_gb": None, "mem_mb": None, "note": "training memory not measured"}
-    torch.manual_seed(seed)
-    model = models.revert_sync_batchnorm(models.build_segmentor(cfg)).to(device).train()
-    opt = schedule.build_optimizer(model, cfg.schedule)
-    gen = torch.Generator().manual_seed(seed)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    for it in range(iters):
-        img = torch.randn(batch, 3, h, w, generator=gen).to(device)
-        gt = torch.randint(0, cfg.model.num_classes, (batch, h, w), generator=gen)
-        gt[torch.rand(batch, h, w, generator=gen) < 0.1] = cfg.model.ignore_index
-        train_step(model, img, gt.to(device), opt, iteration=it, max_iters=iters)
-    _sync(device)
-    # mmcv TextLoggerHook: int(max_memory_allocated / 1024 / 1024) MB; README GB = MB / 1024.
-    mem_mb = int(torch.cuda.max_memory_allocated(device) / (1024 * 1024))
-    del model, opt
-    torch.cuda.empty_cache()
-    return {
-        **info,
-        "mem_mb": mem_mb,
-        "mem_gb": round(mem_mb / 1024, 2),
-        "note": "max_memory_allocated over the iterations, one process, BN instead of SyncBN, "
-        "fp32, cudnn.benchmark False",
-    }
+        torch.backends.cudnn.benchmark = old
 
 
 def benchmark(
@@ -215,12 +85,18 @@ def benchmark(
     split: str | None = None,
     train_iters: int = 5,
     out: str | Path | None = None,
+    mmseg_comparable: bool = True,
 ) -> dict[str, Any]:
-    """fps (§5.4) and training memory (§5.5); writes ``out`` JSON when given.
+    """fps (§5.4) and training memory (§5.5) with our attention and mmseg's (§5.6); writes ``out``.
+
+    Args:
+        mmseg_comparable: also measure with mmseg's explicit attention (``False``: the
+            ``mmseg_comparable`` key is null).
 
     Returns:
-        ``{"config", "profile", "fps", "ms_per_image", "mem_gb", "mem_mb", "device", ...,
-        "notes": [...]}``.
+        ``{"config", "profile", "fps", "ms_per_image", "mem_gb", "mem_mb", "attention",
+        "mmseg_comparable": {"attention", "fps", "ms_per_image", "mem_gb", "mem_mb",
+        "timed_seconds", "notes"} | None, "precision", "device", ..., "notes": [...]}``.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -228,33 +104,83 @@ def benchmark(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda requested but CUDA is not available; use --device cpu")
     notes: list[str] = []
-    old_benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = False  # §5.4 / §5.5
-    try:
+    with tf32_scope(cfg), _cudnn_benchmark_off():
         model, sha = _timing_model(cfg, checkpoint, device, notes)
         inf = benchmark_inference(model, cfg, device, num_images, warmup, data_root, split)
+        timing_args = (num_images, warmup, data_root, split)
+        alt_inf = _guarded(_time_with, model, cfg, device, timing_args) if mmseg_comparable else {}
         del model
-        if inf["input"] == "random":
-            shape = "x".join(map(str, random_image_shape(cfg)))
-            notes.append(
-                f"no --data-root: random uint8 images of shape {shape} (HxW), not the "
-                f"{cfg.data.dataset} val images"
-            )
-        mem = benchmark_train_memory(cfg, device, train_iters)
-        notes.append(mem.pop("note"))
-    finally:
-        torch.backends.cudnn.benchmark = old_benchmark
+        mem = benchmark_train_memory(cfg, device, train_iters, attention=OURS)
+        alt_mem = _guarded(_mem_with, cfg, device, train_iters) if mmseg_comparable else {}
+        precision = precision_record(cfg, device)
+    if inf["input"] == "random":
+        shape = "x".join(map(str, random_image_shape(cfg)))
+        notes.append(
+            f"no --data-root: random uint8 images of shape {shape} (HxW), not the "
+            f"{cfg.data.dataset} val images"
+        )
+    notes.append(mem.pop("note"))
     if device.type == "cpu":
         notes.append("CPU run: the published fps were measured on one V100 (§5.4)")
-    result = _result(cfg, device, checkpoint, sha, inf, mem, notes)
+    comparable = _comparable(alt_inf, alt_mem) if mmseg_comparable else None
+    result = _result(cfg, device, checkpoint, sha, inf, mem, comparable, precision, notes)
     logger.info(
-        "%s on %s: %.2f fps (%.2f ms/im), Mem %s GB",
-        cfg.name, result["device_name"], result["fps"], result["ms_per_image"],
-        "-" if result["mem_gb"] is None else result["mem_gb"],
+        "%s on %s: ours (%s) %.2f fps, Mem %s GB; mmseg-comparable: %s",
+        cfg.name, result["device_name"], OURS, result["fps"], result["mem_gb"],
+        comparable and {k: comparable[k] for k in ("fps", "mem_gb")},
     )  # fmt: skip
     if out is not None:
         logger.info("wrote %s", write_json(out, result))
     return result
+
+
+def _time_with(
+    model: torch.nn.Module, cfg: Config, device: torch.device, timing_args: tuple
+) -> dict[str, Any]:
+    """:func:`benchmark_inference` with mmseg's explicit attention in every DNL block."""
+    from dnlrepro.models import MMSEG_ATTENTION, attention_impl
+
+    with attention_impl(model, MMSEG_ATTENTION):
+        return benchmark_inference(model, cfg, device, *timing_args)
+
+
+def _mem_with(cfg: Config, device: torch.device, train_iters: int) -> dict[str, Any]:
+    """:func:`benchmark_train_memory` with mmseg's explicit attention."""
+    from dnlrepro.models import MMSEG_ATTENTION
+
+    return benchmark_train_memory(cfg, device, train_iters, attention=MMSEG_ATTENTION)
+
+
+def _guarded(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``fn(...)``, or ``{"error": ...}`` when the explicit attention does not fit the GPU."""
+    try:
+        return fn(*args, **kwargs)
+    except torch.cuda.OutOfMemoryError as e:
+        torch.cuda.empty_cache()
+        logger.warning("mmseg-comparable measurement ran out of GPU memory: %s", e)
+        return {"error": f"CUDA out of memory ({str(e).splitlines()[0]})"}
+
+
+def _comparable(inf: dict[str, Any], mem: dict[str, Any]) -> dict[str, Any]:
+    """The ``mmseg_comparable`` block: the explicit-attention numbers (None where not measured)."""
+    from dnlrepro.models import MMSEG_ATTENTION
+
+    notes = [
+        f"attention {MMSEG_ATTENTION!r}: the explicit [N, P, P] matrix of mmseg's DNL head "
+        "(docs/reference.md §5.6); these are the numbers to compare with the published columns"
+    ]
+    notes += [f"{what}: {b['error']}" for what, b in (("fps", inf), ("Mem", mem)) if "error" in b]
+    if "note" in mem:
+        notes.append(mem["note"])
+    return {
+        "attention": MMSEG_ATTENTION,
+        "fps": inf.get("fps"),
+        "ms_per_image": inf.get("ms_per_image"),
+        "timed_seconds": inf.get("timed_seconds"),
+        "mem_gb": mem.get("mem_gb"),
+        "mem_mb": mem.get("mem_mb"),
+        "notes": notes,
+    }
 
 
 def _timing_model(
@@ -279,9 +205,11 @@ def _result(
     sha: str | None,
     inf: dict[str, Any],
     mem: dict[str, Any],
+    comparable: dict[str, Any] | None,
+    precision: dict[str, Any],
     notes: list[str],
 ) -> dict[str, Any]:
-    """The benchmark JSON: the README columns first, then how they were measured."""
+    """The benchmark JSON: the README columns first (ours, then mmseg's), then how."""
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
     else:
@@ -293,6 +221,9 @@ def _result(
         "ms_per_image": inf.pop("ms_per_image"),
         "mem_gb": mem.pop("mem_gb"),
         "mem_mb": mem.pop("mem_mb"),
+        "attention": OURS,
+        "mmseg_comparable": comparable,
+        "precision": precision,
         "device": device.type,
         "device_name": device_name,
         "torch": torch.__version__,
@@ -320,6 +251,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--train-iters", type=int, default=5, help="training iterations for Mem (0: skip)"
     )
+    parser.add_argument(
+        "--no-mmseg-comparable",
+        action="store_true",
+        help="skip the second measurement with mmseg's explicit attention (§5.6)",
+    )
     parser.add_argument("--out", default=None, help="JSON path")
 
 
@@ -337,6 +273,10 @@ def main(args: argparse.Namespace) -> int:
         split=args.split,
         train_iters=args.train_iters,
         out=args.out,
+        mmseg_comparable=not args.no_mmseg_comparable,
     )
-    print(json.dumps({k: result[k] for k in ("config", "device", "fps", "mem_gb")}))
+    comparable = result["mmseg_comparable"] or {}
+    summary = {k: result[k] for k in ("config", "device", "fps", "mem_gb")}
+    summary["mmseg_comparable"] = {k: comparable.get(k) for k in ("fps", "mem_gb")}
+    print(json.dumps(summary))
     return 0

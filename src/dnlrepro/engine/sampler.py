@@ -2,13 +2,18 @@
 
 § numbers refer to docs/reference.md.
 
-mmseg 0.x trains with a shuffling ``DistributedSampler`` (``drop_last=False``) wrapped by mmcv's
-``IterLoader``, which starts a new epoch (``set_epoch``) whenever the loader runs out (§3.5). This
-sampler produces the same kind of stream without the epoch bookkeeping in the loop:
+mmseg 0.x trains with a shuffling ``DistributedSampler`` (``drop_last=False``) inside a
+``DataLoader(drop_last=True)``, wrapped by mmcv's ``IterLoader``, which starts a new epoch
+(``set_epoch``) whenever the loader runs out (§3.5). This sampler produces the same stream without
+the epoch bookkeeping in the loop:
 
 * epoch ``e`` is a permutation of ``range(n)`` drawn from a generator seeded with ``seed + e``
   (exactly ``DistributedSampler``'s recipe), padded by repeating its head to a multiple of the world
   size and split round-robin: rank ``r`` takes positions ``r, r + W, r + 2W, ...``;
+* the epoch ends with this rank's last *full* batch (``batch_size``): the ``ceil(n / W) %
+  batch_size`` elements after it are skipped, as the loader's ``drop_last=True`` skips the short
+  last batch. ADE20K: 20210 images over 4 ranks x 4 give 5053 per rank, 1263 batches, and one
+  image per rank is not seen in that epoch (a different one each epoch);
 * every element is ``(dataset index, sample seed)``; the sample seed is a pure function of
   ``(seed, epoch, position in the padded permutation)``, so the random augmentation of a sample
   does not depend on the number of data-loader workers or on where the run was resumed;
@@ -42,6 +47,12 @@ class InfiniteDistributedSampler(Sampler[tuple[int, int]]):
         seed: base seed (``cfg.schedule.seed``); epoch ``e`` shuffles with ``seed + e``.
         start: number of this rank's elements to skip (``iteration * samples_per_gpu`` on resume).
         shuffle: ``False`` gives ``range(n)`` every epoch (still padded and split).
+        batch_size: the per-rank batch (``samples_per_gpu``); each epoch yields only whole
+            batches (1: nothing is dropped).
+
+    Raises:
+        ValueError: an empty dataset, a rank outside the world, a negative ``start``, or fewer
+            elements per rank than one batch (the loader would yield nothing at all).
     """
 
     def __init__(
@@ -52,6 +63,7 @@ class InfiniteDistributedSampler(Sampler[tuple[int, int]]):
         seed: int = 0,
         start: int = 0,
         shuffle: bool = True,
+        batch_size: int = 1,
     ) -> None:
         if num_samples <= 0:
             raise ValueError(
@@ -62,18 +74,30 @@ class InfiniteDistributedSampler(Sampler[tuple[int, int]]):
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.num_samples = num_samples
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
         self.start = start
         self.shuffle = shuffle
-        # Per-rank epoch length, DistributedSampler(drop_last=False): ceil(n / W).
+        self.batch_size = batch_size
+        # Per-rank share, DistributedSampler(drop_last=False): ceil(n / W) ...
         self.per_rank = math.ceil(num_samples / world_size)
         self.total_size = self.per_rank * world_size
+        # ... of which DataLoader(drop_last=True) uses the whole batches only.
+        self.per_epoch = self.per_rank - self.per_rank % batch_size
+        if self.per_epoch == 0:
+            raise ValueError(
+                f"{num_samples} training images over {world_size} process(es) give "
+                f"{self.per_rank} per process, fewer than one batch of {batch_size} "
+                "(data.samples_per_gpu): add images or lower data.samples_per_gpu"
+            )
 
     def epoch_indices(self, epoch: int) -> list[int]:
-        """This rank's dataset indices for ``epoch`` (length ``ceil(n / W)``)."""
+        """This rank's dataset indices for ``epoch``: ``ceil(n / W)`` rounded down to whole
+        batches."""
         return [idx for idx, _ in self._epoch_pairs(epoch)]
 
     def _epoch_pairs(self, epoch: int) -> list[tuple[int, int]]:
@@ -87,11 +111,11 @@ class InfiniteDistributedSampler(Sampler[tuple[int, int]]):
         padding = self.total_size - len(order)
         if padding > 0:
             order += (order * math.ceil(padding / len(order)))[:padding]
-        positions = range(self.rank, self.total_size, self.world_size)
+        positions = range(self.rank, self.total_size, self.world_size)[: self.per_epoch]
         return [(order[p], sample_seed(self.seed, epoch, p)) for p in positions]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch, offset = divmod(self.start, self.per_rank)
+        epoch, offset = divmod(self.start, self.per_epoch)
         while True:
             yield from self._epoch_pairs(epoch)[offset:]
             epoch += 1
@@ -99,4 +123,4 @@ class InfiniteDistributedSampler(Sampler[tuple[int, int]]):
 
     def __len__(self) -> int:
         # Infinite; report one epoch so tools that call len() (e.g. tqdm) get a sane number.
-        return self.per_rank
+        return self.per_epoch

@@ -7,7 +7,8 @@ Public API (docs/architecture.md, "Models"):
 * :func:`build_segmentor` -- the random-initialised :class:`EncoderDecoder` for a config (§1.4);
 * :func:`load_checkpoint`, :func:`save_checkpoint`, :func:`read_checkpoint` -- mmseg-format I/O;
 * :func:`load_pretrained_backbone`, :data:`PRETRAINED_URLS` -- ImageNet ``resnet*_v1c`` (§2.2);
-* :func:`convert_sync_batchnorm`, :func:`revert_sync_batchnorm`.
+* :func:`convert_sync_batchnorm`, :func:`revert_sync_batchnorm`;
+* :func:`attention_impl` -- run the DNL blocks with SDPA or mmseg's explicit attention (§5.6).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dnlrepro.models.checkpoint import (
     revert_sync_batchnorm,
     save_checkpoint,
 )
-from dnlrepro.models.dnl_block import DisentangledNonLocal2d
+from dnlrepro.models.dnl_block import MMSEG_ATTENTION, DisentangledNonLocal2d, attention_impl
 from dnlrepro.models.heads import DNLHead, FCNHead
 from dnlrepro.models.resnet import ResNetV1c
 from dnlrepro.models.segmentor import EncoderDecoder
@@ -32,12 +33,14 @@ from dnlrepro.models.segmentor import EncoderDecoder
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MMSEG_ATTENTION",
     "PRETRAINED_URLS",
     "DNLHead",
     "DisentangledNonLocal2d",
     "EncoderDecoder",
     "FCNHead",
     "ResNetV1c",
+    "attention_impl",
     "build_segmentor",
     "convert_sync_batchnorm",
     "load_checkpoint",

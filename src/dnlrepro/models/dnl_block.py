@@ -24,11 +24,19 @@ Two numerically equivalent implementations of the pairwise term are kept:
   materialises the [N, P, P] matrix with the fused kernels, so whole-image Cityscapes inference
   (P = 32768, §5.3: 4 GiB per fp32 copy of the matrix) stays within a few GB;
 * ``attention="naive"``: mmcv's explicit matmul -> scale -> softmax -> matmul, the reference.
+  It holds the [N, P, P] matrix like mmseg's head (512 MiB per fp32 copy for a 2 x 512x1024
+  training batch, P = 8192 per image), so its memory and speed are the ones comparable with
+  mmseg's published Mem and fps columns (§5.6); ``dnlrepro benchmark`` measures both paths.
+
+The implementation is picked at run time: ``block.attention = ...``, ``model.attention = ...``
+on the segmentor, or :func:`attention_impl` for any module tree (DDP-wrapped included).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +45,8 @@ from torch import nn
 from dnlrepro.models.layers import ConvModule, normal_init
 
 ATTENTION_IMPLS: tuple[str, ...] = ("sdpa", "naive")
+# The path whose memory and speed match mmseg's explicit attention (§5.6).
+MMSEG_ATTENTION = "naive"
 
 
 class DisentangledNonLocal2d(nn.Module):
@@ -150,3 +160,25 @@ class DisentangledNonLocal2d(nn.Module):
         unary = torch.matmul(mask, value)  # [N, 1, C']
         unary = unary.transpose(1, 2).reshape(n, ci, 1, 1)  # broadcast over H, W
         return x + self.conv_out(y + unary)
+
+
+@contextlib.contextmanager
+def attention_impl(model: nn.Module, impl: str) -> Iterator[nn.Module]:
+    """Run every DNL block inside ``model`` with ``impl`` for the duration of the block.
+
+    Raises:
+        ValueError: ``impl`` is not one of :data:`ATTENTION_IMPLS`, or ``model`` holds no DNL block.
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {impl!r}")
+    blocks = [m for m in model.modules() if isinstance(m, DisentangledNonLocal2d)]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} holds no DisentangledNonLocal2d block")
+    previous = [b.attention for b in blocks]
+    for b in blocks:
+        b.attention = impl
+    try:
+        yield model
+    finally:
+        for b, old in zip(blocks, previous, strict=True):
+            b.attention = old

@@ -182,18 +182,23 @@ class EncoderDecoder(nn.Module):
         crop_size: Sequence[int] | None = None,
         stride: Sequence[int] | None = None,
         ori_shape: Sequence[int] | None = None,
+        small_window: str | None = None,
     ) -> torch.Tensor:
         """Average of overlapping window logits (§5.2); (h, w) crop/stride default to cfg.test.
 
         Windows: ``h_grids = max(H - h_crop + h_stride - 1, 0) // h_stride + 1`` (same for w); the
         last window is pushed back to touch the border. A window larger than the image (ms+flip at
-        ratios 0.5 / 0.75 of the 769 configs) is fed as the smaller patch WITHOUT padding, the
-        behaviour of mmseg >= v0.7 (PR #133). Ambiguity (§5.2, §9 item 2): v0.5.0 zero-padded such
-        patches to the crop size and v0.6.0 asserted; which code produced the README numbers is
-        unknown.
+        ratios 0.5 / 0.75 of the 769 configs) is handled per ``small_window`` (default
+        ``cfg.test.small_window``): ``"unpadded"`` feeds the smaller patch as it is (mmseg >= PR
+        #133); ``"pad"`` zero-pads it at the bottom/right to the crop size (0 = the mean colour
+        after normalisation) and keeps the patch's part of the logits (v0.5.0). Which of the two
+        produced the published 769 ms+flip numbers is unknown (§5.2, §9 item 2).
         """
         crop_size = crop_size or self.cfg.test.crop_size
         stride = stride or self.cfg.test.stride
+        small_window = small_window or self.cfg.test.small_window
+        if small_window not in ("unpadded", "pad"):
+            raise ValueError(f"test.small_window must be 'unpadded' or 'pad', got {small_window!r}")
         if crop_size is None or stride is None:
             raise ValueError(
                 "slide inference needs test.crop_size and test.stride (h, w) in the config "
@@ -214,7 +219,13 @@ class EncoderDecoder(nn.Module):
                 x2 = min(wi * w_stride + w_crop, w_img)
                 y1 = max(y2 - h_crop, 0)
                 x1 = max(x2 - w_crop, 0)
-                crop_logits = self.encode_decode(img[:, :, y1:y2, x1:x2])  # [N, C, y2-y1, x2-x1]
+                crop = img[:, :, y1:y2, x1:x2]
+                if small_window == "pad" and (y2 - y1 < h_crop or x2 - x1 < w_crop):
+                    padded = crop.new_zeros((n, crop.shape[1], h_crop, w_crop))
+                    padded[:, :, : y2 - y1, : x2 - x1] = crop
+                    crop_logits = self.encode_decode(padded)[:, :, : y2 - y1, : x2 - x1]
+                else:
+                    crop_logits = self.encode_decode(crop)  # [N, C, y2-y1, x2-x1]
                 preds[:, :, y1:y2, x1:x2] += crop_logits
                 count[:, :, y1:y2, x1:x2] += 1
         logger.debug("slide inference: %dx%d windows on %dx%d", h_grids, w_grids, h_img, w_img)
@@ -225,16 +236,22 @@ class EncoderDecoder(nn.Module):
 
     @torch.no_grad()
     def inference(
-        self, img: torch.Tensor, ori_shape: Sequence[int], flip: bool = False
+        self,
+        img: torch.Tensor,
+        ori_shape: Sequence[int],
+        flip: bool = False,
+        small_window: str | None = None,
     ) -> torch.Tensor:
         """Softmax probabilities [N, C, h0, w0] at ``ori_shape`` with cfg.test.mode (§1.1, §5.2).
 
         ``img`` is the (already flipped, when ``flip``) network input; a flipped view's
         probabilities are flipped back horizontally so all views align with the original image.
+        ``small_window`` overrides ``cfg.test.small_window`` for slide mode (see
+        :meth:`slide_inference`).
         """
         mode = self.cfg.test.mode
         if mode == "slide":
-            logits = self.slide_inference(img, ori_shape=ori_shape)
+            logits = self.slide_inference(img, ori_shape=ori_shape, small_window=small_window)
         elif mode == "whole":
             logits = self.whole_inference(img, ori_shape=ori_shape)
         else:  # the config loader restricts the choices; keep the message for hand-made configs
