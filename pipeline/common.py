@@ -63,13 +63,18 @@ def archives(ws: Workspace, profile: Profile) -> Path:
 
 
 def torchrun(profile: Profile, *argv: str) -> None:
-    """``torchrun --nproc-per-node N --nnodes M [$DNLREPRO_TORCHRUN_ARGS] -m dnlrepro.cli ARGV``.
+    """``[$DNLREPRO_TORCHRUN_WRAPPER] torchrun --nproc-per-node N --nnodes M
+    [$DNLREPRO_TORCHRUN_ARGS] -m dnlrepro.cli ARGV``.
 
     Multi-node rendezvous options (``--node-rank``, ``--rdzv-endpoint`` ...) differ per cluster, so
-    they come from ``$DNLREPRO_TORCHRUN_ARGS`` and do not change the stage command in dvc.lock.
+    they come from ``$DNLREPRO_TORCHRUN_ARGS`` and do not change the stage command in dvc.lock;
+    torchrun takes the last of a repeated option, so they may also override ``--nnodes``. The
+    wrapper starts torchrun once per node: the Slurm job scripts set it to ``srun ...``.
     """
+    wrapper = shlex.split(os.environ.get("DNLREPRO_TORCHRUN_WRAPPER", ""))
     extra = shlex.split(os.environ.get("DNLREPRO_TORCHRUN_ARGS", ""))
     cmd = [
+        *wrapper,
         sys.executable,
         "-m",
         "torch.distributed.run",

@@ -15,6 +15,8 @@ while a stage command runs, so several ``dvc repro -s STAGE`` processes can shar
 ``--dry-run`` prints the plan without running anything. A worker uses one GPU, so with the
 ``paper`` profile set ``nproc_per_node: 1`` or give each worker a GPU group (``--gpus 0-3,4-7``
 exports ``CUDA_VISIBLE_DEVICES=0,1,2,3`` for one worker).
+
+``--backend slurm`` submits the same stage commands as sbatch jobs instead (:mod:`dnlrepro.slurm`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dnlrepro.registry import config_names
 logger = logging.getLogger(__name__)
 
 STAGES = ("train", "evaluate", "all")
+BACKENDS = ("local", "slurm")
 
 
 @dataclass
@@ -184,8 +187,16 @@ def summary(jobs: Sequence[Job]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dnlrepro.slurm import cli as slurm_cli  # here: dnlrepro.slurm imports this module
+
     parser.add_argument(
-        "--gpus", required=True, help="one worker per entry: 0,1,2,3 (or GPU groups 0-3,4-7)"
+        "--backend",
+        choices=BACKENDS,
+        default="local",
+        help="local: subprocesses on this machine (default); slurm: one sbatch job per stage",
+    )
+    parser.add_argument(
+        "--gpus", help="local: one worker per entry: 0,1,2,3 (or GPU groups 0-3,4-7); required"
     )
     parser.add_argument(
         "--configs",
@@ -200,18 +211,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="train only, evaluate only, or train+evaluate then tables/diff",
     )
-    parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan, run nothing (slurm: write the job scripts, submit nothing)",
+    )
     parser.add_argument("--stagger", type=float, default=1.0, help=argparse.SUPPRESS)
+    slurm_cli.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    gpus = parse_gpus(args.gpus)
     ws = workspace.find()
+    if args.backend == "slurm":
+        from dnlrepro.slurm import cli as slurm_cli
+
+        return slurm_cli.main(args, ws, [] if args.status else _configs(args, ws))
+    if args.status or args.wait:
+        raise ValueError("--status and --wait belong to --backend slurm")
+    if args.gpus is None:
+        raise ValueError("--gpus is required with --backend local; write e.g. --gpus 0,1,2,3")
+    gpus = parse_gpus(args.gpus)
+    jobs = launch(gpus, _configs(args, ws), args.stage, ws.root, args.dry_run, stagger=args.stagger)
+    print(summary(jobs))
+    return 1 if any(j.returncode for j in jobs) else 0
+
+
+def _configs(args: argparse.Namespace, ws: workspace.Workspace) -> list[str]:
     known = config_names(ws)
     configs = args.configs or list(known)
     unknown = [c for c in configs if c not in known]
     if unknown:
         raise ValueError(f"unknown configuration(s) {unknown}; choose from {', '.join(known)}")
-    jobs = launch(gpus, configs, args.stage, ws.root, args.dry_run, stagger=args.stagger)
-    print(summary(jobs))
-    return 1 if any(j.returncode for j in jobs) else 0
+    return configs

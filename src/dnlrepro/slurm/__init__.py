@@ -1,0 +1,15 @@
+"""The Slurm backend of ``dnlrepro launch``: the twelve rows as sbatch jobs on a cluster.
+
+``dnlrepro launch --backend slurm`` submits one job per DVC stage still to run (``dvc status``):
+``prepare`` when a shared stage is stale, ``train@X`` per configuration, ``evaluate@X`` after it
+(``afterok``) and ``reports`` (tables + diff) after all of them. Every job runs the local
+launcher's command, ``dvc --wait-for-lock repro -s STAGE``, in the shared workspace; training
+goes through ``srun`` + torchrun over the job's nodes when the profile uses torchrun.
+
+* :mod:`~dnlrepro.slurm.plan`: which jobs, with which resources and dependencies;
+* :mod:`~dnlrepro.slurm.scripts`: the sbatch scripts, kept under ``work_dirs/slurm/<launch>/``;
+* :mod:`~dnlrepro.slurm.queue`: sbatch, squeue/sacct, the receipt;
+* :mod:`~dnlrepro.slurm.cli`: the options and ``--status`` / ``--wait``.
+
+Tested against a real single-node Slurm (``.ci/slurm-local.sh``, ``tests/test_slurm.py``).
+"""

@@ -1,0 +1,149 @@
+"""What a Slurm launch submits: one job per DVC stage still to run, its resources and dependencies.
+
+DVC decides what is done: ``dvc status`` lists the stale stages, and only those become jobs, so
+running the same launch command again resubmits exactly what did not finish. Each job runs the
+local launcher's command (:func:`dnlrepro.launch.dvc_command`), which skips a stage that turns
+out to be up to date, so submitting one job too many costs only queue time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dnlrepro.launch import dvc_command
+
+SHARED = ("download", "prepare")  # what `dvc repro prepare` runs, before any configuration
+CPUS_PER_GPU = 5  # mmseg's tools/slurm_train.sh default (CPUS_PER_TASK=5 per GPU task)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What every job asks the scheduler for (``None``: the cluster's default)."""
+
+    partition: str | None = None
+    account: str | None = None
+    time: str | None = None  # sbatch --time, e.g. 1-00:00:00
+    nodes: int = 1  # per training job; evaluation and the rest use one node
+    gpus_per_node: int = 0  # training; evaluation takes one GPU when this is > 0
+    cpus_per_task: int | None = None  # default: CPUS_PER_GPU per GPU, 1 without GPUs
+    signal_s: int = 300  # USR1 this many seconds before a training job's time limit
+    extra: tuple[str, ...] = ()  # passed through to sbatch for every job
+
+    def common(self) -> list[str]:
+        opts = [f"--{key}={value}" for key, value in
+                (("partition", self.partition), ("account", self.account), ("time", self.time))
+                if value]  # fmt: skip
+        return [*opts, *self.extra]
+
+    def cpus(self, gpus: int) -> int:
+        if self.cpus_per_task is not None:
+            return self.cpus_per_task
+        return CPUS_PER_GPU * gpus if gpus else 1
+
+
+@dataclass
+class JobSpec:
+    """One job: ``name`` is the DVC stage (``train@X``) or ``prepare`` / ``reports``."""
+
+    name: str
+    command: list[str]
+    options: list[str]  # #SBATCH lines of the script
+    after: list[str] = field(default_factory=list)  # jobs of this launch that must succeed first
+    training: bool = False  # USR1 before the time limit -> checkpoint -> requeue
+
+
+def stale_stages(repo: Path) -> set[str]:
+    """The stages ``dvc status`` reports as changed (a stage that never ran included)."""
+    result = subprocess.run(
+        dvc_command("status", "--json"), cwd=repo, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"`dvc status` failed in {repo}: {result.stderr.strip()[-2000:]}; fix the workspace "
+            "(e.g. `dvc status` there) before launching"
+        )
+    return set(json.loads(result.stdout or "{}"))
+
+
+def final_stages(repo: Path) -> list[str]:
+    """The stages after the configurations' (tables, diff, ...), in dvc.yaml's order."""
+    result = subprocess.run(
+        dvc_command("stage", "list", "--name-only"),
+        cwd=repo, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"`dvc stage list` failed in {repo}: {result.stderr.strip()[-2000:]}")
+    names = result.stdout.split()
+    return [n for n in names if n not in SHARED and not n.startswith(("train@", "evaluate@"))]
+
+
+def options(kind: str, res: Resources) -> list[str]:
+    """The sbatch options of a ``prepare`` / ``train`` / ``evaluate`` / ``reports`` job."""
+    if kind == "train":
+        gpu = [f"--gpus-per-node={res.gpus_per_node}"] if res.gpus_per_node else []
+        return [
+            f"--nodes={res.nodes}",
+            "--ntasks-per-node=1",
+            f"--cpus-per-task={res.cpus(res.gpus_per_node)}",
+            *gpu,
+            f"--signal=B:USR1@{res.signal_s}",
+            "--requeue",
+            *res.common(),
+        ]
+    gpus = 1 if kind == "evaluate" and res.gpus_per_node else 0
+    gpu = [f"--gpus-per-node={gpus}"] if gpus else []
+    return ["--nodes=1", "--ntasks=1", f"--cpus-per-task={res.cpus(gpus)}", *gpu, *res.common()]
+
+
+def plan_jobs(
+    configs: Sequence[str], stage: str, stale: set[str], res: Resources, final: Sequence[str]
+) -> tuple[list[JobSpec], list[str]]:
+    """The jobs to submit, in submission order, and the stages left out as up to date.
+
+    A stale shared stage makes every configuration's jobs run after a ``prepare`` job (its
+    outputs may change them); evaluation follows a training of this launch; ``reports`` (the
+    ``final`` stages: tables, diff, ...) follows every other job, with ``stage="all"`` only.
+    """
+    jobs: list[JobSpec] = []
+    skipped: list[str] = []
+    shared = bool(stale & set(SHARED))
+    first = ["prepare"] if shared else []
+    if shared:
+        jobs.append(JobSpec("prepare", stage_command("prepare"), options("prepare", res)))
+    for config in configs:
+        train, evaluate = f"train@{config}", f"evaluate@{config}"
+        run_train = stage in ("train", "all") and (shared or train in stale)
+        run_eval = stage in ("evaluate", "all") and (run_train or shared or evaluate in stale)
+        if run_train:
+            jobs.append(
+                JobSpec(train, stage_command(train), options("train", res), first, training=True)
+            )
+        if run_eval:
+            after = [train] if run_train else first
+            jobs.append(JobSpec(evaluate, stage_command(evaluate), options("evaluate", res), after))
+        skipped += [
+            name
+            for name, runs, wanted in ((train, run_train, stage != "evaluate"),
+                                       (evaluate, run_eval, stage != "train"))
+            if wanted and not runs
+        ]  # fmt: skip
+    if stage == "all" and final and (jobs or stale & set(final)):
+        after = [j.name for j in jobs]
+        jobs.append(JobSpec("reports", stage_command(*final), options("reports", res), after))
+    return jobs, skipped
+
+
+def stage_command(*stages: str) -> list[str]:
+    """``dvc --wait-for-lock repro -s STAGE...``, the local launcher's command for a stage.
+
+    ``prepare`` runs with its upstream (``download``), as the local launcher runs it. Everything
+    else is single-item (``-s``, run in the order given): a job runs only its own stages, so the
+    reports job never trains a configuration left out of this launch (its rows stay as they are).
+    """
+    if stages == ("prepare",):
+        return dvc_command("--wait-for-lock", "repro", "prepare")
+    return dvc_command("--wait-for-lock", "repro", "-s", *stages)
