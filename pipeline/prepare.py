@@ -30,6 +30,8 @@ def main() -> int:
         if profile.settings.data_source == "synthetic":
             sizes = getattr(profile.synthetic_or_fail(), dataset)
             expect = (sizes.train, sizes.val)  # known exactly
+        elif profile.settings.expected_counts is not None:  # a rehearsal's miniatures
+            expect = getattr(profile.settings.expected_counts, dataset)
         else:
             expect = REAL_COUNTS[dataset]
         nproc = min(8, os.cpu_count() or 1)

@@ -14,6 +14,15 @@ Every transfer goes to ``<name>.part`` (resumed with an HTTP Range request after
 is retried with exponential backoff, is checked for size and checksum, and only then is renamed
 atomically to its final name. A file that fails verification is deleted and fetched again; it is
 never used. Only the standard library speaks HTTP (urllib).
+
+Two environment variables redirect every download without changing a stage command (``dnlrepro
+rehearse`` sets both for its local mirror; ``DNLREPRO_MIRROR`` also suits a lab-wide mirror):
+
+* ``DNLREPRO_MIRROR=http://host:port/prefix``: ``scheme://HOST/PATH?QUERY`` is fetched from
+  ``$DNLREPRO_MIRROR/HOST/PATH?QUERY`` (:func:`mirrored`); the Cityscapes login goes there too.
+* ``DNLREPRO_EXPECTED_SHA256=/path/hashes.json``: ``{file name: sha256}``; a listed file is
+  verified against that full sha256 instead of the hash in its name (or, for a file with no
+  published hash, instead of the zip check alone) (:func:`expected_sha256`).
 """
 
 from __future__ import annotations
@@ -60,6 +69,9 @@ PRETRAINED_URLS: dict[str, str] = {
 }
 
 _NAME_HASH = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt)$")
+
+MIRROR_ENV = "DNLREPRO_MIRROR"
+EXPECTED_SHA256_ENV = "DNLREPRO_EXPECTED_SHA256"
 
 
 class DownloadError(RuntimeError):
@@ -115,6 +127,37 @@ def verify_file(
     if path.suffix == ".zip" and not problems and not zipfile.is_zipfile(path):
         problems.append("not a readable zip archive (truncated or corrupt)")
     return problems
+
+
+def mirrored(url: str) -> str:
+    """``url`` as fetched: ``$DNLREPRO_MIRROR/HOST/PATH?QUERY`` when the variable is set."""
+    base = os.environ.get(MIRROR_ENV, "").rstrip("/")
+    if not base or url.startswith(base + "/"):
+        return url
+    parts = urllib.parse.urlsplit(url)
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{base}/{parts.netloc}{parts.path}{query}"
+
+
+def expected_sha256(name: str) -> str | None:
+    """The sha256 that ``$DNLREPRO_EXPECTED_SHA256`` lists for file ``name`` (None: not listed).
+
+    Raises:
+        DownloadError: the variable names a file that is missing or not a JSON mapping.
+    """
+    path = os.environ.get(EXPECTED_SHA256_ENV)
+    if not path:
+        return None
+    try:
+        table = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DownloadError(
+            f"{EXPECTED_SHA256_ENV}={path}: cannot read it ({e}); it must be a JSON file "
+            "{file name: sha256}, or unset the variable"
+        ) from e
+    if not isinstance(table, dict):
+        raise DownloadError(f"{EXPECTED_SHA256_ENV}={path}: expected a mapping file name -> sha256")
+    return table.get(name)
 
 
 def _sidecar(path: Path) -> Path:
@@ -224,6 +267,8 @@ def download_url(
     """Download ``url`` into ``dest_dir`` (default ``<workspace>/downloads``), verified.
 
     A file name ending in ``-<hex>.pth`` implies ``sha256_prefix=<hex>`` unless one is given.
+    ``$DNLREPRO_MIRROR`` redirects the URL, and a sha256 listed in ``$DNLREPRO_EXPECTED_SHA256``
+    replaces every other expected hash of the file (module docstring).
     An existing file is verified (against the given checksums, or the record written after its
     own verified download) and reused; a file that fails is deleted and fetched again.
 
@@ -252,7 +297,11 @@ def download_url(
     name = filename or Path(urllib.parse.urlparse(url).path).name
     if not name:
         raise ValueError(f"cannot derive a file name from {url!r}; pass filename=")
-    if sha256_prefix is None and sha256 is None:
+    url = mirrored(url)
+    override = expected_sha256(name)
+    if override is not None:
+        sha256_prefix, sha256 = None, override
+    elif sha256_prefix is None and sha256 is None:
         sha256_prefix = sha256_prefix_from_name(name)
     expect = {"sha256_prefix": sha256_prefix, "sha256": sha256, "size": size, "md5": md5}
     dest, part = dest_dir / name, dest_dir / (name + ".part")
@@ -384,8 +433,8 @@ def download_cityscapes(
 ) -> list[Path]:
     """Both Cityscapes packages (gtFine, leftImg8bit), md5-verified against the site's sums."""
     user, password = cityscapes_credentials()
-    opener = cityscapes_login(user, password, base_url)
-    base = base_url.rstrip("/")
+    base = mirrored(base_url.rstrip("/"))
+    opener = cityscapes_login(user, password, base)
     out = []
     for name, package_id in CITYSCAPES_PACKAGES.items():
         md5 = None

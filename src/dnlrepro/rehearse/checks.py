@@ -1,0 +1,157 @@
+"""What a finished rehearsal must show, beyond every stage having run.
+
+Each check reads what the pipeline itself produced in the scratch copy -- DVC's stage logs, the
+diff report, ``dnlrepro check``'s exit code, the tables, the MLflow store -- and returns a
+:class:`Check` with a one-line detail. Exact result-file fields are not relied on beyond the
+diff report's documented ``rows[].verdict``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dnlrepro.rehearse.mirror import Mirror, MirrorFile
+from dnlrepro.rehearse.stages import StageRun
+
+JUDGED = ("pass", "fail")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+def all_stages_ran(expected: list[str], runs: list[StageRun]) -> Check:
+    """Every stage of ``dvc.yaml`` ended ``ok`` the last time it ran (skips do not count)."""
+    last: dict[str, str] = {}
+    for r in runs:
+        if r.status != "skipped":
+            last[r.stage] = r.status
+    bad = [s for s in expected if last.get(s) != "ok"]
+    return Check(
+        "every stage ran",
+        not bad,
+        f"{len(expected) - len(bad)}/{len(expected)} stages ok"
+        + (f"; not run or failed: {', '.join(bad)}" if bad else ""),
+    )
+
+
+def mirror_served(mirror: Mirror, files: list[MirrorFile], cityscapes: bool = True) -> Check:
+    """Every miniature went through the mirror (Cityscapes after a login)."""
+    missing = [f.name for f in files if f.name not in mirror.served]
+    ok = not missing and (mirror.logins > 0 or not cityscapes)
+    detail = f"{len(files) - len(missing)}/{len(files)} files served, {mirror.logins} login(s)"
+    if missing:
+        detail += f"; never requested: {', '.join(missing)}"
+    return Check("downloads came from the mirror, verified", ok, detail)
+
+
+def resumed(victim: str, killed: bool, rerun: list[StageRun]) -> Check:
+    """The killed training stage continued from its checkpoint in the re-run."""
+    log = [line for r in rerun if r.stage == victim for line in r.log]
+    hit = next((line for line in log if "resumed from" in line), None)
+    if not killed:
+        detail = f"{victim} finished before its first checkpoint could be used to kill it"
+    elif hit is None:
+        detail = f"{victim} was killed, but its re-run did not log 'resumed from'"
+    else:
+        detail = f"{victim} killed mid-run, re-run {hit[hit.index('resumed from') :]}"
+    return Check("killed training stage resumed", killed and hit is not None, detail)
+
+
+def sync_bn(runs: list[StageRun], nproc: int) -> Check:
+    """Every training stage ran SyncBN across ``nproc`` torchrun processes."""
+    trains = {r.stage: r for r in runs if r.stage.startswith("train@") and r.status == "ok"}
+    needle = f"SyncBN across {nproc} processes"
+    bad = [s for s, r in trains.items() if not any(needle in line for line in r.log)]
+    return Check(
+        f"SyncBN across {nproc} ranks",
+        bool(trains) and not bad,
+        f"{len(trains) - len(bad)}/{len(trains)} training stages logged '{needle}'"
+        + (f"; not: {', '.join(bad)}" if bad else ""),
+    )
+
+
+def verdicts(root: Path) -> Check:
+    """The diff report judged every published number (no ``missing``), and some ``fail``."""
+    path = root / "reports" / "diff.json"
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    except (OSError, ValueError, KeyError) as e:
+        return Check("every verdict computed", False, f"{path}: {e}")
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
+    judged = [r for r in rows if r.get("published") is not None and r.get("tolerance") is not None]
+    unjudged = [
+        f"{r['config']} {r['metric']}" for r in judged if r["verdict"] not in ("pass", "fail")
+    ]
+    ok = counts.get("missing", 0) == 0 and not unjudged and counts.get("fail", 0) > 0
+    detail = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+    if unjudged:
+        detail += f"; not judged: {', '.join(unjudged[:5])}"
+    return Check("every verdict computed (miniature numbers fail)", ok, detail)
+
+
+def check_command(root: Path, env: dict[str, str]) -> Check:
+    """``dnlrepro check reports/diff.json`` exits 1, and only because of ``fail`` verdicts."""
+    cmd = [sys.executable, "-m", "dnlrepro.cli", "check", "reports/diff.json"]
+    out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=False)
+    lines = out.stdout.splitlines()
+    offending = [line for line in lines if line.split(":", 1)[0].isupper()]
+    only_fail = bool(offending) and all(line.startswith("FAIL:") for line in offending)
+    ok = out.returncode == 1 and only_fail
+    last = lines[-1] if lines else out.stderr.strip()[-200:]
+    return Check(
+        "dnlrepro check fails on the fail verdicts",
+        ok,
+        f"exit {out.returncode}, {len(offending)} offending line(s); {last}",
+    )
+
+
+def tables(root: Path, configs: list[str]) -> Check:
+    """Both tables were rendered and list every row."""
+    text = ""
+    for name in ("cityscapes.md", "ade20k.md"):
+        path = root / "reports" / name
+        text += path.read_text(encoding="utf-8") if path.is_file() else ""
+    missing = [c for c in configs if c not in text]
+    return Check(
+        "tables list every row",
+        bool(text) and not missing,
+        f"{len(configs) - len(missing)}/{len(configs)} rows in reports/cityscapes.md, ade20k.md"
+        + (f"; missing: {', '.join(missing)}" if missing else ""),
+    )
+
+
+def mlflow_profile(db: Path, profile: str, configs: list[str]) -> Check:
+    """MLflow holds runs of every row, each tagged with the rehearsed profile."""
+    if not db.is_file():
+        return Check("MLflow runs tagged with the profile", False, f"{db} does not exist")
+    query = (
+        "SELECT r.run_uuid, MAX(CASE WHEN t.key = 'profile' THEN t.value END), "
+        "MAX(CASE WHEN t.key = 'config' THEN t.value END) FROM runs r "
+        "LEFT JOIN tags t ON t.run_uuid = r.run_uuid GROUP BY r.run_uuid"
+    )
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            runs = con.execute(query).fetchall()
+    except sqlite3.Error as e:
+        return Check("MLflow runs tagged with the profile", False, f"{db}: {e}")
+    wrong = [run for run, tag, _ in runs if tag != profile]
+    missing = sorted(set(configs) - {cfg for _, tag, cfg in runs if tag == profile})
+    ok = bool(runs) and not wrong and not missing
+    detail = f"{len(runs)} runs, {len(runs) - len(wrong)} tagged profile={profile}"
+    if missing:
+        detail += f"; no run for: {', '.join(missing)}"
+    return Check("MLflow runs tagged with the profile", ok, detail)

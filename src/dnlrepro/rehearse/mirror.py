@@ -1,0 +1,297 @@
+"""The rehearsal's download mirror: miniatures under the real names, served on 127.0.0.1.
+
+The mirror's folder holds every file the pipeline downloads, at ``<host>/<path>`` of its real
+URL, so ``$DNLREPRO_MIRROR`` (:func:`dnlrepro.data.download.mirrored`) maps each URL onto it:
+
+* Cityscapes: ``gtFine_trainvaltest.zip`` (polygon JSON, converted by cityscapesscripts in the
+  prepare stage as the real one is) and ``leftImg8bit_trainvaltest.zip``, written by
+  :mod:`dnlrepro.data.synth`, served only after the login handshake of cityscapes-dataset.com
+  (``GET /login``, ``POST /login`` with ``username``/``password``/``submit=Login`` answered by a
+  302 and a session cookie, then ``/file-handling/?packageID=N`` and ``/md5-sum/?packageID=N``);
+* ADE20K: ``ADEChallengeData2016.zip`` (:mod:`dnlrepro.data.synth`);
+* profile paper: ``resnet{50,101}_v1c-<hash>.pth``, ``{"state_dict": stem.*, layer1-4.*, fc.*}``
+  (the open-mmlab key layout, docs/reference.md §2.2) with the real shapes and random weights;
+* profile published: the twelve ``<config>_<date>-<hash>.pth`` in the mmseg layout
+  (``{"meta", "state_dict"}``, §1.7), random weights.
+
+A miniature cannot have the hash in its published name, so :func:`build` also writes
+``expected_sha256.json`` ({file name: sha256}); the rehearsal hands it to the download code
+through ``$DNLREPRO_EXPECTED_SHA256`` and the same verification runs. A file changed after that
+(:func:`corrupt`) therefore fails the download, as a bad real file would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import logging
+import secrets
+import shutil
+import threading
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dnlrepro.config import load_config
+from dnlrepro.data import download, synth
+from dnlrepro.files import file_digest, write_json
+from dnlrepro.profile import Synthetic
+from dnlrepro.registry import load_published
+from dnlrepro.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+HASHES = "expected_sha256.json"
+CITYSCAPES_HOST = urllib.parse.urlsplit(download.CITYSCAPES_URL).netloc
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class MirrorFile:
+    name: str  # the file name the pipeline stores it under
+    url: str  # the real URL the pipeline asks for
+    path: Path  # the miniature in the mirror's folder
+    sha256: str
+
+
+def local_path(root: Path, url: str) -> Path:
+    """Where the mirror keeps the file of ``url``: ``<root>/<host>/<path>``."""
+    parts = urllib.parse.urlsplit(url)
+    return root / parts.netloc / parts.path.lstrip("/")
+
+
+def package_path(root: Path, package_id: int, name: str) -> Path:
+    return root / CITYSCAPES_HOST / "packages" / str(package_id) / name
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the miniatures
+# ---------------------------------------------------------------------------------------------
+
+
+def build(root: Path, ws: Workspace, train: bool, sizes: Synthetic) -> list[MirrorFile]:
+    """Write the miniatures a profile downloads (``train``: backbones, else the checkpoints)
+    and ``<root>/expected_sha256.json``; returns the files."""
+    root.mkdir(parents=True, exist_ok=True)
+    files = _datasets(root, sizes)
+    files += _backbones(root, ws) if train else _checkpoints(root, ws)
+    write_json(root / HASHES, {f.name: f.sha256 for f in files}, sort_keys=True)
+    logger.info("mirror: %d miniature files in %s", len(files), root)
+    return files
+
+
+def _datasets(root: Path, sizes: Synthetic) -> list[MirrorFile]:
+    tmp = root / "_synth"
+    files = []
+    written = synth.write_cityscapes(
+        tmp, sizes.cityscapes.train, sizes.cityscapes.val, sizes.cityscapes.width,
+        sizes.cityscapes.height, sizes.seed,
+    )  # fmt: skip
+    for src in written:
+        package_id = download.CITYSCAPES_PACKAGES[src.name]
+        dest = package_path(root, package_id, src.name)
+        url = f"{download.CITYSCAPES_URL}/file-handling/?packageID={package_id}"
+        files.append(_place(src, dest, src.name, url))
+    a = sizes.ade20k
+    (src,) = synth.write_ade20k(tmp, a.train, a.val, a.min_size, a.max_size, sizes.seed)
+    files.append(_place(src, local_path(root, download.ADE20K_URL), src.name, download.ADE20K_URL))
+    shutil.rmtree(tmp)
+    return files
+
+
+def _place(src: Path, dest: Path, name: str, url: str) -> MirrorFile:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    src.replace(dest)
+    return MirrorFile(name, url, dest, file_digest(dest))
+
+
+def _model(ws: Workspace, name: str, cache: dict) -> torch.nn.Module:
+    """A randomly initialised segmentor of row ``name`` (shared by rows of the same shapes)."""
+    from dnlrepro.models import build_segmentor
+
+    cfg = load_config(name, "paper", ws=ws)
+    key = (cfg.model.backbone.depth, cfg.model.num_classes)
+    if key not in cache:
+        torch.manual_seed(0)
+        cache[key] = build_segmentor(cfg)
+    return cache[key]
+
+
+def _backbones(root: Path, ws: Workspace) -> list[MirrorFile]:
+    files, cache, done = [], {}, set()
+    for name in load_published(ws.registry_file).configs:
+        pretrained = load_config(name, "paper", ws=ws).model.backbone.pretrained
+        if not pretrained or pretrained in done:
+            continue
+        done.add(pretrained)
+        url = download.PRETRAINED_URLS[pretrained]
+        state = dict(_model(ws, name, cache).backbone.state_dict())
+        width = state["layer4.2.conv3.weight"].shape[0]
+        state["fc.weight"] = torch.randn(1000, width) * 0.01  # the ImageNet classifier
+        state["fc.bias"] = torch.zeros(1000)
+        dest = local_path(root, url)
+        _save(dest, {"state_dict": state})
+        files.append(MirrorFile(dest.name, url, dest, file_digest(dest)))
+    return files
+
+
+def _checkpoints(root: Path, ws: Workspace) -> list[MirrorFile]:
+    from dnlrepro.engine.resume import config_meta
+    from dnlrepro.models import save_checkpoint
+
+    files, cache = [], {}
+    for name, entry in load_published(ws.registry_file).configs.items():
+        cfg = load_config(name, "paper", ws=ws)
+        dest = local_path(root, entry.checkpoint)
+        save_checkpoint(dest, _model(ws, name, cache), meta=config_meta(cfg, 0))
+        files.append(MirrorFile(dest.name, entry.checkpoint, dest, file_digest(dest)))
+    return files
+
+
+def _save(dest: Path, payload: dict) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, dest)
+
+
+def corrupt(file: MirrorFile) -> None:
+    """Flip one byte in the middle of a mirror file after its hash was recorded."""
+    with open(file.path, "r+b") as f:
+        f.seek(file.path.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    logger.warning("mirror: corrupted %s on purpose (one byte flipped)", file.path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Mirror:
+    """The HTTP server's state: its URL, the Cityscapes account, and what it served."""
+
+    root: Path
+    url: str = ""
+    user: str = field(default_factory=lambda: "rehearsal-" + secrets.token_hex(4))
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    sessions: set[str] = field(default_factory=set)
+    logins: int = 0
+    served: dict[str, int] = field(default_factory=dict)  # file name -> bytes sent
+    refused: list[str] = field(default_factory=list)  # "<code> <path>"
+
+
+@contextlib.contextmanager
+def serve(root: Path) -> Iterator[Mirror]:
+    """Serve ``root`` on 127.0.0.1 (a free port) while the block runs."""
+    mirror = Mirror(root)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(mirror))
+    mirror.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.daemon = True
+    thread.start()
+    logger.info("mirror: serving %s at %s", root, mirror.url)
+    try:
+        yield mirror
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _handler(mirror: Mirror) -> type[http.server.BaseHTTPRequestHandler]:
+    login_path = f"/{CITYSCAPES_HOST}/login"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: object) -> None:
+            logger.debug("mirror: " + fmt, *args)
+
+        def do_GET(self) -> None:
+            url = urllib.parse.urlsplit(self.path)
+            if url.path == login_path:  # the login form: only sets the csrf cookie
+                self._reply(200, b"<form>login</form>", [("Set-Cookie", "csrftoken=x; Path=/")])
+                return
+            site = url.path.removeprefix(f"/{CITYSCAPES_HOST}")
+            if site in ("/file-handling/", "/md5-sum/"):
+                self._cityscapes(site, url.query)
+                return
+            self._file(mirror.root / urllib.parse.unquote(url.path).lstrip("/"))
+
+        def do_POST(self) -> None:
+            size = int(self.headers.get("Content-Length") or 0)
+            form = urllib.parse.parse_qs(self.rfile.read(size).decode())
+            ok = form.get("username") == [mirror.user] and form.get("password") == [mirror.password]
+            if self.path == login_path and ok and form.get("submit") == ["Login"]:
+                token = secrets.token_hex(16)
+                mirror.sessions.add(token)
+                mirror.logins += 1
+                cookie = [("Set-Cookie", f"sessionid={token}; Path=/"), ("Location", "/")]
+                self._reply(302, b"", cookie)
+            else:  # the site answers a failed login with the form again
+                self._reply(200, b"<html>login failed</html>")
+
+        def _cityscapes(self, site: str, query: str) -> None:
+            cookies = self.headers.get("Cookie") or ""
+            if not any(f"sessionid={t}" in cookies for t in mirror.sessions):
+                self._reply(302, b"", [("Location", login_path)])
+                return
+            try:
+                package_id = int(urllib.parse.parse_qs(query)["packageID"][0])
+                name = next(n for n, i in download.CITYSCAPES_PACKAGES.items() if i == package_id)
+            except (KeyError, ValueError, StopIteration):
+                self._reply(404, b"unknown packageID")
+                return
+            path = package_path(mirror.root, package_id, name)
+            if site == "/md5-sum/":
+                self._reply(200, f"{file_digest(path, 'md5')}  {name}\n".encode())
+                return
+            self._file(path, [("Content-Disposition", f"attachment; filename={name}")])
+
+        def _file(self, path: Path, headers: Sequence[tuple[str, str]] = ()) -> None:
+            root = mirror.root.resolve()
+            if not path.is_file() or root not in path.resolve().parents:
+                self._reply(404, b"not in the mirror")
+                return
+            size = path.stat().st_size
+            start = _range_start(self.headers.get("Range"))
+            if start is not None and start >= size:
+                self._reply(416, b"", [("Content-Range", f"bytes */{size}")])
+                return
+            code, start = (206, start) if start is not None else (200, 0)
+            self.send_response(code)
+            for key, value in headers:
+                self.send_header(key, value)
+            if code == 206:
+                self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+            self.send_header("Content-Length", str(size - start))
+            self.end_headers()
+            with open(path, "rb") as f:
+                f.seek(start)
+                shutil.copyfileobj(f, self.wfile, CHUNK)
+            mirror.served[path.name] = mirror.served.get(path.name, 0) + size - start
+
+        def _reply(self, code: int, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> None:
+            if code >= 400:
+                mirror.refused.append(f"{code} {self.path}")
+            self.send_response(code)
+            for key, value in headers:
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+def _range_start(header: str | None) -> int | None:
+    """The first byte of ``Range: bytes=N-`` (the only form the downloader sends)."""
+    if not header or not header.startswith("bytes="):
+        return None
+    first = header[len("bytes=") :].split("-", 1)[0]
+    return int(first) if first.isdigit() else None
