@@ -1,23 +1,29 @@
 """DVC stage ``evaluate@<config>``: single-scale + ms+flip mIoU, inference speed, provenance.
 
-§ numbers refer to docs/reference.md.
+§ numbers refer to docs/reference.md. Always both protocols (§5.3; the 512x1024 Cityscapes rows
+have no published ms+flip number, but we measure it). Outputs:
 
-Always both protocols (docs/reference.md §5.3): ``results/<config>/metrics.json`` holds
-``single_scale`` and ``ms_flip`` (the 512x1024 Cityscapes rows have no published ms+flip number,
-but we measure it). ``results/<config>/benchmark.json`` holds fps as mmseg's ``tools/benchmark.py``
-defines it (§5.4) and ``results/<config>/run.json`` the profile and resolved-config digest the
-numbers belong to (the diff report uses it to detect a stale smoke baseline).
+* ``results/<config>/metrics.json`` -- the compact DVC metric: mIoU, mIoU_ms_flip, mAcc, aAcc
+  and the majority-class baseline of the same labels;
+* ``results/<config>/eval.json`` -- everything: per-class IoU/Acc of both protocols, the
+  protocol, the precision, the checkpoint's sha256 (the tables and the diff read this one);
+* ``results/<config>/per_class.csv`` -- the per-class DVC plot;
+* ``results/<config>/run.json`` -- profile and resolved-config digest (stale-baseline check);
+* ``timings/<config>/benchmark.json`` + ``speed.json`` -- fps as mmseg's ``tools/benchmark.py``
+  defines it (§5.4) and Mem (§5.5): machine-dependent, so kept out of ``results/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 from common import run_stage, setup
 from dnlrepro.config import load_config
+from dnlrepro.engine import eval_artifacts
 from dnlrepro.engine.benchmark import benchmark
 from dnlrepro.engine.evaluate import evaluate
-from dnlrepro.files import write_json
+from dnlrepro.files import write_bytes_atomic, write_json
 
 
 def main() -> int:
@@ -27,17 +33,20 @@ def main() -> int:
     ws, profile = setup()
     cfg = load_config(name, profile, ws=ws)
     checkpoint = ws.work_dirs / name / "final.pth"
-    out = ws.results / name
-    evaluate(
+    out, timings = ws.results / name, ws.timings / name
+    result = evaluate(
         cfg,
         checkpoint,
         split="val",
         ms_flip=True,
-        out=out / "metrics.json",
+        out=out / "eval.json",
         max_images=profile.settings.eval_max_images,
+        small_window_alt=profile.settings.eval_small_window_alt and cfg.test.mode == "slide",
     )
+    write_json(out / "metrics.json", eval_artifacts.compact_metrics(result))
+    write_bytes_atomic(out / "per_class.csv", eval_artifacts.per_class_plot_csv(result))
     bench = profile.settings.benchmark
-    benchmark(
+    speed = benchmark(
         cfg,
         checkpoint,
         num_images=bench.num_images,
@@ -45,8 +54,11 @@ def main() -> int:
         train_iters=bench.train_iters,
         # Real data: time the config's test split (§5.4); synthetic profiles time random images.
         data_root=cfg.data.data_root if profile.settings.data_source == "real" else None,
-        out=out / "benchmark.json",
+        out=timings / "benchmark.json",
     )
+    train_timing = timings / "train.json"
+    trained = json.loads(train_timing.read_text()) if train_timing.is_file() else {}
+    write_json(timings / "speed.json", eval_artifacts.compact_speed(speed, trained))
     run = {"config": name, "profile": profile.name, "config_digest": cfg.digest()}
     write_json(out / "run.json", run, sort_keys=True)
     return 0

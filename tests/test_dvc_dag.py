@@ -97,6 +97,7 @@ def test_stage_names_follow_the_mmseg_config_names():
         *(f"evaluate@{n}" for n in NAMES),
         "tables",
         "diff",
+        "report",
     ]
     assert names == expected
 

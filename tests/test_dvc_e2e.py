@@ -100,10 +100,12 @@ def check_tables(repo: Path, rows: tuple[str, ...]) -> None:
         mem, fps, miou, ms = cells[4:8]
         if name in RUN:
             metrics = json.loads((repo / "results" / name / "metrics.json").read_text())
-            assert miou == f"{metrics['single_scale']['mIoU']:.2f}"
-            assert ms == f"{metrics['ms_flip']['mIoU']:.2f}"
-            assert float(fps) > 0
-            assert mem == "-"  # CPU: no CUDA max_memory_allocated (§5.5)
+            assert miou.split(" (const. ")[0] == f"{metrics['mIoU']:.2f}"
+            assert miou.endswith(f" (const. {metrics['baseline_mIoU']:.2f})")
+            assert ms == f"{metrics['mIoU_ms_flip']:.2f}"
+            speed = json.loads((repo / "timings" / name / "speed.json").read_text())
+            assert speed["fps"] > 0 and speed["mem_gb"] is None  # CPU: no CUDA Mem (§5.5)
+            assert (mem, fps) == ("-", "-")  # CPU timings stay out of the tables
         else:
             assert (mem, fps, miou, ms) == ("-", "-", "-", "-")
     assert "Profile: `smoke`" in (repo / "reports/cityscapes.md").read_text()
@@ -119,7 +121,7 @@ def test_dvc_repro_end_to_end(repo: Path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     # The registry is the list of rows: only its two rows are trained and evaluated.
     per_row = {f"{s}@{n}" for s in ("train", "evaluate") for n in RUN}
-    assert set(stages_run(result)) == {"download", "prepare", *per_row, "tables", "diff"}
+    assert set(stages_run(result)) == {"download", "prepare", *per_row, "tables", "diff", "report"}
     check_tables(repo, RUN)
 
     report = json.loads((repo / "reports/diff.json").read_text())
@@ -141,7 +143,7 @@ def test_dvc_repro_end_to_end(repo: Path):
     assert result.returncode == 0, result.stderr
     result = run(repo, "-m", "dvc", "repro")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert stages_run(result) == ["diff"]
+    assert stages_run(result) == ["diff", "report"]
     report = json.loads((repo / "reports/diff.json").read_text())
     recorded = [r for r in report["rows"] if r["reference"] == "smoke baseline"]
     assert {r["config"] for r in recorded} == set(RUN)

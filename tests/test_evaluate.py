@@ -120,7 +120,9 @@ def test_evaluate_roundtrip_json_schema_and_mlflow(dataset_root, checkpoint, tmp
     payload = evaluate(cfg, checkpoint, ms_flip=True, out=out, device="cpu", track=True)
     on_disk = json.loads(out.read_text())
     assert on_disk == payload
-    assert set(on_disk) == {"single_scale", "ms_flip", "protocol"}
+    assert set(on_disk) == {"single_scale", "ms_flip", "ms_flip_alt", "protocol", "precision"}
+    assert on_disk["ms_flip_alt"] is None  # only with small_window_alt (slide configs, §5.2)
+    assert on_disk["precision"] == {"amp": "none", "allow_tf32": False, "tf32_in_effect": False}
 
     reference = _model(cfg)  # same weights as the checkpoint, built independently
     names = classes.CLASSES["cityscapes"]
@@ -158,7 +160,7 @@ def test_evaluate_roundtrip_json_schema_and_mlflow(dataset_root, checkpoint, tmp
     assert metrics["ms_flip.mIoU"] == on_disk["ms_flip"]["mIoU"]
     assert any(k.startswith("IoU/") for k in metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"metrics.json", "per_class.csv", "per_class.md", "per_class_iou.png"} <= artifacts
+    assert {"metrics.json", "per_class.csv", "per_class.md"} <= artifacts
 
 
 def test_evaluate_model_single_scale_restores_train_mode(dataset_root):
@@ -169,6 +171,30 @@ def test_evaluate_model_single_scale_restores_train_mode(dataset_root):
     assert result["ms_flip"] is None and result["image_count"] == 1
     one_image = _expected_first(model.eval(), cfg, dataset_root)
     assert result["single_scale"]["mIoU"] == round(one_image * 100, 2)
+
+
+def test_small_window_alt_scores_the_other_mode(dataset_root):
+    """``ms_flip_alt`` (§5.2) equals a plain evaluation with the other test.small_window."""
+    # One 32x64 window at r=1.0 keeps it cheap; at r=0.5 the 16x32 view is smaller than it.
+    over = {"test.crop_size": [32, 64], "test.stride": [16, 32], "test.ms_ratios": [0.5, 1.0]}
+    cs769 = load_config(
+        "dnl_r50-d8_769x769_40k_cityscapes",
+        "smoke",
+        overrides={"data.data_root": str(dataset_root), "test.img_scale": [64, 32], **over},
+    )
+    model = _model(cs769, seed=5)
+    whole = _cfg(dataset_root)  # whole inference: the mode cannot matter, so it is refused
+    with pytest.raises(ValueError, match="small_window"):
+        evaluate_model(model, whole, ms_flip=True, small_window_alt=True)
+    both = evaluate_model(model, cs769, ms_flip=True, max_images=1, small_window_alt=True)
+    padded_cfg = cs769.replace({"test.small_window": "pad"})
+    model.cfg = padded_cfg  # the model reads its default small-window mode from its config
+    padded = evaluate_model(model, padded_cfg, ms_flip=True, max_images=1)
+    assert both["ms_flip_alt"] == {"small_window": "pad", **padded["ms_flip"]}
+    assert both["single_scale"] == padded["single_scale"]  # r=1.0 has no small window
+    assert padded["ms_flip_alt"] is None
+    with pytest.raises(ValueError, match="ms_flip=False"):
+        evaluate_model(model, cs769, small_window_alt=True)
 
 
 def _expected_first(model, cfg, root):

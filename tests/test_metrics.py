@@ -166,3 +166,21 @@ def test_all_reduce_without_process_group_is_a_no_op():
     before = acc.hist.clone()
     acc.all_reduce()
     assert torch.equal(acc.hist, before) and acc.count == 1
+
+
+def test_majority_baseline_is_the_best_constant_prediction():
+    """Predicting the most frequent class everywhere: computed by hand and by the accumulator."""
+    from dnlrepro.engine.metrics import IoUAccumulator, majority_baseline
+
+    label = np.array([[0, 0, 0, 1], [0, 0, 2, 255]])  # 5 x class 0, 1 x 1, 1 x 2, 1 ignored
+    acc = IoUAccumulator(num_classes=4)
+    acc.update(np.zeros_like(label), label)  # the constant prediction itself
+    scored = acc.to_percent(["a", "b", "c", "d"])
+    base = scored["majority_baseline"]
+    assert base == {"class": "a", "mIoU": round(5 / 7 / 3 * 100, 2), "mAcc": 33.33,
+                    "aAcc": 71.43}  # fmt: skip
+    # the constant prediction scores exactly its own baseline
+    assert (scored["mIoU"], scored["mAcc"], scored["aAcc"]) == (
+        base["mIoU"], base["mAcc"], base["aAcc"]
+    )  # fmt: skip
+    assert majority_baseline(np.zeros(4), ["a", "b", "c", "d"])["mIoU"] is None

@@ -151,7 +151,7 @@ def test_workspace_option_beats_the_current_directory(tmp_path, monkeypatch):
     )
     monkeypatch.delenv(workspace.ENV_VAR, raising=False)
     monkeypatch.chdir(a)
-    assert load_config(BASE, "smoke").schedule.lr == 0.01
+    assert load_config(BASE, "smoke").schedule.lr == 0.02  # the committed smoke profile
     cmd = [sys.executable, "-m", "dnlrepro.cli", "--workspace", str(b), "show-config"]
     out = subprocess.run(
         [*cmd, "--config", BASE, "--profile", "smoke", "--flat"],

@@ -23,12 +23,16 @@ def write_results(
     ms: float | None,
     digest: str = "d" * 64,
     memory_kind: str = "cuda_max_memory_allocated",
+    const: float | None = None,
 ) -> None:
-    d = root / name
+    d, t = root / name, root.parent / "timings" / name  # root: a test's own results/
     d.mkdir(parents=True, exist_ok=True)
+    t.mkdir(parents=True, exist_ok=True)
     block = {"mIoU": miou, "mAcc": miou + 5, "aAcc": 90.0}
+    if const is not None:
+        block["majority_baseline"] = {"class": "road", "mIoU": const, "mAcc": 5.0, "aAcc": 40.0}
     ms_block = None if ms is None else {"mIoU": ms, "mAcc": ms + 5, "aAcc": 91.0}
-    (d / "metrics.json").write_text(
+    (d / "eval.json").write_text(
         json.dumps(
             {
                 "single_scale": block,
@@ -37,17 +41,9 @@ def write_results(
             }
         )
     )
-    (d / "train_summary.json").write_text(
-        json.dumps(
-            {
-                "world_size": 4,
-                "effective_batch": 8,
-                "max_memory_gb": 9.0,
-                "memory_kind": memory_kind,
-            }
-        )
-    )
-    (d / "benchmark.json").write_text(json.dumps({"fps": 1.4, "mem_gb": None, "device": "cuda"}))
+    (d / "train_summary.json").write_text(json.dumps({"world_size": 4, "effective_batch": 8}))
+    (t / "train.json").write_text(json.dumps({"max_memory_gb": 9.0, "memory_kind": memory_kind}))
+    (t / "benchmark.json").write_text(json.dumps({"fps": 1.4, "mem_gb": None, "device": "cuda"}))
     (d / "run.json").write_text(json.dumps({"config": name, "config_digest": digest}))
 
 
@@ -76,11 +72,15 @@ def test_verdict(published, reproduced, tolerance, expected):
 
 
 def test_paper_profile_verdicts_and_tolerances(tmp_path: Path):
-    write_results(tmp_path, NAME, miou=77.60, ms=80.90)  # -0.84 (40k: ±1.0), +0.63 (±1.0)
-    write_results(tmp_path, NAME_512, miou=78.70, ms=80.0)  # -0.63 with the default ±0.5
+    write_results(
+        tmp_path / "results", NAME, miou=77.60, ms=80.90
+    )  # -0.84 (40k: ±1.0), +0.63 (±1.0)
+    write_results(
+        tmp_path / "results", NAME_512, miou=78.70, ms=80.0
+    )  # -0.63 with the default ±0.5
     names = [NAME, NAME_512]
     report = diff.build_diff(
-        names, load_published(), {n: load_measured(n, tmp_path) for n in names}, "paper"
+        names, load_published(), {n: load_measured(n, tmp_path / "results") for n in names}, "paper"
     )
     r = rows_of(report, NAME)
     assert (r["mIoU"]["verdict"], r["mIoU"]["tolerance"], r["mIoU"]["delta"]) == (
@@ -98,7 +98,7 @@ def test_paper_profile_verdicts_and_tolerances(tmp_path: Path):
     assert report["summary"]["fail"] == 1
     # published profile: the same checkpoint-level numbers keep the 0.5 default
     report = diff.build_diff(
-        [NAME], load_published(), {NAME: load_measured(NAME, tmp_path)}, "published"
+        [NAME], load_published(), {NAME: load_measured(NAME, tmp_path / "results")}, "published"
     )
     assert rows_of(report, NAME)["mIoU"]["verdict"] == "fail"
     assert report["protocols"][NAME]["published"]["batch"] == 8
@@ -107,7 +107,7 @@ def test_paper_profile_verdicts_and_tolerances(tmp_path: Path):
 
 def test_missing_results_are_missing_not_skipped(tmp_path: Path):
     report = diff.build_diff(
-        [NAME], load_published(), {NAME: load_measured(NAME, tmp_path)}, "paper"
+        [NAME], load_published(), {NAME: load_measured(NAME, tmp_path / "results")}, "paper"
     )
     assert rows_of(report, NAME)["mIoU"]["verdict"] == "missing"
 
@@ -116,7 +116,9 @@ def test_missing_published_entry_is_an_error(tmp_path: Path):
     published = load_published()
     del published.configs[NAME]
     with pytest.raises(PublishedError, match=f"no published entry for configuration '{NAME}'"):
-        diff.build_diff([NAME], published, {NAME: load_measured(NAME, tmp_path)}, "paper")
+        diff.build_diff(
+            [NAME], published, {NAME: load_measured(NAME, tmp_path / "results")}, "paper"
+        )
 
 
 def test_published_file_without_a_config_is_an_error(tmp_path: Path):
@@ -126,7 +128,7 @@ def test_published_file_without_a_config_is_an_error(tmp_path: Path):
     path = tmp_path / "published.yaml"
     path.write_text(text[:start] + text[end:])
     args = argparse.Namespace(
-        results=str(tmp_path),
+        results=str(tmp_path / "results"),
         published=str(path),
         baseline="none",
         out=str(tmp_path / "out"),
@@ -180,19 +182,21 @@ def test_smoke_baseline_round_trip_and_staleness(tmp_path: Path):
 
 def test_update_baseline_refuses_missing_results(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=NAME):
-        diff.update_baseline([NAME], {NAME: load_measured(NAME, tmp_path)}, tmp_path / "b.json")
+        diff.update_baseline(
+            [NAME], {NAME: load_measured(NAME, tmp_path / "results")}, tmp_path / "b.json"
+        )
 
 
 def test_cpu_memory_is_not_reported_as_mmseg_mem(tmp_path: Path):
-    write_results(tmp_path, NAME, 1.0, 1.0, memory_kind="cpu_max_rss")
-    assert load_measured(NAME, tmp_path).metrics["mem_gb"] is None
+    write_results(tmp_path / "results", NAME, 1.0, 1.0, memory_kind="cpu_max_rss")
+    assert load_measured(NAME, tmp_path / "results").metrics["mem_gb"] is None
 
 
 def test_malformed_results_name_the_file(tmp_path: Path):
-    (tmp_path / NAME).mkdir()
-    (tmp_path / NAME / "metrics.json").write_text("{not json")
-    with pytest.raises(ResultsError, match=r"metrics\.json"):
-        load_measured(NAME, tmp_path)
+    (tmp_path / "results" / NAME).mkdir(parents=True)
+    (tmp_path / "results" / NAME / "eval.json").write_text("{not json")
+    with pytest.raises(ResultsError, match=r"eval\.json"):
+        load_measured(NAME, tmp_path / "results")
 
 
 def run_check(path: Path, allow_missing: bool = False) -> int:
@@ -231,3 +235,48 @@ def test_check_exit_codes(tmp_path: Path, capsys):
         run_check(bad)
     with pytest.raises(FileNotFoundError, match="dvc repro diff"):
         run_check(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize(
+    ("miou", "const", "expected"),
+    [(5.0, 2.5, "pass"), (4.99, 2.5, "fail"), (0.0, 2.5, "fail"), (5.0, None, "missing")],
+)
+def test_smoke_fails_a_row_that_did_not_learn(tmp_path: Path, miou, const, expected):
+    """A constant prediction (a broken data/loss/inference path) fails whatever was recorded."""
+    results = tmp_path / "results"
+    write_results(results, NAME, miou=miou, ms=miou, const=const)
+    measured = {NAME: load_measured(NAME, results)}
+    report = diff.build_diff([NAME], load_published(), measured, "smoke", learned_factor=2.0)
+    (row,) = [r for r in report["rows"] if r["reference"] == "2 x majority baseline"]
+    assert row["verdict"] == expected
+    if const is not None:
+        assert row["published"] == 2 * const and f"{const:.2f}" in row["note"]
+
+
+def test_slide_rows_name_the_small_window_mode_that_reproduces(tmp_path: Path):
+    """769 rows evaluated both ways (§5.2): the alt row and the 'reproduced by' note."""
+    results = tmp_path / "results"
+    published = load_published().entry(NAME).metrics["mIoU_ms_flip"]
+    write_results(results, NAME, miou=77.60, ms=published - 3.0)
+    payload_path = results / NAME / "eval.json"
+    payload = json.loads(payload_path.read_text())
+    payload["ms_flip_alt"] = {"small_window": "pad", "mIoU": published + 0.2}
+    payload["protocol"]["small_window"] = "unpadded"
+    payload_path.write_text(json.dumps(payload))
+    report = diff.build_diff(
+        [NAME], load_published(), {NAME: load_measured(NAME, results)}, "paper"
+    )
+    rows = rows_of(report, NAME)
+    assert rows["mIoU_ms_flip"]["verdict"] == "fail"
+    assert rows["mIoU_ms_flip_alt"]["verdict"] == "pass"
+    assert "'pad'" in rows["mIoU_ms_flip_alt"]["note"]
+    assert rows["mIoU_ms_flip"]["note"].endswith("reproduced by: 'pad'")
+
+
+def test_no_learned_check_without_the_profile_setting(tmp_path: Path):
+    results = tmp_path / "results"
+    write_results(results, NAME, miou=0.5, ms=0.5, const=2.5)
+    report = diff.build_diff(
+        [NAME], load_published(), {NAME: load_measured(NAME, results)}, "smoke"
+    )
+    assert not [r for r in report["rows"] if "majority" in r["reference"]]

@@ -21,34 +21,43 @@ DESCRIPTION = "Fixture profile for the golden tables:\n  wrapped text is joined.
 
 
 def fake_results(root: Path) -> None:
-    """Numbers for some rows only: the others must render as '-' (never published values)."""
+    """Numbers for some rows only (``root/results``, ``root/timings``): the others must render
+    as '-' (never published values)."""
     rows = {
         CITYSCAPES_CONFIGS[0]: (78.123, None, 7.25, 2.5),  # no ms+flip, Mem rounds to 1 decimal
         CITYSCAPES_CONFIGS[2]: (78.4, 80.3, None, 1.456),  # no Mem (CPU run)
         ADE20K_CONFIGS[1]: (43.76, 44.9, 12.8, 12.54),
     }
     for name, (miou, ms, mem, fps) in rows.items():
-        d = root / name
+        d, t = root / "results" / name, root / "timings" / name
         d.mkdir(parents=True)
-        (d / "metrics.json").write_text(
+        t.mkdir(parents=True)
+        (d / "eval.json").write_text(
             json.dumps(
                 {
-                    "single_scale": {"mIoU": miou, "mAcc": 1.0, "aAcc": 2.0},
+                    "single_scale": {
+                        "mIoU": miou,
+                        "mAcc": 1.0,
+                        "aAcc": 2.0,
+                        "majority_baseline": {"class": "road", "mIoU": 2.25},
+                    },
                     "ms_flip": None if ms is None else {"mIoU": ms, "mAcc": 1.0, "aAcc": 2.0},
                     "protocol": {},
                 }
             )
         )
-        summary = {"max_memory_gb": mem, "memory_kind": "cuda_max_memory_allocated"}
-        (d / "train_summary.json").write_text(json.dumps(summary))
-        (d / "benchmark.json").write_text(json.dumps({"fps": fps, "device_name": "Test GPU"}))
+        (d / "train_summary.json").write_text(json.dumps({"iterations": 40000}))
+        timing = {"max_memory_gb": mem, "memory_kind": "cuda_max_memory_allocated"}
+        (t / "train.json").write_text(json.dumps(timing))
+        bench = {"fps": fps, "device": "cuda", "device_name": "Test GPU"}
+        (t / "benchmark.json").write_text(json.dumps(bench))
 
 
 @pytest.mark.parametrize("dataset", ["cityscapes", "ade20k"])
 def test_tables_match_golden(tmp_path: Path, dataset: str):
     fake_results(tmp_path)
     names = names_of(dataset)
-    measured = {n: load_measured(n, tmp_path) for n in names}
+    measured = {n: load_measured(n, tmp_path / "results") for n in names}
     text = tables.render(dataset, names, load_published(), measured, "paper", DESCRIPTION)
     golden = GOLDEN / f"{dataset}.md"
     if os.environ.get("UPDATE_GOLDEN"):
@@ -75,13 +84,23 @@ def test_table_rows_follow_the_readme_order_and_never_copy_published_numbers(tmp
 
 
 def test_write_tables_writes_both_files(tmp_path: Path):
-    fake_results(tmp_path / "results")
+    fake_results(tmp_path)
     written = tables.write_tables(
         tmp_path / "reports", tmp_path / "results", load_published(), load_profile("smoke")
     )
-    assert [p.name for p in written] == ["cityscapes.md", "ade20k.md"]
+    assert [p.name for p in written] == [
+        "cityscapes.md",
+        "ade20k.md",
+        "published_vs_reproduced.csv",
+    ]
     ade = written[1].read_text()
     assert sum(line.startswith("| DNL") for line in ade.splitlines()) == len(ADE20K_CONFIGS)
+    # smoke ran other sizes: shown beside the paper's, and mIoU beside the constant baseline
+    row = next(line for line in ade.splitlines() if ADE20K_CONFIGS[1] in line)
+    assert "64x64 (paper 512x512)" in row and "43.76 (const. 2.25)" in row
+    csv_rows = written[2].read_text().splitlines()
+    assert csv_rows[0] == "config,dataset,metric,published,reproduced"
+    assert f"{ADE20K_CONFIGS[1]},ade20k,mIoU_ms_flip," in "\n".join(csv_rows)
 
 
 def test_template_variables_are_strict():

@@ -172,6 +172,7 @@ def test_summary_and_final_checkpoint(full_run: dict[str, Any]) -> None:
     assert summary["effective_batch"] == 2 and summary["published_batch"] == cfg.published_batch
     assert summary["memory_kind"] == "cpu_max_rss" and summary["max_memory_mb"] > 100
     assert summary["max_memory_gb"] == pytest.approx(summary["max_memory_mb"] / 1024, abs=1e-3)
+    assert summary["precision"] == {"amp": "none", "allow_tf32": False, "tf32_in_effect": False}
     assert set(summary["final_train_losses"]) >= {"decode.loss_seg", "aux.loss_seg", "loss"}
     val = summary["last_validation"]
     assert (

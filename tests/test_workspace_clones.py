@@ -176,9 +176,8 @@ def test_dvc_exp_run_temp_records_the_experiment_and_leaves_the_parent_alone(
     params = exp["data"]["params"]["params/profiles.yaml"]["data"]["smoke"]["settings"]
     assert params["eval_max_images"] == 1
     metrics = exp["data"]["metrics"][f"results/{CFG}/metrics.json"]["data"]
-    assert metrics["protocol"]["image_count"] == 1  # -S reached the stage
-    assert metrics["protocol"]["profile"] == "smoke"
-    # The experiment's commit holds what exp show reports (exp show leaves out nulls and lists).
+    assert {"mIoU", "mIoU_ms_flip", "mAcc", "aAcc", "baseline_mIoU"} == set(metrics)
+    # The experiment's commit holds what exp show reports, and -S reached the stage.
     committed = {
         f: subprocess.run(
             ["git", "show", f"{exp['rev']}:results/{CFG}/{f}.json"],
@@ -187,20 +186,22 @@ def test_dvc_exp_run_temp_records_the_experiment_and_leaves_the_parent_alone(
             text=True,
             check=True,
         ).stdout
-        for f in ("metrics", "benchmark", "run", "train_summary")
+        for f in ("metrics", "eval", "run", "train_summary")
     }
     assert_shown(metrics, json.loads(committed["metrics"]))
+    evaluated = json.loads(committed["eval"])
+    assert evaluated["protocol"]["image_count"] == 1  # -S reached the stage
+    assert evaluated["protocol"]["profile"] == "smoke"
     # ... and names no path of the temporary copy (paths are relative to the workspace).
     assert [f for f, text in committed.items() if str(repo) in text] == []
-    assert {"config", "checkpoint_sha256", "image_count"} <= set(metrics["protocol"])
-    assert {"mIoU", "mAcc", "aAcc"} <= set(metrics["single_scale"]) & set(metrics["ms_flip"])
-    run_json = exp["data"]["metrics"][f"results/{CFG}/run.json"]["data"]
+    assert {"config", "checkpoint_sha256", "image_count"} <= set(evaluated["protocol"])
+    assert {"mIoU", "mAcc", "aAcc"} <= set(evaluated["single_scale"]) & set(evaluated["ms_flip"])
+    run_json = json.loads(committed["run"])
     assert run_json["config"] == CFG and run_json["profile"] == "smoke"
-    assert exp["data"]["metrics"][f"results/{CFG}/benchmark.json"]["data"]["fps"] > 0
+    assert exp["data"]["metrics"][f"timings/{CFG}/speed.json"]["data"]["fps"] > 0
     # The workspace row still shows the committed (parent's) numbers.
     main_metrics = baseline["data"]["metrics"][f"results/{CFG}/metrics.json"]["data"]
     assert_shown(main_metrics, json.loads((repo / "results" / CFG / "metrics.json").read_text()))
-    assert main_metrics["protocol"]["image_count"] == 2  # smoke evaluates both val images
 
 
 # -- A wheel, installed elsewhere --------------------------------------------------------------

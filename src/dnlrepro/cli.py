@@ -38,8 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mlflow-init": ("dnlrepro.engine.tracking", "create/migrate the MLflow database once"),
     "tables": ("dnlrepro.reports.tables", "render reports/cityscapes.md and reports/ade20k.md"),
     "diff": ("dnlrepro.reports.diff", "compare reproduced numbers with the published ones"),
+    "report": ("dnlrepro.reports.html", "render reports/index.html: tables, verdicts, plots"),
     "check": ("dnlrepro.reports.check", "exit non-zero when any verdict in diff.json fails"),
     "launch": ("dnlrepro.launch", "run train/evaluate stages in parallel, one per GPU"),
+    "rehearse": ("dnlrepro.rehearse.run", "every stage of paper/published, in miniature"),
 }
 
 

@@ -74,6 +74,12 @@ class Synthetic:
 
 
 @dataclass(frozen=True)
+class ExpectedCounts:
+    cityscapes: tuple[int, int]  # (train, val) images; the real data has 2975 / 500
+    ade20k: tuple[int, int]  # 20210 / 2000
+
+
+@dataclass(frozen=True)
 class Benchmark:
     num_images: int = 200  # mmseg tools/benchmark.py times 200 images ...
     warmup: int = 5  # ... after 5 warm-up images (docs/reference.md §5.4)
@@ -90,6 +96,15 @@ class Settings:
     eval_max_images: int | None  # evaluate only the first N validation images (None: all)
     benchmark: Benchmark = field(default_factory=Benchmark)
     synthetic: Synthetic | None = None  # required when data_source is "synthetic"
+    # Slide rows: ms+flip also with the other test.small_window mode (docs/reference.md §5.2),
+    # so the diff can say which one reproduces the published number.
+    eval_small_window_alt: bool = False
+    # The diff fails a row whose mIoU is below this multiple of its majority-class baseline
+    # (a constant prediction); None: no such check (the real profiles compare with the paper).
+    learned_factor: float | None = None
+    # Real data: the (train, val) counts prepare checks; None = the real datasets' counts.
+    # Only `dnlrepro rehearse` sets it, for its miniature archives.
+    expected_counts: ExpectedCounts | None = None
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,11 @@ class Workspace:
         return self.root / "results"
 
     @property
+    def timings(self) -> Path:
+        """Machine-dependent figures (time, memory, fps), kept apart from ``results/``."""
+        return self.root / "timings"
+
+    @property
     def reports(self) -> Path:
         return self.root / "reports"
 

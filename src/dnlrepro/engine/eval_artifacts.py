@@ -4,7 +4,7 @@
 
 The metrics JSON (written by :func:`dnlrepro.engine.evaluate.evaluate`) is the source of truth;
 its ``protocol`` block (:func:`build_protocol`) says what was measured and how. The per-class CSV /
-markdown tables, the IoU bar chart and the MLflow run are views of that JSON.
+markdown tables and the MLflow run are views of that JSON.
 """
 
 from __future__ import annotations
@@ -15,13 +15,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dnlrepro.config import Config
 from dnlrepro.engine.inference import SINGLE_SCALE, checkpoint_label
 
 # Checkpoint meta keys worth recording (mmseg's own plus ours), when they are plain scalars.
 _META_KEYS = ("mmseg_version", "iter", "epoch", "time", "config_digest", "config_name")
+# test.small_window (§5.2), as the protocol block describes it.
+_SMALL_WINDOW_RULES = {
+    "unpadded": "fed unpadded (mmseg >= PR #133)",
+    "pad": "zero-padded to the crop size, logits cropped back (mmseg v0.5.0)",
+}
 
 
 def build_protocol(
@@ -61,7 +64,8 @@ def build_protocol(
         "metric": "mmseg 0.x: dataset-level histograms, ignore 255, nanmean over classes, "
         "percent rounded to 2 decimals (docs/reference.md §5.1)",
         "ms_flip_rule": "mean of softmax over views (§5.3); slide windows larger than the image "
-        "are fed unpadded (mmseg >= PR #133, §5.2)",
+        f"are {_SMALL_WINDOW_RULES[t.small_window]} (§5.2)",
+        "small_window": t.small_window,
     }
 
 
@@ -103,57 +107,30 @@ def per_class_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def iou_bar_chart(result: dict[str, Any], title: str) -> Any:
-    """Horizontal per-class IoU bars (NaN classes drawn as 0 and marked 'n/a')."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(result["single_scale"]["IoU"])
-    ss = [result["single_scale"]["IoU"][n] for n in names]
-    ms = [result["ms_flip"]["IoU"][n] for n in names] if result.get("ms_flip") else None
-    y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.22 * len(names) + 1)))
-    h = 0.4 if ms else 0.8
-    ax.barh(y - (h / 2 if ms else 0), [v or 0.0 for v in ss], height=h, label="single scale")
-    if ms:
-        ax.barh(y + h / 2, [v or 0.0 for v in ms], height=h, label="ms+flip")
-    for i, v in enumerate(ss):
-        if v is None:
-            ax.text(1, i, "n/a", va="center", fontsize=7)
-    ax.set_yticks(y, [n.strip() for n in names], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("IoU (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
 def mlflow_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """Flat metric dict: ``mIoU``, ``IoU/<class>``, ``ms_flip.mIoU``, ``ms_flip.IoU/<class>``."""
-    out: dict[str, float] = {}
-    for prefix, block in (("", result["single_scale"]), ("ms_flip.", result.get("ms_flip"))):
-        if not block:
-            continue
-        for k in ("mIoU", "mAcc", "aAcc"):
-            if block[k] is not None:
-                out[prefix + k] = block[k]
-        for name, v in block["IoU"].items():
-            if v is not None:
-                out[f"{prefix}IoU/{name.strip()}"] = v
+    """The headline numbers under the names the training runs use (``mIoU``, ``mAcc``,
+    ``aAcc``), ms+flip with a ``_ms_flip`` suffix, and ``baseline_mIoU``.
+
+    Per-class IoU goes in the ``per_class.csv`` artifact, not in 19-150 metrics that would push
+    the headline columns out of MLflow's runs table; absent values are left out (never NaN).
+    """
+    out = {k: v for k, v in compact_metrics(result).items() if v is not None}
+    ms = result.get("ms_flip") or {}
+    for k in ("mAcc", "aAcc"):
+        if ms.get(k) is not None:
+            out[f"{k}_ms_flip"] = ms[k]
     return out
 
 
-def log_to_mlflow(cfg: Config, payload: dict[str, Any]) -> None:
-    """One MLflow run (stage "evaluate"): metrics, protocol tags, JSON, per-class table, chart."""
-    import matplotlib.pyplot as plt
+def log_to_mlflow(cfg: Config, payload: dict[str, Any], started: float | None = None) -> None:
+    """One MLflow run (stage "evaluate"): metrics, protocol tags, JSON, per-class tables.
 
+    ``started`` (``time.time()`` when the evaluation began) becomes the run's start, so the
+    run's duration in ``mlflow ui`` is the evaluation's.
+    """
     from dnlrepro.engine.tracking import Tracker
 
-    with Tracker(cfg, stage="evaluate", enabled=True) as tracker:
+    with Tracker(cfg, stage="evaluate", enabled=True, started=started) as tracker:
         proto = payload["protocol"]
         tracker.set_tags({f"eval.{k}": v for k, v in proto.items() if not isinstance(v, dict)})
         tracker.log_metrics(mlflow_metrics(payload))
@@ -166,6 +143,55 @@ def log_to_mlflow(cfg: Config, payload: dict[str, Any]) -> None:
             ):
                 (Path(tmp) / fname).write_text(text, encoding="utf-8")
                 tracker.log_artifact(Path(tmp) / fname)
-        fig = iou_bar_chart(payload, f"{cfg.name} ({cfg.profile}) per-class IoU")
-        tracker.log_figure(fig, "per_class_iou.png")
-        plt.close(fig)
+
+
+# -- the compact files DVC shows (docs/pipeline.md, "Metrics and plots") ----------------------
+
+
+def compact_metrics(result: dict[str, Any]) -> dict[str, float | None]:
+    """``results/<config>/metrics.json``: the row's headline numbers, in percent.
+
+    ``baseline_mIoU`` is what predicting the most frequent class everywhere would score on the
+    same labels (:func:`dnlrepro.engine.metrics.majority_baseline`): a trained model's mIoU
+    means something only above it.
+    """
+    ss, ms = result["single_scale"], result.get("ms_flip") or {}
+    return {
+        "mIoU": ss["mIoU"],
+        "mIoU_ms_flip": ms.get("mIoU"),
+        "mAcc": ss["mAcc"],
+        "aAcc": ss["aAcc"],
+        "baseline_mIoU": (ss.get("majority_baseline") or {}).get("mIoU"),
+    }
+
+
+def compact_speed(bench: dict[str, Any], train_timing: dict[str, Any]) -> dict[str, Any]:
+    """``timings/<config>/speed.json``: fps and Mem (GB) as the README columns (§5.4, §5.5).
+
+    ``mem_gb`` is CUDA max_memory_allocated during training, the published column's quantity;
+    a CPU run has none (its RSS is in ``timings/<config>/train.json``). The ``mmseg_*`` keys
+    are the explicit-attention measurements that compare with the published columns (§5.6).
+    """
+    cuda_train = train_timing.get("memory_kind") == "cuda_max_memory_allocated"
+    comparable = bench.get("mmseg_comparable") or {}
+    return {
+        "fps": bench.get("fps"),
+        "mem_gb": train_timing.get("max_memory_gb") if cuda_train else bench.get("mem_gb"),
+        "mmseg_fps": comparable.get("fps"),
+        "mmseg_mem_gb": comparable.get("mem_gb"),
+    }
+
+
+def per_class_plot_csv(result: dict[str, Any]) -> bytes:
+    """``results/<config>/per_class.csv``: class, IoU, IoU_ms_flip (empty = absent class)."""
+    ss, ms = result["single_scale"]["IoU"], (result.get("ms_flip") or {}).get("IoU", {})
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["class", "IoU", "IoU_ms_flip"])
+    for name, value in ss.items():
+        writer.writerow([name, "" if value is None else value, _blank(ms.get(name))])
+    return buf.getvalue().encode()
+
+
+def _blank(value: float | None) -> str | float:
+    return "" if value is None else value

@@ -18,6 +18,7 @@ import argparse
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ from tqdm import tqdm
 
 from dnlrepro.config import Config
 from dnlrepro.engine import distributed, eval_artifacts
-from dnlrepro.engine.inference import infer_image, load_model, unwrap
+from dnlrepro.engine.inference import infer_image_modes, load_model, other_small_window, unwrap
 from dnlrepro.engine.metrics import IoUAccumulator
+from dnlrepro.engine.precision import precision_record
 from dnlrepro.files import file_digest, write_json
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ def evaluate_model(
     max_images: int | None = None,
     data_root: str | Path | None = None,
     device: torch.device | str | None = None,
+    small_window_alt: bool = False,
 ) -> dict[str, Any]:
     """Evaluate an already-built model on a dataset split (all ranks must call it together).
 
@@ -64,16 +67,27 @@ def evaluate_model(
         max_images: evaluate only the first N images (in dataset order).
         data_root: overrides ``cfg.data.data_root``.
         device: where the network runs; default: the model's device.
+        small_window_alt: also the ms+flip metrics with the other ``test.small_window`` mode
+            (§5.2); needs ``ms_flip`` and slide inference. Only views with windows smaller than
+            the crop run twice.
 
     Returns:
-        ``{"single_scale": {...}, "ms_flip": {...} | None, "image_count": n}``, metrics in percent
-        with two decimals (``mIoU``, ``mAcc``, ``aAcc``, ``IoU``/``Acc`` per class, None for NaN).
+        ``{"single_scale": {...}, "ms_flip": {...} | None, "ms_flip_alt": {...} | None,
+        "image_count": n}``, metrics in percent with two decimals (``mIoU``, ``mAcc``, ``aAcc``,
+        ``IoU``/``Acc`` per class, None for NaN); ``ms_flip_alt`` also names its
+        ``small_window`` mode.
 
     Raises:
         RuntimeError: when a label's size differs from its image's size (names both files).
+        ValueError: ``small_window_alt`` without ``ms_flip`` or without slide inference.
     """
     from dnlrepro.data import datasets
 
+    if small_window_alt and not (ms_flip and cfg.test.mode == "slide"):
+        raise ValueError(
+            f"the other test.small_window mode only changes ms+flip slide inference; {cfg.name} "
+            f"has test.mode {cfg.test.mode!r} and ms_flip={ms_flip}: drop small_window_alt"
+        )
     if data_root is not None:
         cfg = cfg.replace({"data.data_root": str(data_root)})
     split_name = resolve_split(cfg, split)
@@ -86,7 +100,10 @@ def evaluate_model(
         " + ms+flip" if ms_flip else "",
     )  # fmt: skip
     acc_ss = IoUAccumulator(cfg.model.num_classes, cfg.model.ignore_index)
-    acc_ms = IoUAccumulator(cfg.model.num_classes, cfg.model.ignore_index) if ms_flip else None
+    modes = [cfg.test.small_window] if ms_flip else []
+    if small_window_alt:
+        modes.append(other_small_window(cfg.test.small_window))
+    acc_ms = {m: IoUAccumulator(cfg.model.num_classes, cfg.model.ignore_index) for m in modes}
     net = unwrap(model)
     was_training = net.training
     net.eval()
@@ -99,18 +116,21 @@ def evaluate_model(
 
 
 def _results(
-    cfg: Config, acc_ss: IoUAccumulator, acc_ms: IoUAccumulator | None, rank: int
+    cfg: Config, acc_ss: IoUAccumulator, acc_ms: dict[str, IoUAccumulator], rank: int
 ) -> dict[str, Any]:
     """Sum the histograms over ranks and turn them into percent (§5.1); rank 0 logs them."""
     from dnlrepro.data import classes
 
     names = classes.CLASSES[cfg.data.dataset]
     acc_ss.all_reduce()
-    result = {"single_scale": acc_ss.to_percent(names), "ms_flip": None,
+    result = {"single_scale": acc_ss.to_percent(names), "ms_flip": None, "ms_flip_alt": None,
               "image_count": acc_ss.count}  # fmt: skip
-    if acc_ms is not None:
-        acc_ms.all_reduce()
-        result["ms_flip"] = acc_ms.to_percent(names)
+    for mode, acc in acc_ms.items():
+        acc.all_reduce()
+        if mode == cfg.test.small_window:
+            result["ms_flip"] = acc.to_percent(names)
+        else:
+            result["ms_flip_alt"] = {"small_window": mode, **acc.to_percent(names)}
     if rank == 0:
         ss, ms = result["single_scale"], result["ms_flip"]
         logger.info(
@@ -127,7 +147,7 @@ def _score(
     dataset: Any,
     indices: range,
     acc_ss: IoUAccumulator,
-    acc_ms: IoUAccumulator | None,
+    acc_ms: dict[str, IoUAccumulator],
     device: torch.device | str | None,
     rank: int,
 ) -> None:
@@ -148,10 +168,10 @@ def _score(
                 f"{item['img_path']} is {img_bgr.shape[1]}x{img_bgr.shape[0]}; re-run "
                 "`dnlrepro prepare` for this dataset"
             )
-        probs_ss, probs_ms = infer_image(net, img_bgr, cfg, acc_ms is not None, device)
+        probs_ss, probs_ms = infer_image_modes(net, img_bgr, cfg, bool(acc_ms), device, [*acc_ms])
         acc_ss.update(probs_ss.argmax(dim=1)[0].cpu(), label)
-        if acc_ms is not None and probs_ms is not None:
-            acc_ms.update(probs_ms.argmax(dim=1)[0].cpu(), label)
+        for mode, acc in acc_ms.items():
+            acc.update(probs_ms[mode].argmax(dim=1)[0].cpu(), label)
         del probs_ss, probs_ms
         if rank == 0 and not show_bar and ((i + 1) % log_every == 0):
             logger.info("eval %s: %d/%d images", cfg.name, i + 1, len(indices))
@@ -167,6 +187,7 @@ def evaluate(
     max_images: int | None = None,
     device: torch.device | str | None = None,
     track: bool = True,
+    small_window_alt: bool = False,
 ) -> dict[str, Any]:
     """Build the model, load ``checkpoint``, evaluate, write ``out`` JSON and log to MLflow.
 
@@ -180,30 +201,35 @@ def evaluate(
         max_images: evaluate only the first N images.
         device: default: CUDA when available.
         track: log an MLflow run (rank 0 only).
+        small_window_alt: also ms+flip with the other ``test.small_window`` mode (§5.2), as
+            ``ms_flip_alt`` (see :func:`evaluate_model`).
 
     Returns:
-        ``{"single_scale": ..., "ms_flip": ... | None, "protocol": {...}}``; the protocol names
-        the profile, the checkpoint and its sha256, and how the numbers were measured.
+        ``{"single_scale": ..., "ms_flip": ... | None, "ms_flip_alt": ... | None, "protocol":
+        {...}, "precision": {...}}``; the protocol names the profile, the checkpoint and its
+        sha256, and how the numbers were measured; ``precision`` the TF32 setting (§5.7).
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    started = time.time()  # the MLflow run's start: its duration is the evaluation's
     model, meta, local = load_model(cfg, checkpoint, device)
     if data_root is not None:
         cfg = cfg.replace({"data.data_root": str(data_root)})
     rank, world = distributed.rank_world()
-    result = evaluate_model(model, cfg, split, ms_flip, max_images, None, device)
+    result = evaluate_model(model, cfg, split, ms_flip, max_images, None, device, small_window_alt)
     protocol = eval_artifacts.build_protocol(
         cfg, checkpoint, file_digest(local) if rank == 0 else None, resolve_split(cfg, split),
         ms_flip, result["image_count"], world, meta,
     )  # fmt: skip
     payload = {"single_scale": result["single_scale"], "ms_flip": result["ms_flip"],
-               "protocol": protocol}  # fmt: skip
+               "ms_flip_alt": result["ms_flip_alt"], "protocol": protocol,
+               "precision": precision_record(cfg, device)}  # fmt: skip
     if rank == 0:
         if out is not None:
             logger.info("wrote %s", write_json(out, payload))
         if track:
             try:
-                eval_artifacts.log_to_mlflow(cfg, payload)
+                eval_artifacts.log_to_mlflow(cfg, payload, started)
             except Exception as e:  # MLflow is a view of the JSON: never fail the evaluation
                 logger.warning("MLflow logging failed (%s: %s)", type(e).__name__, e)
     return payload
@@ -224,6 +250,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split", default="val", help="val (Cityscapes val / ADE20K validation), train, or a name"
     )
     parser.add_argument("--ms-flip", action="store_true", help="also 6 ratios x flip (§5.3)")
+    parser.add_argument(
+        "--small-window-alt",
+        action="store_true",
+        help="with --ms-flip on a slide config: also ms+flip with the other test.small_window "
+        "mode (unpadded/pad, §5.2), written as ms_flip_alt",
+    )
     parser.add_argument("--out", default=None, help="metrics JSON path")
     parser.add_argument("--max-images", type=_positive_int, default=None, help="first N images")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: auto")
@@ -253,6 +285,7 @@ def main(args: argparse.Namespace) -> int:
             max_images=args.max_images,
             device=info.device,
             track=not args.no_track,
+            small_window_alt=args.small_window_alt,
         )
     finally:
         distributed.cleanup(info)

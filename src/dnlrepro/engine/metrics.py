@@ -169,6 +169,32 @@ def to_percent(summary: dict[str, Any], class_names: Sequence[str]) -> dict[str,
     }
 
 
+def majority_baseline(total_label: ArrayLike, class_names: Sequence[str]) -> dict[str, Any]:
+    """What predicting one class everywhere scores: the bar a trained model has to clear.
+
+    The constant prediction of the class ``c`` with the most labelled pixels gives IoU_c =
+    label_c / all labelled pixels (no false negatives), IoU 0 for every other class present and
+    NaN for absent ones, so mIoU = IoU_c / (classes present), mAcc = 1 / (classes present) and
+    aAcc = IoU_c. It is the best score any constant prediction reaches on these labels.
+
+    Returns:
+        ``{"class", "mIoU", "mAcc", "aAcc"}`` in percent (two decimals); values ``None`` when
+        no pixel is labelled.
+    """
+    lab = torch.as_tensor(total_label).double().cpu().numpy()
+    total, present = lab.sum(), int((lab > 0).sum())
+    if total == 0:
+        return {"class": None, "mIoU": None, "mAcc": None, "aAcc": None}
+    c = int(lab.argmax())
+    share = lab[c] / total
+    return {
+        "class": class_names[c],
+        "mIoU": _pct(share / present),
+        "mAcc": _pct(1.0 / present),
+        "aAcc": _pct(share),
+    }
+
+
 @dataclass
 class IoUAccumulator:
     """Dataset-level histograms; ``update`` per image, ``all_reduce`` across ranks, ``summarize``.
@@ -218,5 +244,8 @@ class IoUAccumulator:
         return summarize(*self.hist)
 
     def to_percent(self, class_names: Sequence[str]) -> dict[str, Any]:
-        """Percent layout per :func:`to_percent`."""
-        return to_percent(self.summarize(), class_names)
+        """Percent layout per :func:`to_percent`, plus the ``majority_baseline`` of these labels."""
+        return {
+            **to_percent(self.summarize(), class_names),
+            "majority_baseline": majority_baseline(self.hist[3], class_names),
+        }

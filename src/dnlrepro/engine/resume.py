@@ -109,10 +109,14 @@ def save_train_checkpoint(
 
 
 def save_final(path: Path, model: nn.Module, cfg: Config, iteration: int) -> Path:
-    """mmseg's released layout: ``{"meta", "state_dict"}`` without optimizer (§1.7)."""
+    """mmseg's released layout: ``{"meta", "state_dict"}`` without optimizer (§1.7).
+
+    Without a timestamp (``meta.time`` is None): the same run on the same machine writes the
+    same bytes, so dvc.lock and the recorded sha256 do not change when nothing else did.
+    """
     from dnlrepro.models import save_checkpoint
 
-    save_checkpoint(path, model, meta=config_meta(cfg, iteration))
+    save_checkpoint(path, model, meta={**config_meta(cfg, iteration), "time": None})
     return path
 
 

@@ -86,8 +86,18 @@ def init_db(uri: str | None = None) -> str:
     return uri
 
 
+# What the pipeline itself writes while it runs: a change there does not make the code dirty
+# (the prepare stage rewrites dvc.lock before any training starts).
+_OUTPUTS = tuple(f":(exclude){p}" for p in ("dvc.lock", "results", "reports", "timings"))
+
+
 def git_state(root: Path) -> tuple[str, bool | None]:
-    """(commit sha or "unknown", dirty flag or None when git is unavailable) of ``root``."""
+    """(commit sha or "unknown", dirty flag or None when git is unavailable) of ``root``.
+
+    Dirty means a tracked file differs from the commit, leaving out the pipeline's own outputs
+    (``dvc.lock``, ``results/``, ``reports/``, ``timings/``), so the flag says whether the code
+    and parameters that produced the run are the committed ones.
+    """
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -98,7 +108,7 @@ def git_state(root: Path) -> tuple[str, bool | None]:
             check=True,
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *_OUTPUTS],
             cwd=root,
             capture_output=True,
             text=True,
@@ -108,6 +118,16 @@ def git_state(root: Path) -> tuple[str, bool | None]:
         return sha, bool(status.strip())
     except (OSError, subprocess.SubprocessError):
         return "unknown", None
+
+
+def run_name(config: str, stage: str, profile: str) -> str:
+    """``r50-d8_512x1024_40k_cityscapes evaluate (smoke)``: what differs between runs first.
+
+    Every configuration starts with ``dnl_``, and MLflow's runs table cuts long names, so the
+    prefix goes; the profile is named unless it is the paper's.
+    """
+    short = config.removeprefix("dnl_")
+    return f"{short} {stage}" + ("" if profile == "paper" else f" ({profile})")
 
 
 def metric_key(name: str) -> str:
@@ -127,10 +147,13 @@ class Tracker:
     ends a run. When the run cannot be started at all, the tracker disables itself.
     """
 
-    def __init__(self, cfg: Config, stage: str, enabled: bool = True) -> None:
+    def __init__(
+        self, cfg: Config, stage: str, enabled: bool = True, started: float | None = None
+    ) -> None:
         self.cfg = cfg
         self.stage = stage
         self.enabled = enabled
+        self.started = started  # time.time() when the work began (default: now)
         self.uri = tracking_uri()
         self.run_id: str | None = None
         self._client: Any = None
@@ -189,9 +212,12 @@ class Tracker:
             "git_commit": commit,
             "git_dirty": str(dirty).lower() if dirty is not None else "unknown",
             "dvc.stage": dvc_stage or "none",
-            "mlflow.runName": dvc_stage or f"{self.stage}@{self.cfg.name}",
+            "mlflow.runName": run_name(self.cfg.name, self.stage, self.cfg.profile),
         }
-        run = client.create_run(exp_id, run_name=tags["mlflow.runName"], tags=tags)
+        start_ms = int(self.started * 1000) if self.started is not None else None
+        run = client.create_run(
+            exp_id, start_time=start_ms, run_name=tags["mlflow.runName"], tags=tags
+        )
         self._client = client
         self.run_id = run.info.run_id
         logger.info("MLflow run %s in experiment %r at %s", self.run_id, name, self.uri)

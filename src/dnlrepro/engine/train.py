@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from dnlrepro.config import Config
-from dnlrepro.engine import distributed, schedule, train_setup, train_summary
+from dnlrepro.engine import distributed, preempt, schedule, train_setup, train_summary
 from dnlrepro.engine.distributed import DistInfo
 from dnlrepro.engine.resume import FINAL, save_final, save_train_checkpoint
 from dnlrepro.engine.step import NonFiniteLossError, TrainError, format_values, train_step
@@ -58,6 +58,7 @@ def train(
     track: bool = True,
     eval_max_images: int | None = None,
     final_path: str | Path | None = None,
+    timing_out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` in ``work_dir``; returns the summary dict (also written to ``summary_out``).
 
@@ -74,6 +75,9 @@ def train(
         eval_max_images: evaluate on the first N validation images only (tests, smoke runs).
         final_path: where the final weights go (default ``work_dir/final.pth``); the summary's
             ``checkpoint`` names it, relative to the workspace root when inside it.
+        timing_out: wall time and peak memory, the machine-dependent part of the run (default:
+            ``work_dir/train_timing.json``). ``train_curve.csv`` / ``val_curve.csv`` go next to
+            ``summary_out``.
 
     Raises:
         ResumeError: ``work_dir`` holds a checkpoint of another configuration.
@@ -84,6 +88,7 @@ def train(
     work_dir = Path(work_dir)
     final = Path(final_path) if final_path is not None else work_dir / FINAL
     summary_path = Path(summary_out) if summary_out else work_dir / "train_summary.json"
+    timing_path = Path(timing_out) if timing_out else work_dir / "train_timing.json"
     with train_setup.process_scope(work_dir, device) as info:
         started = time.perf_counter()
         train_setup.set_determinism(cfg, info.device)
@@ -93,12 +98,14 @@ def train(
         with Tracker(cfg, "train", enabled=info.is_main and track) as tracker:
             tracker.set_tags(
                 {"world_size": info.world_size, "effective_batch": effective_batch,
-                 "published_batch": cfg.published_batch, "device": str(info.device)}
+                 "published_batch": train_summary.published_batch(cfg), "device": str(info.device)}
             )  # fmt: skip
-            _loop(cfg, state, iter(loader), info, work_dir, tracker, eval_max_images)
+            with preempt.StopOnSignal() as stop:  # a scheduler's warning: checkpoint, stop
+                _loop(cfg, state, iter(loader), info, work_dir, tracker, eval_max_images, stop)
             summary = _finish(
-                cfg, state, info, tracker, final, summary_path, started, eval_max_images
-            )
+                cfg, state, info, tracker, (final, summary_path, timing_path), started,
+                eval_max_images,
+            )  # fmt: skip
         return distributed.broadcast_object(summary, info)
 
 
@@ -110,6 +117,7 @@ def _loop(
     work_dir: Path,
     tracker: Any,
     eval_max_images: int | None,
+    stop: preempt.StopOnSignal,
 ) -> None:
     """Iterations ``state.start_iter`` .. ``max_iters``: the whole of mmcv's IterBasedRunner."""
     sched, dev = cfg.schedule, info.device
@@ -144,12 +152,15 @@ def _loop(
             state.last_val = _validate(state.model, cfg, info, done, eval_max_images)
             state.history["val"].append(state.last_val)
             scalars = train_summary.val_scalars(state.last_val)
-            tracker.log_metrics({f"val/{k}": v for k, v in scalars.items()}, done)
+            tracker.log_metrics(scalars, done)  # the evaluation run's names (mIoU, ...)
             state.ddp_model.train()
         # 6. checkpoint; after validation (mmcv saves first) so the checkpoint's history holds
         #    this evaluation and a run resumed at max_iters need not repeat it.
-        if done % sched.checkpoint_interval == 0 or done == sched.max_iters:
+        stopping = stop.requested(info)  # $DNLREPRO_STOP_SIGNALS: save now, the next run resumes
+        if done % sched.checkpoint_interval == 0 or done == sched.max_iters or stopping:
             _save(work_dir, state, done, cfg, info)
+        if stopping and done < sched.max_iters:
+            raise stop.error(done, sched.max_iters)
         t_end = time.perf_counter()
 
 
@@ -158,12 +169,12 @@ def _finish(
     state: TrainState,
     info: DistInfo,
     tracker: Any,
-    final: Path,
-    summary_path: Path,
+    outputs: tuple[Path, Path, Path],
     started: float,
     eval_max_images: int | None,
 ) -> dict[str, Any] | None:
-    """Final weights, summary JSON and MLflow record (rank 0); ``None`` on other ranks."""
+    """Final weights, summary + timing JSON, curves, MLflow record (rank 0); else ``None``."""
+    final, summary_path, timing_path = outputs
     max_iters = cfg.schedule.max_iters
     if state.last_val is None or state.last_val.get("iter") != max_iters:
         # Only when resuming a checkpoint of max_iters written by an older run without val.
@@ -173,12 +184,17 @@ def _finish(
         return None
     save_final(final, state.model, cfg, max_iters)
     summary = train_summary.build_summary(
-        cfg, info, resumed_from=state.start_iter, memory_mb=memory_mb,
-        memory_kind=_memory_kind(info.device), wall_time_s=time.perf_counter() - started,
-        history=state.history, last_val=state.last_val, final=final,
+        cfg, info, resumed_from=state.start_iter, history=state.history,
+        last_val=state.last_val, final=final,
+    )  # fmt: skip
+    timing = train_summary.build_timing(
+        cfg, info, memory_mb=memory_mb, memory_kind=_memory_kind(info.device),
+        wall_time_s=time.perf_counter() - started, iterations_run=max_iters - state.start_iter,
     )  # fmt: skip
     write_json(summary_path, summary)
-    train_summary.track_final(tracker, cfg, summary, state.history, summary_path)
+    write_json(timing_path, timing)
+    train_summary.write_curves(state.history, summary_path.parent)
+    train_summary.track_final(tracker, cfg, summary, timing, summary_path)
     logger.info(
         "training done: %d iterations, mIoU %.2f, final weights %s (sha256 %s)",
         max_iters, train_summary.as_float(state.last_val.get("mIoU")), final,
@@ -308,6 +324,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--final-path", default=None, help="final weights (WORK_DIR/final.pth)")
     parser.add_argument("--summary-out", default=None, help="write the summary JSON here")
     parser.add_argument(
+        "--timing-out", default=None, help="write time and memory here (WORK_DIR/...)"
+    )
+    parser.add_argument(
         "--pretrained",
         default=None,
         help="backbone weights: path or URL, or 'none' for random init (default: the config's)",
@@ -343,6 +362,7 @@ def main(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         resume=args.resume,
         summary_out=args.summary_out,
+        timing_out=args.timing_out,
         device=args.device,
         track=not args.no_track,
         eval_max_images=max_images,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dnlrepro.config import Config, ConfigError
-from dnlrepro.engine import distributed, schedule
+from dnlrepro.engine import distributed, precision, schedule
 from dnlrepro.engine.distributed import DistInfo
 from dnlrepro.engine.resume import find_resume, load_resume
 from dnlrepro.engine.sampler import InfiniteDistributedSampler
@@ -51,11 +51,13 @@ def process_scope(work_dir: Path, device: str | None) -> Iterator[DistInfo]:
         work_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier(info)
     log_handler = _add_file_log(work_dir, info)
-    previous_determinism = torch.are_deterministic_algorithms_enabled()
+    previous_determinism = torch.get_deterministic_debug_mode()
+    previous_tf32 = precision.tf32_flags()
     try:
         yield info
     finally:
-        torch.use_deterministic_algorithms(previous_determinism)
+        torch.set_deterministic_debug_mode(previous_determinism)
+        precision.set_tf32_flags(*previous_tf32)
         if log_handler is not None:
             logging.getLogger("dnlrepro").removeHandler(log_handler)
             log_handler.close()
@@ -63,6 +65,7 @@ def process_scope(work_dir: Path, device: str | None) -> Iterator[DistInfo]:
 
 
 def set_determinism(cfg: Config, dev: torch.device) -> None:
+    precision.apply_tf32(cfg)  # before the model runs; process_scope restores the flags (§5.7)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
         logger.info(
@@ -70,21 +73,32 @@ def set_determinism(cfg: Config, dev: torch.device) -> None:
         )
     else:
         # CPU kernels are deterministic for a fixed thread count; ask torch to keep it that way
-        # so a resumed run reaches bit-identical weights (warn_only: never fail on a kernel).
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        # so a resumed run reaches bit-identical weights (warn only: never fail on a kernel).
+        # Same switch as use_deterministic_algorithms(True, warn_only=True), without the
+        # import of torch._inductor that costs every training stage seconds.
+        torch.set_deterministic_debug_mode("warn")
 
 
 def report_batch(cfg: Config, info: DistInfo) -> int:
-    """Log the effective batch (warn when it differs from the published one); return it."""
+    """Log the effective batch (warn when it differs from the configured one); return it.
+
+    The configured batch is ``runtime.gpus`` x ``data.samples_per_gpu`` of this resolved config;
+    the published one (params/published.yaml) is named beside it, because a profile such as
+    smoke configures a smaller one on purpose.
+    """
+    from dnlrepro.engine.train_summary import published_batch
+
     effective_batch = info.world_size * cfg.data.samples_per_gpu
+    published = published_batch(cfg)
     logger.info(
-        "effective batch %d = %d process(es) x %d images (published: %d = %d GPUs x %d)",
+        "effective batch %d = %d process(es) x %d images (configured: %d = %d GPUs x %d; "
+        "published run: %s)",
         effective_batch, info.world_size, cfg.data.samples_per_gpu,
-        cfg.published_batch, cfg.runtime.gpus, cfg.data.samples_per_gpu,
+        cfg.published_batch, cfg.runtime.gpus, cfg.data.samples_per_gpu, published or "-",
     )  # fmt: skip
     if effective_batch != cfg.published_batch and info.is_main:
         logger.warning(
-            "effective batch %d differs from the published %d (%s): BN statistics and the "
+            "effective batch %d differs from the configured %d (%s): BN statistics and the "
             "optimisation differ from the paper run; launch torchrun with %d processes to match",
             effective_batch, cfg.published_batch, cfg.name, cfg.runtime.gpus,
         )  # fmt: skip
@@ -206,6 +220,7 @@ def build_loader(cfg: Config, info: DistInfo, start_iter: int) -> torch.utils.da
         info.world_size,
         seed=cfg.schedule.seed,
         start=start_iter * cfg.data.samples_per_gpu,
+        batch_size=cfg.data.samples_per_gpu,  # epochs end at the last full batch, as mmseg's
     )
     workers = cfg.data.workers_per_gpu
     return torch.utils.data.DataLoader(

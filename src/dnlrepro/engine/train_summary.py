@@ -11,15 +11,14 @@ so every tracking failure only warns (:class:`dnlrepro.engine.tracking.Tracker`)
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from dnlrepro import workspace
 from dnlrepro.config import Config
 from dnlrepro.engine.distributed import DistInfo
+from dnlrepro.engine.precision import precision_record
 from dnlrepro.files import file_digest
 
 
@@ -28,14 +27,15 @@ def build_summary(
     info: DistInfo,
     *,
     resumed_from: int,
-    memory_mb: float,
-    memory_kind: str,
-    wall_time_s: float,
     history: dict[str, Any],
     last_val: dict[str, Any],
     final: Path,
 ) -> dict[str, Any]:
-    """The summary dict; ``checkpoint`` is ``final`` relative to the workspace when inside it."""
+    """The summary dict; ``checkpoint`` is ``final`` relative to the workspace when inside it.
+
+    Everything in it is a function of the configuration, the data and the code, so a re-run on
+    the same machine writes the same bytes; time and memory go to :func:`build_timing`.
+    """
     effective_batch = info.world_size * cfg.data.samples_per_gpu
     return {
         "config": cfg.name,
@@ -46,18 +46,92 @@ def build_summary(
         "world_size": info.world_size,
         "samples_per_gpu": cfg.data.samples_per_gpu,
         "effective_batch": effective_batch,
-        "published_batch": cfg.published_batch,
-        "device": str(info.device),
+        "published_batch": published_batch(cfg),
+        "device": info.device.type,
         "amp": cfg.runtime.amp,
-        "max_memory_mb": round(memory_mb, 1),
-        "max_memory_gb": round(memory_mb / 1024, 3),  # GB = MB / 1024 (§5.5)
-        "memory_kind": memory_kind,
-        "wall_time_s": round(wall_time_s, 2),
+        "precision": precision_record(cfg, info.device, cfg.runtime.amp),  # TF32 (§5.7)
         "final_train_losses": last_losses(history),
         "last_validation": last_val,
         "checkpoint": workspace.find().relative(final),
         "checkpoint_sha256": file_digest(final),
     }
+
+
+def build_timing(
+    cfg: Config,
+    info: DistInfo,
+    *,
+    memory_mb: float,
+    memory_kind: str,
+    wall_time_s: float,
+    iterations_run: int,
+) -> dict[str, Any]:
+    """Machine-dependent figures of the run (``timings/<config>/train.json``, not results)."""
+    return {
+        "config": cfg.name,
+        "device": str(info.device),
+        "device_name": device_name(info.device),
+        "world_size": info.world_size,
+        "iterations_run": iterations_run,
+        "wall_time_s": round(wall_time_s, 2),
+        "s_per_iter": round(wall_time_s / iterations_run, 4) if iterations_run else None,
+        "max_memory_mb": round(memory_mb, 1),
+        "max_memory_gb": round(memory_mb / 1024, 3),  # GB = MB / 1024 (§5.5)
+        "memory_kind": memory_kind,
+    }
+
+
+def device_name(device: Any) -> str:
+    """``NVIDIA H100 80GB HBM3`` on CUDA, the CPU architecture otherwise."""
+    import platform
+
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    return platform.machine() or "cpu"
+
+
+def published_batch(cfg: Config) -> int | None:
+    """The batch of the published run (params/published.yaml), whatever a profile overrides.
+
+    ``cfg.published_batch`` is GPUs x images of *this* resolved config, so the smoke profile's
+    ``runtime.gpus: 1`` would report 2 for a row published with 4 x 2 = 8.
+    """
+    from dnlrepro.registry import PublishedError, load_published
+
+    try:
+        entry = load_published().configs.get(cfg.name)
+    except (OSError, PublishedError):
+        entry = None
+    if entry is None or not isinstance(entry.protocol.get("batch"), int):
+        return None
+    return int(entry.protocol["batch"])
+
+
+def write_curves(history: dict[str, Any], out_dir: Path) -> list[Path]:
+    """``train_curve.csv`` (iter, loss, lr), ``lr_curve.csv``, ``val_curve.csv`` (iter, mIoU, ...).
+
+    The DVC plots (docs/pipeline.md, "Metrics and plots") read these files.
+    """
+    from dnlrepro.files import write_bytes_atomic
+
+    def table(header: list[str], rows: list[list[Any]]) -> bytes:
+        lines = [",".join(header)]
+        lines += [",".join("" if v is None else f"{v:.6g}" for v in row) for row in rows]
+        return ("\n".join(lines) + "\n").encode()
+
+    train_rows = [[p["iter"], p.get("loss"), p.get("lr")] for p in history.get("train", [])]
+    val_rows = [
+        [p["iter"], p.get("mIoU"), p.get("mAcc"), p.get("aAcc")] for p in history.get("val", [])
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{n}_curve.csv" for n in ("train", "lr", "val")]
+    write_bytes_atomic(paths[0], table(["iter", "loss", "lr"], train_rows))
+    # A DVC plot shows one y per file: the schedule gets its own (docs/pipeline.md).
+    write_bytes_atomic(paths[1], table(["iter", "lr"], [[r[0], r[2]] for r in train_rows]))
+    write_bytes_atomic(paths[2], table(["iter", "mIoU", "mAcc", "aAcc"], val_rows))
+    return paths
 
 
 def last_losses(history: dict[str, Any]) -> dict[str, float]:
@@ -67,7 +141,8 @@ def last_losses(history: dict[str, Any]) -> dict[str, float]:
 
 
 def val_scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: as_float(metrics[k]) for k in ("mIoU", "mAcc", "aAcc") if k in metrics}
+    """mIoU / mAcc / aAcc that are numbers (a class-less validation reports None: not logged)."""
+    return {k: float(metrics[k]) for k in ("mIoU", "mAcc", "aAcc") if metrics.get(k) is not None}
 
 
 def as_float(value: Any) -> float:
@@ -79,61 +154,30 @@ def track_final(
     tracker: Any,
     cfg: Config,
     summary: dict[str, Any],
-    history: dict[str, Any],
+    timing: dict[str, Any],
     summary_path: Path,
 ) -> None:
-    """Final metrics, per-class IoU, config, summary and plots (all failures only warn)."""
+    """Final metrics, per-class IoU table, config, summary and plots (failures only warn).
+
+    Metric names are the evaluation run's (docs/pipeline.md, "MLflow"): ``mIoU``, ``mAcc``,
+    ``aAcc`` at the last iteration; per-class IoU is a table artifact, not 19-150 metrics that
+    would crowd the runs table; absent values are left out, never logged as NaN.
+    """
     last_val = summary["last_validation"]
-    # evaluate_model's IoU is a {class name: percent | None} dict.
-    per_class = {name: as_float(v) for name, v in last_val.get("IoU", {}).items()}
-    tracker.log_metrics(
-        {
-            **{f"final/{k}": v for k, v in val_scalars(last_val).items()},
-            **{f"IoU/{c}": v for c, v in per_class.items()},
-            "max_memory_mb": summary["max_memory_mb"],
-            "wall_time_s": summary["wall_time_s"],
-        },
-        step=summary["iterations"],
-    )
+    per_class = {name: v for name, v in last_val.get("IoU", {}).items() if v is not None}
+    scalars = {
+        **val_scalars(last_val),
+        "train_s": timing["wall_time_s"],
+        # Mem (GB) is CUDA max_memory_allocated (§5.5); a CPU RSS is another quantity.
+        (
+            "mem_gb" if timing["memory_kind"] == "cuda_max_memory_allocated" else "cpu_max_rss_gb"
+        ): timing["max_memory_gb"],
+    }
+    tracker.log_metrics(scalars, step=summary["iterations"])
     tracker.log_dict(cfg.to_dict(), "config.yaml")
     tracker.log_dict(
         {"class": list(per_class), "IoU": list(per_class.values())}, "per_class_iou.json"
     )
     tracker.log_artifact(summary_path)
-    if not tracker.enabled:
-        return
-    with contextlib.suppress(Exception):  # plotting is a nicety; never fail a finished run
-        import matplotlib.pyplot as plt
-
-        for name, fig in figures(history, per_class):
-            tracker.log_figure(fig, name)
-            plt.close(fig)
-
-
-def figures(history: dict[str, Any], per_class: dict[str, float]) -> Iterator[tuple[str, Any]]:
-    """``training_curves.png`` (loss, lr, val mIoU) and ``per_class_iou.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train_pts, val_pts = history.get("train", []), history.get("val", [])
-    fig, (ax_loss, ax_lr, ax_val) = plt.subplots(1, 3, figsize=(13, 3.5))
-    its = [p["iter"] for p in train_pts]
-    for key in ("loss", "decode.loss_seg", "aux.loss_seg"):
-        ax_loss.plot(its, [p.get(key, math.nan) for p in train_pts], label=key)
-    ax_loss.set(xlabel="iteration", title="training loss")
-    ax_loss.legend()
-    ax_lr.plot(its, [p["lr"] for p in train_pts])
-    ax_lr.set(xlabel="iteration", title="learning rate")
-    ax_val.plot([p["iter"] for p in val_pts], [p.get("mIoU", math.nan) for p in val_pts], "o-")
-    ax_val.set(xlabel="iteration", title="val mIoU (%)")
-    fig.tight_layout()
-    yield "training_curves.png", fig
-    if per_class:
-        fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(per_class)), 4))
-        ax.bar(range(len(per_class)), list(per_class.values()))
-        ax.set_xticks(range(len(per_class)), list(per_class), rotation=90, fontsize=7)
-        ax.set(ylabel="IoU (%)", title="per-class IoU")
-        fig.tight_layout()
-        yield "per_class_iou.png", fig
+    # No figures: MLflow draws the logged metrics against their step itself, and the curves
+    # are DVC plots and part of reports/index.html; matplotlib would cost every stage seconds.

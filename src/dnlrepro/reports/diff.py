@@ -17,7 +17,6 @@ a published entry is an error, never a skip. The stage writes ``reports/diff.md`
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,21 +24,19 @@ from typing import Any
 
 from dnlrepro import workspace
 from dnlrepro.files import write_json
-from dnlrepro.profile import read_params
+from dnlrepro.profile import load_profile, read_params
 from dnlrepro.registry import METRICS, Published, load_published
-from dnlrepro.reports.results import Measured, load_measured, read_json
+from dnlrepro.reports.results import Measured, load_measured
+from dnlrepro.reports.smoke_reference import (
+    baseline_rows,
+    learned_row,
+    load_baseline,
+    update_baseline,
+)
 from dnlrepro.reports.tables import environment
 
 logger = logging.getLogger(__name__)
 
-BASELINE_METRICS: tuple[str, ...] = ("mIoU", "mIoU_ms_flip", "mAcc", "aAcc")
-# Seeded single-process CPU runs repeat bit for bit on one machine; another CPU or BLAS can sum
-# in another order and flip the argmax of a few pixels of the tiny synthetic val set.
-BASELINE_TOLERANCE = 0.1
-BASELINE_REASON = (
-    "smoke runs are seeded and single-process, so they repeat exactly on one machine; another "
-    "CPU/BLAS may reorder float sums and flip a few argmax pixels of the tiny synthetic val set"
-)
 # Fields that explain most "cannot reproduce" gaps in mmseg's issues (#1169: GPUs x batch; #87:
 # single-scale vs ms+flip): GPUs x batch, crop, test scales (docs/reference.md §8).
 PROTOCOL_EVAL_KEYS = (
@@ -63,12 +60,12 @@ PROTOCOL_TRAIN_KEYS = (
     "max_iters",
     "norm",
     "device",
-    "wall_time_s",
 )
 VERDICTS: tuple[str, ...] = ("pass", "fail", "missing", "not comparable")
 LABELS = {
     "mIoU": "mIoU",
     "mIoU_ms_flip": "mIoU(ms+flip)",
+    "mIoU_ms_flip_alt": "mIoU(ms+flip), other small-window mode",
     "mAcc": "mAcc",
     "aAcc": "aAcc",
     "mem_gb": "Mem (GB)",
@@ -122,45 +119,53 @@ def _published_rows(name: str, pub: Published, meas: Measured, profile: str) -> 
     return rows
 
 
-def _baseline_rows(
-    name: str, baseline: dict | None, meas: Measured, digest: str | None
-) -> list[dict]:
-    recorded = (baseline or {}).get("configs", {}).get(name)
-    tol = float((baseline or {}).get("tolerance", BASELINE_TOLERANCE))
-    reason = str((baseline or {}).get("reason", BASELINE_REASON))
-    rows = []
-    for metric in BASELINE_METRICS:
-        value = None if recorded is None else recorded.get(metric)
-        note = ""
-        if recorded is None:
-            result, delta = "missing", None
-            note = "no smoke baseline for this configuration: run `dnlrepro diff --update-baseline`"
-        elif recorded.get("config_digest") != digest:
-            result, delta = "fail", None
-            old = str(recorded.get("config_digest"))[:12]
-            note = (
-                f"stale baseline: recorded for config digest {old}"
-                f", the results are of {str(digest)[:12]}; review, then "
-                "`dnlrepro diff --update-baseline`"
-            )
-        else:
-            result, delta = verdict(value, meas.metrics[metric], tol)
-        rows.append(
-            {
-                "config": name,
-                "dataset": "cityscapes" if name.endswith("cityscapes") else "ade20k",
-                "metric": metric,
-                "reference": "smoke baseline",
-                "published": value,
-                "reproduced": meas.metrics[metric],
-                "delta": delta,
-                "tolerance": tol,
-                "tolerance_reason": reason,
-                "verdict": result,
-                "note": note,
-            }
-        )
-    return rows
+def _small_window_row(name: str, pub: Published, meas: Measured, profile: str) -> list[dict]:
+    """Slide rows evaluated both ways (§5.2): the other small-window mode's ms+flip number.
+
+    Which mode produced the published ms+flip number is not recorded upstream, so the row names
+    the mode and whether it reproduces it; the main ``mIoU_ms_flip`` row keeps the configured
+    mode (``test.small_window``) and its note names the mode that is within tolerance.
+    """
+    alt = meas.metrics.get("mIoU_ms_flip_alt")
+    if alt is None:
+        return []
+    entry = pub.entry(name)
+    tol = pub.tolerance(name, "mIoU_ms_flip", profile)
+    value = entry.metrics["mIoU_ms_flip"]
+    ours_mode = meas.protocol.get("small_window", "unpadded")
+    alt_mode = "pad" if ours_mode == "unpadded" else "unpadded"
+    if profile == "smoke":
+        result, delta = "not comparable", None
+    else:
+        result, delta = verdict(value, alt, tol.value)
+    return [
+        {
+            "config": name,
+            "dataset": entry.dataset,
+            "metric": "mIoU_ms_flip_alt",
+            "reference": "published",
+            "published": value,
+            "reproduced": alt,
+            "delta": delta,
+            "tolerance": tol.value,
+            "tolerance_reason": tol.reason,
+            "verdict": result,
+            "note": f"ms+flip with small windows '{alt_mode}' (configured: '{ours_mode}', §5.2)",
+        }
+    ]
+
+
+def _which_mode(rows: list[dict], protocol: dict[str, Any]) -> None:
+    """Name, on the main ms+flip row, which small-window mode reproduces the published number."""
+    main = next((r for r in rows if r["metric"] == "mIoU_ms_flip"), None)
+    alt = next((r for r in rows if r["metric"] == "mIoU_ms_flip_alt"), None)
+    if main is None or alt is None or main["delta"] is None or alt["delta"] is None:
+        return
+    ours = protocol.get("small_window", "unpadded")
+    other = "pad" if ours == "unpadded" else "unpadded"
+    ok = [m for m, r in ((ours, main), (other, alt)) if r["verdict"] == "pass"]
+    found = " and ".join(f"'{m}'" for m in ok) if ok else "neither mode"
+    main["note"] = (main["note"] + "; " if main["note"] else "") + f"reproduced by: {found}"
 
 
 def our_protocol(meas: Measured) -> dict[str, Any]:
@@ -185,15 +190,25 @@ def build_diff(
     measured: dict[str, Measured],
     profile: str,
     baseline: dict | None = None,
+    learned_factor: float | None = None,
 ) -> dict[str, Any]:
-    """The diff report as a JSON-serialisable dict (``rows``, ``summary``, ``protocols``)."""
+    """The diff report as a JSON-serialisable dict (``rows``, ``summary``, ``protocols``).
+
+    ``learned_factor`` (the profile's setting; smoke: 2) adds, per row, the check that mIoU
+    reaches that multiple of the majority-class baseline.
+    """
     rows: list[dict] = []
     protocols = {}
     for name in names:
         meas = measured[name]
         if profile == "smoke":
-            rows += _baseline_rows(name, baseline, meas, meas.run.get("config_digest"))
-        rows += _published_rows(name, published, meas, profile)
+            rows += baseline_rows(name, baseline, meas, meas.run.get("config_digest"))
+        if learned_factor is not None:
+            rows.append(learned_row(name, meas, learned_factor))
+        published_rows = _published_rows(name, published, meas, profile)
+        published_rows += _small_window_row(name, published, meas, profile)
+        _which_mode(published_rows, meas.protocol)
+        rows += published_rows
         protocols[name] = {"published": published.entry(name).protocol, "ours": our_protocol(meas)}
     summary = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
     return {
@@ -252,52 +267,6 @@ def write_diff(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]
     return md_path, json_path
 
 
-def load_baseline(path: str | Path) -> dict | None:
-    path = Path(path)
-    if not path.is_file():
-        logger.warning("no smoke baseline at %s: every smoke verdict will be 'missing'", path)
-        return None
-    data = read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("configs"), dict):
-        raise ValueError(
-            f"{path}: expected {{'configs': {{name: metrics}}, ...}}; regenerate it "
-            "with `dnlrepro diff --update-baseline`"
-        )
-    return data
-
-
-def update_baseline(names: Sequence[str], measured: dict[str, Measured], path: str | Path) -> Path:
-    """Record the current smoke results as the baseline (explicit, reviewed in git)."""
-    missing = [n for n in names if measured[n].metrics["mIoU"] is None]
-    if missing:
-        raise FileNotFoundError(
-            f"cannot record a smoke baseline: no results/<config>/metrics.json for {missing}; "
-            "run `dvc repro` (profile smoke) first"
-        )
-    configs = {}
-    for name in names:
-        entry: dict[str, Any] = {m: measured[name].metrics[m] for m in BASELINE_METRICS}
-        digest = measured[name].run.get("config_digest")
-        if not digest:
-            raise FileNotFoundError(
-                f"results/{name}/run.json with the config digest is missing; re-run "
-                f"`dvc repro evaluate@{name}`"
-            )
-        entry["config_digest"] = digest
-        configs[name] = entry
-    data = {
-        "description": "Smoke-profile results recorded by `dnlrepro diff --update-baseline`; the "
-        "diff stage compares smoke runs with these numbers.",
-        "recorded_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "tolerance": BASELINE_TOLERANCE,
-        "reason": BASELINE_REASON,
-        "configs": configs,
-    }
-    path = write_json(path, data)
-    logger.info("recorded the smoke baseline of %d configurations in %s", len(names), path)
-    return path
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default=None, help="default: <workspace>/results")
     parser.add_argument("--published", default=None, help="default: params/published.yaml")
@@ -324,6 +293,7 @@ def run(
     configs: Sequence[str] | None = None,
     update: bool = False,
     paths: dict[str, str | Path | None] | None = None,
+    learned_factor: float | None = None,
 ) -> dict[str, Any]:
     """Build and write the diff report of ``ws`` (``paths`` may override results, published,
     baseline and out); with ``update``, first record the smoke results as the baseline."""
@@ -337,14 +307,15 @@ def run(
             raise ValueError(f"--update-baseline records smoke results; the profile is {profile!r}")
         update_baseline(names, measured, baseline_file)
     baseline = load_baseline(baseline_file) if profile == "smoke" else None
-    report = build_diff(names, published, measured, profile, baseline)
+    report = build_diff(names, published, measured, profile, baseline, learned_factor)
     write_diff(report, paths.get("out") or ws.reports)
     return report
 
 
 def main(args: argparse.Namespace) -> int:
     ws = workspace.find()
-    profile = args.profile or read_params(ws).name
+    profile = load_profile(args.profile, ws) if args.profile else read_params(ws)
     paths = {k: getattr(args, k) for k in ("results", "published", "baseline", "out")}
-    run(ws, profile, args.configs, args.update_baseline, paths)
+    factor = profile.settings.learned_factor
+    run(ws, profile.name, args.configs, args.update_baseline, paths, factor)
     return 0

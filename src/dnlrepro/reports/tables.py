@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 
 from dnlrepro import workspace
+from dnlrepro.config import load_config
+from dnlrepro.files import write_bytes_atomic
 from dnlrepro.profile import Profile, load_profile, read_params
 from dnlrepro.registry import Published, load_published
 from dnlrepro.reports.results import Measured, device_of, load_measured
@@ -53,22 +56,49 @@ def fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def row_cells(name: str, published: Published, measured: Measured) -> list[str]:
+@dataclass(frozen=True)
+class Ran:
+    """What a profile actually ran for a row, when it is not the paper's (e.g. smoke)."""
+
+    crop: str  # "HxW" like the published column
+    iters: int
+    baseline: bool  # show the majority-class baseline beside mIoU
+
+
+def ran_as(name: str, profile: Profile, ws: workspace.Workspace) -> Ran | None:
+    """The crop and schedule ``profile`` resolves for ``name``; None for the paper's own."""
+    if not profile.overrides:
+        return None
+    cfg = load_config(name, profile, ws=ws)
+    h, w = cfg.data.crop_size  # (h, w), as mmseg's crop_size
+    return Ran(f"{h}x{w}", cfg.schedule.max_iters, profile.settings.data_source == "synthetic")
+
+
+def _beside(ours: str, paper: str) -> str:
+    return paper if ours == paper else f"{ours} (paper {paper})"
+
+
+def row_cells(
+    name: str, published: Published, measured: Measured, ran: Ran | None = None
+) -> list[str]:
     entry = published.entry(name)
     m = measured.metrics
+    miou = fmt(m["mIoU"], 2)
+    if ran and ran.baseline and m["mIoU"] is not None and m["baseline_mIoU"] is not None:
+        miou += f" (const. {m['baseline_mIoU']:.2f})"
     files = []
-    if "metrics" in measured.files:
-        files.append(f"[metrics](../results/{name}/metrics.json)")
+    if "eval" in measured.files:
+        files.append(f"[metrics](../results/{name}/eval.json)")
     if "train_summary" in measured.files:
         files.append(f"[train summary](../results/{name}/train_summary.json)")
     return [
         entry.method,
         entry.backbone,
-        entry.crop_size,
-        str(entry.lr_schd),
+        _beside(ran.crop, entry.crop_size) if ran else entry.crop_size,
+        _beside(str(ran.iters), str(entry.lr_schd)) if ran else str(entry.lr_schd),
         fmt(m["mem_gb"], 1),
         fmt(m["fps"], 2),
-        fmt(m["mIoU"], 2),
+        miou,
         fmt(m["mIoU_ms_flip"], 2),
         f"[config](../params/{name}.yaml)",
         " &#124; ".join(files) if files else "-",
@@ -100,17 +130,29 @@ def render(
     measured: dict[str, Measured],
     profile: str,
     profile_description: str,
+    ran: dict[str, Ran | None] | None = None,
 ) -> str:
-    """Markdown table of ``names`` (in this order) for ``dataset``."""
+    """Markdown table of ``names`` (in this order) for ``dataset``.
+
+    ``ran`` gives, per row, what a reduced profile actually ran; its crop and iterations are
+    then shown beside the paper's, and (synthetic data) the mIoU beside the majority-class
+    baseline, ``const.``: what predicting the most frequent class everywhere scores.
+    """
+    ran = ran or {}
     if dataset not in TITLES:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(TITLES)}")
     title = TITLES[dataset]
-    header, rule, rows = _pad([row_cells(n, published, measured[n]) for n in names])
+    header, rule, rows = _pad([row_cells(n, published, measured[n], ran.get(n)) for n in names])
     devices = sorted({d for n in names if (d := device_of(measured[n]))})
     notes = []
     for n in names:
         if measured[n].metrics["mIoU"] is None:
-            notes.append(f"`{n}`: not evaluated yet (no `results/{n}/metrics.json`).")
+            notes.append(f"`{n}`: not evaluated yet (no `results/{n}/eval.json`).")
+    if any(r and r.baseline for r in ran.values()):
+        notes.append(
+            "`const.`: mIoU of predicting the most frequent class everywhere on the same "
+            "labels; a trained model is only learning when it scores above it."
+        )
     if dataset == "cityscapes":
         notes.append(
             "The mmseg README publishes no mIoU(ms+flip) for the 512x1024 rows "
@@ -138,21 +180,48 @@ def write_tables(
     results_dir: str | Path,
     published: Published,
     profile: Profile,
+    ws: workspace.Workspace | None = None,
 ) -> list[Path]:
-    """Render both tables into ``out_dir``; returns the written paths."""
+    """Render both tables and ``published_vs_reproduced.csv`` into ``out_dir``."""
+    ws = ws or workspace.find()
     description = " ".join(profile.description.split())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, rows = [], []
     for dataset in TITLES:
         names = [n for n, row in published.configs.items() if row.dataset == dataset]
         measured = {n: load_measured(n, results_dir) for n in names}
-        text = render(dataset, names, published, measured, profile.name, description)
+        ran = {n: ran_as(n, profile, ws) for n in names}
+        text = render(dataset, names, published, measured, profile.name, description, ran)
+        rows += comparison_rows(dataset, names, published, measured)
         path = out_dir / f"{dataset}.md"
         path.write_text(text, encoding="utf-8")
         logger.info("wrote %s (%d rows)", path, len(names))
         written.append(path)
-    return written
+    path = out_dir / "published_vs_reproduced.csv"
+    write_bytes_atomic(path, ("\n".join(",".join(r) for r in rows) + "\n").encode())
+    return [*written, path]
+
+
+def comparison_rows(
+    dataset: str, names: Sequence[str], published: Published, measured: dict[str, Measured]
+) -> list[list[str]]:
+    """``config,dataset,metric,published,reproduced`` rows (the header on the first dataset)."""
+    rows = [] if dataset != next(iter(TITLES)) else [
+        ["config", "dataset", "metric", "published", "reproduced"]
+    ]  # fmt: skip
+    for n in names:
+        for metric in ("mIoU", "mIoU_ms_flip"):
+            pub = published.entry(n).metrics.get(metric)
+            ours = measured[n].metrics.get(metric)
+            if pub is None and ours is None:
+                continue
+            rows.append([n, dataset, metric, _csv(pub), _csv(ours)])
+    return rows
+
+
+def _csv(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,5 +241,6 @@ def main(args: argparse.Namespace) -> int:
         args.results or ws.results,
         load_published(args.published or ws.registry_file),
         profile,
+        ws,
     )
     return 0
