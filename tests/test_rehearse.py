@@ -98,7 +98,7 @@ def test_apply_writes_a_profile_the_strict_loader_accepts(clone_repo, tmp_path: 
     assert (root / "params.yaml").read_text() == "profile: paper\n"
     profile = load_profile("paper", ws)
     assert profile.settings.nproc_per_node == 3
-    assert profile.settings.expected_counts.ade20k == (8, 2)
+    assert profile.settings.expected_counts.ade20k == shrink.COUNTS["ade20k"]
     cfg = load_config("dnl_r101-d8_512x512_160k_ade20k", profile, ws=ws)
     assert cfg.data.crop_size == (32, 32) and cfg.schedule.max_iters == 1
     assert cfg.data.reduce_zero_label and cfg.test.mode == "whole"
