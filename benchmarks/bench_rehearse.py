@@ -3,8 +3,8 @@
 Runs each rehearsal as CI does (``dnlrepro rehearse --profile P``, CPU), timed around the whole
 command (wall, and the CPU seconds of the whole process tree, which the load of a shared machine
 changes little), then groups the receipt's stage rows: set-up (copy + mirror), download, prepare,
-train, evaluate, tables + diff. The load average is printed because this 2-core machine is
-shared.
+train, evaluate, reports (tables, diff, report). The load average is printed because this
+2-core machine is shared.
 
     .venv/bin/python benchmarks/bench_rehearse.py [--profiles paper published]
 """
@@ -22,14 +22,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = ("set-up", "download", "prepare", "train", "evaluate", "tables + diff")
+GROUPS = ("set-up", "download", "prepare", "train", "evaluate", "reports")
 
 
 def group(stage: str) -> str:
     if stage.startswith(("train@", "evaluate@")):
         return stage.split("@", 1)[0]
-    if stage in ("tables", "diff"):
-        return "tables + diff"
+    if stage in ("tables", "diff", "report"):
+        return "reports"
     return stage if stage in ("download", "prepare") else "set-up"
 
 

@@ -103,22 +103,20 @@ def test_stage_names_follow_the_mmseg_config_names():
 
 
 def fake_outputs(repo: Path) -> None:
-    """Every declared output of every stage, so `dvc commit` can record a lock file."""
-    for path in ("downloads/smoke/a.zip", "data/smoke/x.txt"):
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text("x")
-    for name in ("downloads", "cityscapes", "ade20k"):
-        (repo / "results" / "data").mkdir(parents=True, exist_ok=True)
-        (repo / "results" / "data" / f"{name}.json").write_text("{}")
-    for name in NAMES:
-        (repo / "work_dirs" / name).mkdir(parents=True)
-        (repo / "work_dirs" / name / "final.pth").write_text(name)
-        (repo / "results" / name).mkdir(parents=True)
-        for f in ("train_summary", "metrics", "benchmark", "run"):
-            (repo / "results" / name / f"{f}.json").write_text(json.dumps({"n": name}))
-    (repo / "reports").mkdir()
-    for f in ("cityscapes.md", "ade20k.md", "diff.md", "diff.json"):
-        (repo / "reports" / f).write_text("{}")
+    """Every declared output of every stage (outs, metrics, plots), as DVC itself lists them, so
+    `dvc commit` can record a lock file. A path without a suffix is a folder (``downloads``,
+    ``data``): it gets one file."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        outs = [out.def_path for stage in dvc_repo.index.stages for out in stage.outs]
+    assert outs, "dvc.yaml declares no outputs"
+    for rel in outs:
+        path = repo / rel
+        if not path.suffix:
+            path = path / "x.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"path": rel}))
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +170,7 @@ def test_other_profiles_and_published_numbers_touch_only_what_uses_them(locked_c
     published = locked_copy / "params" / "published.yaml"
     original = edit(published, "mIoU: 78.61", "mIoU: 78.62")
     try:
-        assert changed_stages(locked_copy) == {"tables", "diff"}
+        assert changed_stages(locked_copy) == {"tables", "diff", "report"}
     finally:
         published.write_text(original)
 
@@ -228,7 +226,7 @@ def test_a_13th_configuration_is_one_params_file_and_one_registry_entry(
 
         assert download.checkpoint_urls()[NEW] == f"https://example.invalid/{NEW}.pth"
 
-        new_and_reports = {f"train@{NEW}", f"evaluate@{NEW}", "tables", "diff"}
+        new_and_reports = {f"train@{NEW}", f"evaluate@{NEW}", "tables", "diff", "report"}
         assert changed_stages(locked_copy) == new_and_reports
         # `dvc repro --dry` stops at a dependency no stage has produced yet (evaluate needs
         # train's final.pth; treeverse/dvc#9021), so dry-run the training and read the edges.

@@ -155,9 +155,9 @@ def test_dvc_repro_end_to_end(repo: Path):
     # A registry row that was never run: `-` in the tables, 'missing' in the diff, and `check`
     # fails unless told to allow it. Only the reports are re-rendered (--single-item).
     keep_rows(repo, (*RUN, UNRUN))
-    result = run(repo, "-m", "dvc", "repro", "--single-item", "tables", "diff")
+    result = run(repo, "-m", "dvc", "repro", "--single-item", "tables", "diff", "report")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert stages_run(result) == ["tables", "diff"]
+    assert stages_run(result) == ["tables", "diff", "report"]
     check_tables(repo, (*RUN, UNRUN))
     assert f"`{UNRUN}`: not evaluated yet" in (repo / "reports/cityscapes.md").read_text()
     report = json.loads((repo / "reports/diff.json").read_text())

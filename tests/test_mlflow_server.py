@@ -252,7 +252,7 @@ def test_artifacts(server: str, runs: dict[str, dict], tracked: Tracked) -> None
 
     train, evaluate = runs["train"], runs["evaluate"]
     assert {"config.yaml", "per_class_iou.json", "train_summary.json"} <= listing(train)
-    assert {"metrics.json", "per_class.csv"} <= listing(evaluate)
+    assert {"eval.json", "per_class.csv"} <= listing(evaluate)
 
     summary = json.loads((tracked.root / "results" / CFG / "train_summary.json").read_text())
     assert json.loads(fetch(train, "train_summary.json")) == summary
@@ -263,7 +263,7 @@ def test_artifacts(server: str, runs: dict[str, dict], tracked: Tracked) -> None
     assert (config["name"], config["schedule"]["max_iters"]) == (CFG, 2)
 
     payload = json.loads((tracked.root / "results" / CFG / "eval.json").read_text())
-    assert json.loads(fetch(evaluate, "metrics.json")) == payload
+    assert json.loads(fetch(evaluate, "eval.json")) == payload
     rows = fetch(evaluate, "per_class.csv").decode().splitlines()
     assert rows[0].startswith("class,IoU,Acc,IoU (ms+flip)")
     assert [r.split(",")[0] for r in rows[1:]] == list(payload["single_scale"]["IoU"])

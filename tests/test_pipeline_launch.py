@@ -50,6 +50,12 @@ stages:
     outs:
       - diff.txt:
           cache: false
+  report:
+    cmd: cp diff.txt report.txt
+    deps: [diff.txt]
+    outs:
+      - report.txt:
+          cache: false
 """
 
 
@@ -78,7 +84,7 @@ def test_parse_gpus():
 def test_dry_run_prints_the_plan_and_runs_nothing(tiny_repo: Path, capsys):
     jobs = launch.launch(["0", "1"], ["a", "b", "c"], repo=tiny_repo, dry_run=True)
     out = capsys.readouterr().out
-    assert "repro prepare" in out and "repro tables diff" in out
+    assert "repro prepare" in out and "repro tables diff report" in out
     assert out.count("--wait-for-lock repro -s train@") == 3
     assert out.count("repro -s evaluate@") == 3
     assert all(j.returncode is None for j in jobs)
@@ -93,6 +99,7 @@ def test_queue_runs_every_config_on_a_fake_gpu(tiny_repo: Path):
     assert {j.config: j.gpu for j in jobs} == seen
     assert set(seen.values()) == {"0", "1"}
     assert (tiny_repo / "diff.txt").read_text().split()[0] == "3"
+    assert (tiny_repo / "report.txt").read_text() == (tiny_repo / "diff.txt").read_text()
     # concurrent dvc processes left a consistent dvc.lock: nothing is stale afterwards
     status = dvc(tiny_repo, "status", "-q")
     assert status.returncode == 0, status.stdout + status.stderr

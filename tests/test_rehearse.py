@@ -421,7 +421,7 @@ def test_rehearsal_with_a_corrupted_mirror_file_fails_in_download(
     )
     assert rc == 1
     receipt = json.loads((out / "receipt.json").read_text())
-    assert not receipt["ok"] and receipt["failure"]["stage"] == "download"
+    assert not receipt["ok"] and receipt["failure"]["stage"] == "download", receipt["failure"]
     assert any(
         "ADEChallengeData2016.zip" in e and "sha256" in e for e in receipt["failure"]["errors"]
     )

@@ -114,7 +114,8 @@ def test_two_clones_one_interpreter_write_only_into_themselves(
         city = receipt(clone, "cityscapes")
         assert city["data_root"] == "data/smoke/cityscapes"
         assert city["counts"] == {"train": train, "val": val}
-        assert receipt(clone, "ade20k")["counts"] == {"training": train, "validation": val}
+        # shrink_smoke keeps at least one ADE20K batch (4 images) to train on
+        assert receipt(clone, "ade20k")["counts"] == {"training": max(train, 4), "validation": val}
         assert str(clone) not in json.dumps(
             [receipt(clone, n) for n in ("downloads", "cityscapes", "ade20k")]
         )

@@ -40,6 +40,7 @@ from dnlrepro.registry import config_names
 logger = logging.getLogger(__name__)
 
 STAGES = ("train", "evaluate", "all")
+SHARED = ("download", "prepare")  # what `dvc repro prepare` runs, before any configuration
 BACKENDS = ("local", "slurm")
 
 
@@ -120,6 +121,18 @@ def _worker(
         )
 
 
+def final_stages(repo: Path) -> list[str]:
+    """The stages after the configurations' (tables, diff, report), in dvc.yaml's order."""
+    result = subprocess.run(
+        dvc_command("stage", "list", "--name-only"),
+        cwd=repo, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"`dvc stage list` failed in {repo}: {result.stderr.strip()[-2000:]}")
+    names = result.stdout.split()
+    return [n for n in names if n not in SHARED and not n.startswith(("train@", "evaluate@"))]
+
+
 def launch(
     gpus: Sequence[str],
     configs: Sequence[str],
@@ -127,14 +140,16 @@ def launch(
     repo: Path | None = None,
     dry_run: bool = False,
     shared: Sequence[str] = ("prepare",),
-    final: Sequence[str] = ("tables", "diff"),
+    final: Sequence[str] | None = None,
     stagger: float = 1.0,
 ) -> list[Job]:
     """Run the plan; returns one :class:`Job` per configuration (``returncode`` None if dry).
 
-    ``repo`` is the workspace the DVC commands run in (default: :func:`workspace.find`).
+    ``repo`` is the workspace the DVC commands run in (default: :func:`workspace.find`);
+    ``final`` the stages run after every configuration (default: :func:`final_stages`).
     """
     repo = repo if repo is not None else workspace.find().root
+    final = final_stages(repo) if final is None and stage == "all" else (final or ())
     if stage not in STAGES:
         raise ValueError(f"--stage {stage!r}; choose one of {', '.join(STAGES)}")
     stages = ("train", "evaluate") if stage == "all" else (stage,)

@@ -134,7 +134,7 @@ def log_to_mlflow(cfg: Config, payload: dict[str, Any], started: float | None = 
         proto = payload["protocol"]
         tracker.set_tags({f"eval.{k}": v for k, v in proto.items() if not isinstance(v, dict)})
         tracker.log_metrics(mlflow_metrics(payload))
-        tracker.log_dict(payload, "metrics.json")
+        tracker.log_dict(payload, "eval.json")  # as results/<config>/eval.json
         rows = per_class_rows(payload)
         with tempfile.TemporaryDirectory() as tmp:
             for fname, text in (

@@ -42,7 +42,7 @@ def all_stages_ran(expected: list[str], runs: list[StageRun]) -> Check:
         "every stage ran",
         not bad,
         f"{len(expected) - len(bad)}/{len(expected)} stages ok"
-        + (f"; not run or failed: {', '.join(bad)}" if bad else ""),
+        + (f"; not run or failed: {_listing(bad)}" if bad else ""),
     )
 
 
@@ -53,6 +53,8 @@ def mirror_served(mirror: Mirror, files: list[MirrorFile], cityscapes: bool = Tr
     detail = f"{len(files) - len(missing)}/{len(files)} files served, {mirror.logins} login(s)"
     if missing:
         detail += f"; never requested: {', '.join(missing)}"
+    if mirror.refused:  # e.g. a 404: the pipeline asked for a URL the mirror does not hold
+        detail += f"; refused: {_listing(mirror.refused, 3)}"
     return Check("downloads came from the mirror, verified", ok, detail)
 
 
@@ -155,3 +157,8 @@ def mlflow_profile(db: Path, profile: str, configs: list[str]) -> Check:
     if missing:
         detail += f"; no run for: {', '.join(missing)}"
     return Check("MLflow runs tagged with the profile", ok, detail)
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

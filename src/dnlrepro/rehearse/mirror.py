@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 HASHES = "expected_sha256.json"
 CITYSCAPES_HOST = urllib.parse.urlsplit(download.CITYSCAPES_URL).netloc
+LOGIN_PATH = f"/{CITYSCAPES_HOST}/login"  # no trailing slash, as cityscapesscripts
 CHUNK = 1 << 20
 
 
@@ -189,7 +190,8 @@ class Mirror:
 def serve(root: Path) -> Iterator[Mirror]:
     """Serve ``root`` on 127.0.0.1 (a free port) while the block runs."""
     mirror = Mirror(root)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(mirror))
+    handler = type("MirrorHandler", (_Handler,), {"mirror": mirror})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     mirror.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
     thread.daemon = True
@@ -203,90 +205,93 @@ def serve(root: Path) -> Iterator[Mirror]:
         thread.join()
 
 
-def _handler(mirror: Mirror) -> type[http.server.BaseHTTPRequestHandler]:
-    login_path = f"/{CITYSCAPES_HOST}/login"
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """GET/POST of the mirror; ``mirror`` is set on a subclass per server (:func:`serve`)."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    protocol_version = "HTTP/1.1"
+    mirror: Mirror
 
-        def log_message(self, fmt: str, *args: object) -> None:
-            logger.debug("mirror: " + fmt, *args)
+    def log_message(self, fmt: str, *args: object) -> None:
+        logger.debug("mirror: " + fmt, *args)
 
-        def do_GET(self) -> None:
-            url = urllib.parse.urlsplit(self.path)
-            if url.path == login_path:  # the login form: only sets the csrf cookie
-                self._reply(200, b"<form>login</form>", [("Set-Cookie", "csrftoken=x; Path=/")])
-                return
-            site = url.path.removeprefix(f"/{CITYSCAPES_HOST}")
-            if site in ("/file-handling/", "/md5-sum/"):
-                self._cityscapes(site, url.query)
-                return
-            self._file(mirror.root / urllib.parse.unquote(url.path).lstrip("/"))
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        if url.path == LOGIN_PATH:  # the login form: only sets the csrf cookie
+            self._reply(200, b"<form>login</form>", [("Set-Cookie", "csrftoken=x; Path=/")])
+            return
+        site = url.path.removeprefix(f"/{CITYSCAPES_HOST}")
+        if site in ("/file-handling/", "/md5-sum/"):
+            self._cityscapes(site, url.query)
+            return
+        self._file(self.mirror.root / urllib.parse.unquote(url.path).lstrip("/"))
 
-        def do_POST(self) -> None:
-            size = int(self.headers.get("Content-Length") or 0)
-            form = urllib.parse.parse_qs(self.rfile.read(size).decode())
-            ok = form.get("username") == [mirror.user] and form.get("password") == [mirror.password]
-            if self.path == login_path and ok and form.get("submit") == ["Login"]:
-                token = secrets.token_hex(16)
-                mirror.sessions.add(token)
-                mirror.logins += 1
-                cookie = [("Set-Cookie", f"sessionid={token}; Path=/"), ("Location", "/")]
-                self._reply(302, b"", cookie)
-            else:  # the site answers a failed login with the form again
-                self._reply(200, b"<html>login failed</html>")
+    def do_POST(self) -> None:
+        size = int(self.headers.get("Content-Length") or 0)
+        form = urllib.parse.parse_qs(self.rfile.read(size).decode())
+        ok = form.get("username") == [self.mirror.user] and form.get("password") == [
+            self.mirror.password
+        ]
+        if self.path == LOGIN_PATH and ok and form.get("submit") == ["Login"]:
+            token = secrets.token_hex(16)
+            self.mirror.sessions.add(token)
+            self.mirror.logins += 1
+            cookie = [("Set-Cookie", f"sessionid={token}; Path=/"), ("Location", "/")]
+            self._reply(302, b"", cookie)
+        else:  # the site answers a failed login with the form again
+            self._reply(200, b"<html>login failed</html>")
 
-        def _cityscapes(self, site: str, query: str) -> None:
-            cookies = self.headers.get("Cookie") or ""
-            if not any(f"sessionid={t}" in cookies for t in mirror.sessions):
-                self._reply(302, b"", [("Location", login_path)])
-                return
-            try:
-                package_id = int(urllib.parse.parse_qs(query)["packageID"][0])
-                name = next(n for n, i in download.CITYSCAPES_PACKAGES.items() if i == package_id)
-            except (KeyError, ValueError, StopIteration):
-                self._reply(404, b"unknown packageID")
-                return
-            path = package_path(mirror.root, package_id, name)
-            if site == "/md5-sum/":
-                self._reply(200, f"{file_digest(path, 'md5')}  {name}\n".encode())
-                return
-            self._file(path, [("Content-Disposition", f"attachment; filename={name}")])
+    def _cityscapes(self, site: str, query: str) -> None:
+        cookies = self.headers.get("Cookie") or ""
+        if not any(f"sessionid={t}" in cookies for t in self.mirror.sessions):
+            self._reply(302, b"", [("Location", LOGIN_PATH)])
+            return
+        try:
+            package_id = int(urllib.parse.parse_qs(query)["packageID"][0])
+            name = next(n for n, i in download.CITYSCAPES_PACKAGES.items() if i == package_id)
+        except (KeyError, ValueError, StopIteration):
+            self._reply(404, b"unknown packageID")
+            return
+        path = package_path(self.mirror.root, package_id, name)
+        if site == "/md5-sum/":
+            self._reply(200, f"{file_digest(path, 'md5')}  {name}\n".encode())
+            return
+        self._file(path, [("Content-Disposition", f"attachment; filename={name}")])
 
-        def _file(self, path: Path, headers: Sequence[tuple[str, str]] = ()) -> None:
-            root = mirror.root.resolve()
-            if not path.is_file() or root not in path.resolve().parents:
-                self._reply(404, b"not in the mirror")
-                return
-            size = path.stat().st_size
-            start = _range_start(self.headers.get("Range"))
-            if start is not None and start >= size:
-                self._reply(416, b"", [("Content-Range", f"bytes */{size}")])
-                return
-            code, start = (206, start) if start is not None else (200, 0)
-            self.send_response(code)
-            for key, value in headers:
-                self.send_header(key, value)
-            if code == 206:
-                self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-            self.send_header("Content-Length", str(size - start))
-            self.end_headers()
-            with open(path, "rb") as f:
-                f.seek(start)
-                shutil.copyfileobj(f, self.wfile, CHUNK)
-            mirror.served[path.name] = mirror.served.get(path.name, 0) + size - start
+    def _file(self, path: Path, headers: Sequence[tuple[str, str]] = ()) -> None:
+        root = self.mirror.root.resolve()
+        if not path.is_file() or root not in path.resolve().parents:
+            self._reply(404, b"not in the mirror")
+            return
+        size = path.stat().st_size
+        start = _range_start(self.headers.get("Range"))
+        if start is not None and start >= size:
+            self._reply(416, b"", [("Content-Range", f"bytes */{size}")])
+            return
+        code, start = (206, start) if start is not None else (200, 0)
+        self.send_response(code)
+        for key, value in headers:
+            self.send_header(key, value)
+        if code == 206:
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.send_header("Content-Length", str(size - start))
+        self.end_headers()
+        served = self.mirror.served
+        with open(path, "rb") as f:
+            f.seek(start)
+            while chunk := f.read(CHUNK):
+                # counted before it is sent: a client that has read every byte sees the count
+                served[path.name] = served.get(path.name, 0) + len(chunk)
+                self.wfile.write(chunk)
 
-        def _reply(self, code: int, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> None:
-            if code >= 400:
-                mirror.refused.append(f"{code} {self.path}")
-            self.send_response(code)
-            for key, value in headers:
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    return Handler
+    def _reply(self, code: int, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> None:
+        if code >= 400:
+            self.mirror.refused.append(f"{code} {self.path}")
+        self.send_response(code)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 def _range_start(header: str | None) -> int | None:

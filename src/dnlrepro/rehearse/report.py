@@ -228,11 +228,13 @@ def render(rec: Receipt, receipt_path: Path) -> str:
         lines += _totals(rec.rows)
     if rec.failure is not None:
         f = rec.failure
-        lines += ["", f"FAILED stage: {f['stage'] or '(none started)'}",
-                  f"  command: {f['command']}", f"  error: {f['error']}",
-                  "  error lines:", *(f"    {line}" for line in f["errors"]),
-                  f"  log (last {LOG_TAIL} lines of the stage; all of it in {f['log']}):",
-                  *(f"    {line}" for line in f["log_tail"])]  # fmt: skip
+        lines += ["", f"FAILED stage: {f['stage'] or '(no stage: the rehearsal itself)'}",
+                  f"  command: {f['command']}", f"  error: {f['error']}"]  # fmt: skip
+        if f["errors"]:
+            lines += ["  error lines:", *(f"    {line}" for line in f["errors"])]
+        if f["log_tail"]:
+            lines.append(f"  log (last {LOG_TAIL} lines of the stage; all of it in {f['log']}):")
+            lines += [f"    {line}" for line in f["log_tail"]]
     verdict = "OK: every stage of the profile ran" if rec.ok else "FAILED"
     lines += ["", f"{verdict} ({rec.seconds:.0f} s). Receipt: {receipt_path}"]
     if rec.scratch:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,7 +64,9 @@ def copy_workspace(src: Path, dest: Path) -> int:
     config = dest / ".dvc" / "config"
     config.parent.mkdir(exist_ok=True)
     text = config.read_text(encoding="utf-8") if config.is_file() else ""
-    if "[core]\n" in text:
+    if re.search(r"^\s*no_scm\s*=", text, re.MULTILINE):
+        text = re.sub(r"^(\s*no_scm\s*=).*$", r"\1 true", text, flags=re.MULTILINE)
+    elif "[core]\n" in text:
         text = text.replace("[core]\n", "[core]\n    no_scm = true\n", 1)
     else:
         text += "[core]\n    no_scm = true\n"

@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dnlrepro.launch import dvc_command
+from dnlrepro.launch import SHARED, dvc_command
 
-SHARED = ("download", "prepare")  # what `dvc repro prepare` runs, before any configuration
 CPUS_PER_GPU = 5  # mmseg's tools/slurm_train.sh default (CPUS_PER_TASK=5 per GPU task)
 
 
@@ -67,18 +66,6 @@ def stale_stages(repo: Path) -> set[str]:
             "(e.g. `dvc status` there) before launching"
         )
     return set(json.loads(result.stdout or "{}"))
-
-
-def final_stages(repo: Path) -> list[str]:
-    """The stages after the configurations' (tables, diff, ...), in dvc.yaml's order."""
-    result = subprocess.run(
-        dvc_command("stage", "list", "--name-only"),
-        cwd=repo, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise RuntimeError(f"`dvc stage list` failed in {repo}: {result.stderr.strip()[-2000:]}")
-    names = result.stdout.split()
-    return [n for n in names if n not in SHARED and not n.startswith(("train@", "evaluate@"))]
 
 
 def options(kind: str, res: Resources) -> list[str]:
