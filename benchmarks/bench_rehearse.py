@@ -30,7 +30,8 @@ def group(stage: str) -> str:
         return stage.split("@", 1)[0]
     if stage in ("tables", "diff", "report"):
         return "reports"
-    return stage if stage in ("download", "prepare") else "set-up"
+    kind = stage.split("@", 1)[0]  # download@cityscapes -> download
+    return kind if kind in ("download", "prepare") else "set-up"
 
 
 def bench(profile: str, out: Path) -> dict[str, object]:

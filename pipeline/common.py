@@ -52,14 +52,20 @@ def run_stage(main: Callable[[], int]) -> int:
     return run_reporting(f"stage {stage}", main, bool(os.environ.get("DNLREPRO_DEBUG")))
 
 
-def smoke_archives(ws: Workspace) -> Path:
-    """Where the synthetic archives go: inside the download stage's output folder."""
-    return ws.downloads / "smoke"
+def dataset_arg() -> str:
+    """The stage's dataset (``download@cityscapes`` runs ``download.py cityscapes``)."""
+    if len(sys.argv) != 2 or sys.argv[1] not in DATASETS:
+        raise SystemExit(f"usage: {Path(sys.argv[0]).name} DATASET; DATASET is one of "
+                         f"{', '.join(DATASETS)}")  # fmt: skip
+    return sys.argv[1]
 
 
-def archives(ws: Workspace, profile: Profile) -> Path:
-    synthetic = profile.settings.data_source == "synthetic"
-    return smoke_archives(ws) if synthetic else ws.downloads
+def archives(ws: Workspace, profile: Profile, dataset: str) -> Path:
+    """Where a dataset's archives are: ``downloads/<dataset>`` (the stage's output folder),
+    and its ``synthetic/`` subfolder for a profile with synthetic data, so switching profiles
+    never mixes synthetic archives with real ones of the same name."""
+    folder = ws.downloads / dataset
+    return folder / "synthetic" if profile.settings.data_source == "synthetic" else folder
 
 
 def torchrun(profile: Profile, *argv: str) -> None:

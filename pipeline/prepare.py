@@ -1,11 +1,13 @@
-"""DVC stage ``prepare``: extract + convert + validate both datasets, create the MLflow DB.
+"""DVC stage ``prepare@<dataset>``: extract + convert + validate one dataset, create the MLflow DB.
 
-Archives come from the download stage, the data root from the profile's configurations. The
-``data/`` folder is the stage's ``cache: false, persist: true`` output (so a fresh clone
-re-creates it); ``results/data/<dataset>.json`` is a small committed digest of the prepared files
-(from ``<data-root>/manifest.json``, without its timestamps) that train/evaluate of that dataset
-depend on, so they re-run exactly when their prepared data changes. The MLflow store is created
-here because the sqlite DB must exist and be migrated before parallel training stages touch it.
+Archives come from ``download@<dataset>``, the data root from the profile's configurations
+(paper: ``data/cityscapes``, ``data/ade/ADEChallengeData2016`` as in mmseg; synthetic profiles:
+a ``synthetic/`` subfolder of those). The dataset's data folder is the stage's ``cache: false,
+persist: true`` output (so a fresh clone re-creates it); ``results/data/<dataset>.json`` is a
+small committed digest of the prepared files (from ``<data-root>/manifest.json``, without its
+timestamps) that train/evaluate of that dataset depend on, so they re-run exactly when their
+prepared data changes. The MLflow store is created here because the sqlite DB must exist and be
+migrated before parallel training stages touch it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hashlib
 import json
 import os
 
-from common import DATASETS, archives, run_stage, setup
+from common import archives, dataset_arg, run_stage, setup
 from dnlrepro.config import load_config
 from dnlrepro.data.prepare import REAL_COUNTS, prepare
 from dnlrepro.engine.tracking import init_db
@@ -23,30 +25,30 @@ from dnlrepro.registry import names_of
 
 
 def main() -> int:
+    dataset = dataset_arg()
     ws, profile = setup()
-    for dataset in DATASETS:
-        # Every configuration of a dataset shares its data root (test_config checks it).
-        root = ws.path(load_config(names_of(dataset, ws)[0], profile, ws=ws).data.data_root)
-        if profile.settings.data_source == "synthetic":
-            sizes = getattr(profile.synthetic_or_fail(), dataset)
-            expect = (sizes.train, sizes.val)  # known exactly
-        elif profile.settings.expected_counts is not None:  # a rehearsal's miniatures
-            expect = getattr(profile.settings.expected_counts, dataset)
-        else:
-            expect = REAL_COUNTS[dataset]
-        nproc = min(8, os.cpu_count() or 1)
-        manifest = prepare(dataset, archives(ws, profile), root, expect, nproc=nproc)
-        # The per-file sha256 list identifies the data; archive mtimes in the manifest do not.
-        files = manifest.get("files", manifest)
-        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-        receipt = {
-            "profile": profile.name,
-            "data_root": ws.relative(root),
-            "counts": manifest.get("counts"),
-            "files": len(files),
-            "files_sha256": digest,
-        }
-        write_json(ws.results / "data" / f"{dataset}.json", receipt, sort_keys=True)
+    # Every configuration of a dataset shares its data root (test_config checks it).
+    root = ws.path(load_config(names_of(dataset, ws)[0], profile, ws=ws).data.data_root)
+    if profile.settings.data_source == "synthetic":
+        sizes = getattr(profile.synthetic_or_fail(), dataset)
+        expect = (sizes.train, sizes.val)  # known exactly
+    elif profile.settings.expected_counts is not None:  # a rehearsal's miniatures
+        expect = getattr(profile.settings.expected_counts, dataset)
+    else:
+        expect = REAL_COUNTS[dataset]
+    nproc = min(8, os.cpu_count() or 1)
+    manifest = prepare(dataset, archives(ws, profile, dataset), root, expect, nproc=nproc)
+    # The per-file sha256 list identifies the data; archive mtimes in the manifest do not.
+    files = manifest.get("files", manifest)
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    receipt = {
+        "profile": profile.name,
+        "data_root": ws.relative(root),
+        "counts": manifest.get("counts"),
+        "files": len(files),
+        "files_sha256": digest,
+    }
+    write_json(ws.results / "data" / f"{dataset}.json", receipt, sort_keys=True)
     init_db()
     return 0
 

@@ -226,7 +226,10 @@ def test_smoke_profile_keeps_family_structure():
         assert smoke.model.decode_head == paper.model.decode_head
         assert smoke.model.backbone.pretrained is None
         assert smoke.schedule.max_iters < paper.schedule.max_iters
-        assert smoke.data.data_root.startswith("data/smoke/")
+        # synthetic data: a subfolder of the dataset's folder (the prepare stage's output)
+        assert "/synthetic" in smoke.data.data_root
+        folder = "/".join(paper.data.data_root.split("/")[:2])  # data/cityscapes, data/ade
+        assert smoke.data.data_root.startswith(f"{folder}/synthetic")
         assert smoke.test.mode == paper.test.mode
         if "_769x769_" in name:  # 8x+1 sizes keep align_corners=True meaningful
             assert all((s - 1) % 8 == 0 for s in smoke.data.crop_size)

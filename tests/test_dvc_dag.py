@@ -60,7 +60,8 @@ def test_foreach_stages_are_the_registry_rows():
     from dvc.repo import Repo
 
     definition = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    assert definition["vars"] == ["params/published.yaml:configs"]
+    assert definition["vars"][0] == "params/published.yaml:configs"
+    assert set(definition["vars"][1]["datasets"]) == {"cityscapes", "ade20k"}
     for stage in ("train", "evaluate"):
         assert definition["stages"][stage]["foreach"] == "${configs}"
 
@@ -91,8 +92,10 @@ def test_stage_names_follow_the_mmseg_config_names():
     assert result.returncode == 0, result.stderr
     names = result.stdout.split()
     expected = [
-        "download",
-        "prepare",
+        "download@cityscapes",
+        "download@ade20k",
+        "prepare@cityscapes",
+        "prepare@ade20k",
         *(f"train@{n}" for n in NAMES),
         *(f"evaluate@{n}" for n in NAMES),
         "tables",
@@ -239,9 +242,9 @@ def test_a_13th_configuration_is_one_params_file_and_one_registry_entry(
         assert dag.returncode == 0, dag.stderr
         edges = set(re.findall(r'"([^"]+)" -> "([^"]+)"', dag.stdout))
         assert edges == {
-            ("download", "prepare"),
-            ("prepare", f"train@{NEW}"),
-            ("prepare", f"evaluate@{NEW}"),
+            ("download@cityscapes", "prepare@cityscapes"),
+            ("prepare@cityscapes", f"train@{NEW}"),
+            ("prepare@cityscapes", f"evaluate@{NEW}"),
             (f"train@{NEW}", f"evaluate@{NEW}"),
         }
 
@@ -257,3 +260,32 @@ def test_a_13th_configuration_is_one_params_file_and_one_registry_entry(
         new_file.unlink(missing_ok=True)
         registry.write_text(original)
     assert changed_stages(locked_copy) == set()
+
+
+def test_each_dataset_downloads_and_prepares_on_its_own():
+    """ADE20K rows need no Cityscapes stage (no login), and every profile's data root lies in
+    the output folder of its dataset's prepare stage (so a fresh clone re-creates it)."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    from dnlrepro.config import PROFILES
+
+    with Repo(str(REPO)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        stages = {s.addressing: s for s in graph.nodes}
+        for name in NAMES:
+            dataset = load_published().configs[name].dataset
+            other = "ade20k" if dataset == "cityscapes" else "cityscapes"
+            upstream = {s.addressing for s in nx.descendants(graph, stages[f"evaluate@{name}"])}
+            assert {f"download@{dataset}", f"prepare@{dataset}"} <= upstream
+            assert not {f"download@{other}", f"prepare@{other}"} & upstream, name
+        data_out = {
+            d: [o.def_path for o in stages[f"prepare@{d}"].outs if o.def_path.startswith("data/")]
+            for d in ("cityscapes", "ade20k")
+        }
+    for profile in PROFILES:
+        for name in NAMES:
+            cfg = load_config(name, profile)
+            (folder,) = data_out[cfg.data.dataset]
+            root = cfg.data.data_root
+            assert root == folder or root.startswith(f"{folder}/"), (profile, name, folder)

@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The fewest rows the DAG runs with: `prepare` reads each dataset's data root from a row of it.
 ROWS = ("dnl_r50-d8_512x1024_40k_cityscapes", "dnl_r50-d8_512x512_80k_ade20k")
 PER_ROW = {f"{stage}@{row}" for stage in ("train", "evaluate") for row in ROWS}
+SHARED = {f"{stage}@{d}" for stage in ("download", "prepare") for d in ("cityscapes", "ade20k")}
 # What git tracks and the pipeline writes: a teammate's clone must keep these byte-identical.
 COMMITTED = ("dvc.lock", "results", "timings", "reports")
 
@@ -108,11 +109,12 @@ def digests(root: Path, parts: tuple[str, ...] = COMMITTED) -> dict[str, str]:
 
 
 def without_data_hash(lock: Path) -> dict:
-    """``dvc.lock`` without the prepare stage's hash of ``data/``."""
+    """``dvc.lock`` without the prepare stages' hashes of their ``data/`` folders."""
     stages = yaml.safe_load(lock.read_text())["stages"]
-    for out in stages["prepare"]["outs"]:
-        if out["path"] == "data":
-            del out["md5"]
+    for name, stage in stages.items():
+        for out in stage.get("outs", []) if name.startswith("prepare@") else []:
+            if out["path"].startswith("data/"):
+                del out["md5"]
     return stages
 
 
@@ -169,7 +171,7 @@ def origin(tmp_path_factory: pytest.TempPathFactory, clone_repo, shrink_smoke) -
 
 
 def test_switch_runs_the_whole_dag_under_the_new_profile(origin: Origin) -> None:
-    assert stages_run(origin.switch) >= {"download", "prepare", *PER_ROW, "tables", "diff"}
+    assert stages_run(origin.switch) >= {*SHARED, *PER_ROW, "tables", "diff", "report"}
     text = (origin.root / "params.yaml").read_text()
     assert re.search(r"(?m)^profile: smoke$", text)
     assert text.startswith("# The one switch of the pipeline")  # comments kept
@@ -212,7 +214,7 @@ def test_fresh_clone_pull_and_repro_runs_no_training(origin: Origin, tmp_path: P
     # archives, the prepared data): same bytes, so no training, evaluation or report re-runs.
     start = time.monotonic()
     plain = dvc(mate, "repro")
-    assert stages_run(plain) == {"download", "prepare"}, plain.stdout
+    assert stages_run(plain) == SHARED, plain.stdout
     assert digests(mate, ("results", "timings", "reports")) == {
         k: v for k, v in committed.items() if k != "dvc.lock"
     }
@@ -229,7 +231,7 @@ def test_switch_to_paper_plans_every_stage(origin: Origin) -> None:
     sh(origin.root, switch_command("paper"))
     try:
         planned = dvc(origin.root, "repro", "--dry")
-        assert stages_run(planned) >= {"download", "prepare", *PER_ROW, "tables", "diff"}
+        assert stages_run(planned) >= {*SHARED, *PER_ROW, "tables", "diff", "report"}
         assert "profile: paper" in git(origin.root, "diff", "params.yaml")
         assert digests(origin.root, (*COMMITTED, "params")) == before  # --dry wrote nothing
     finally:

@@ -58,6 +58,8 @@ stages:
           cache: false
 """
 
+SHARED = ("prepare",)  # the tiny DAG's shared stage (the real one: prepare@<dataset>)
+
 
 def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -82,7 +84,7 @@ def test_parse_gpus():
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(tiny_repo: Path, capsys):
-    jobs = launch.launch(["0", "1"], ["a", "b", "c"], repo=tiny_repo, dry_run=True)
+    jobs = launch.launch(["0", "1"], ["a", "b", "c"], repo=tiny_repo, dry_run=True, shared=SHARED)
     out = capsys.readouterr().out
     assert "repro prepare" in out and "repro tables diff report" in out
     assert out.count("--wait-for-lock repro -s train@") == 3
@@ -92,7 +94,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tiny_repo: Path, capsys):
 
 
 def test_queue_runs_every_config_on_a_fake_gpu(tiny_repo: Path):
-    jobs = launch.launch(["0", "1"], ["a", "b", "c"], repo=tiny_repo, stagger=0.2)
+    jobs = launch.launch(["0", "1"], ["a", "b", "c"], repo=tiny_repo, stagger=0.2, shared=SHARED)
     assert [j.returncode for j in jobs] == [0, 0, 0]
     seen = {c: (tiny_repo / f"gpu_{c}.txt").read_text() for c in "abc"}
     # every stage saw exactly the GPU its worker owns, and both workers took work
@@ -108,7 +110,17 @@ def test_queue_runs_every_config_on_a_fake_gpu(tiny_repo: Path):
 
 def test_failed_stage_is_reported_and_skips_the_reports(tiny_repo: Path):
     (tiny_repo / "dvc.yaml").write_text(TINY_DAG.replace("cp gpu_${key}.txt", "false && cp x"))
-    jobs = launch.launch(["0"], ["a"], repo=tiny_repo, stagger=0)
+    jobs = launch.launch(["0"], ["a"], repo=tiny_repo, stagger=0, shared=SHARED)
     assert jobs[0].returncode not in (0, None)
     assert "FAILED" in launch.summary(jobs)
     assert not (tiny_repo / "table.txt").exists()
+
+
+def test_shared_stages_are_the_launched_datasets_prepare():
+    from dnlrepro.registry import names_of
+
+    ade, city = names_of("ade20k"), names_of("cityscapes")
+    assert launch.shared_stages(ade[:2]) == ["prepare@ade20k"]  # no Cityscapes login needed
+    assert launch.shared_stages([city[0], ade[0]]) == ["prepare@cityscapes", "prepare@ade20k"]
+    assert launch.is_shared("download@cityscapes") and launch.is_shared("prepare")
+    assert not launch.is_shared("train@x") and not launch.is_shared("report")

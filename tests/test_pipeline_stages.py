@@ -23,13 +23,22 @@ def test_download_fetches_what_it_can_and_fails_in_one_line(tmp_path: Path):
     synth.write_ade20k(local, 2, 1, min_size=32, max_size=48, seed=0)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CITYSCAPES_", "DNLREPRO_"))}
     env["DNLREPRO_LOCAL_DATA"] = str(local)
-    proc = subprocess.run(
-        [sys.executable, "pipeline/download.py"], cwd=ws, env=env, capture_output=True, text=True
-    )
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    (line,) = [x for x in proc.stderr.splitlines() if "error" in x]
-    assert line.startswith("stage download: error: cityscapes: ")
+
+    def stage(*argv: str) -> tuple[int, list[str]]:
+        cmd = [sys.executable, "pipeline/download.py", *argv]
+        proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, check=False)
+        assert "Traceback" not in proc.stderr
+        return proc.returncode, [
+            x for x in proc.stderr.splitlines() if "error" in x or "usage" in x
+        ]
+
+    rc, (line,) = stage("cityscapes")
+    assert rc == 1 and line.startswith("stage download: error: cityscapes: ")
     assert "; pretrained: " in line and "resnet50_v1c" in line
-    # ADE20K was fetched all the same: its rows need no Cityscapes credentials.
-    assert (ws / "downloads" / "ADEChallengeData2016.zip").is_file()
+    assert "dvc repro --keep-going" in line  # the ADE20K rows can go on without it
+    rc, (line,) = stage("ade20k")  # no backbones at hand either
+    assert rc == 1 and line.startswith("stage download: error: pretrained: ")
+    # ADE20K was fetched all the same (per-dataset folder): its rows need no Cityscapes login.
+    assert (ws / "downloads" / "ade20k" / "ADEChallengeData2016.zip").exists()
+    rc, (line,) = stage("coco")
+    assert rc == 1 and "DATASET is one of cityscapes, ade20k" in line

@@ -24,7 +24,7 @@ from dnlrepro import workspace
 from dnlrepro.config import load_config
 from dnlrepro.data import download as dl
 from dnlrepro.profile import load_profile
-from dnlrepro.registry import config_names
+from dnlrepro.registry import config_names, names_of
 from dnlrepro.rehearse import checks, cost, mirror, report, run, shrink, stages
 from dnlrepro.workspace import Workspace
 
@@ -229,6 +229,48 @@ def test_corrupted_mirror_file_fails_verification(mirror_env, tmp_path: Path) ->
     assert not (tmp_path / "dl" / files[-1].name).exists()
 
 
+def test_ade20k_downloads_without_a_cityscapes_login(tmp_path: Path) -> None:
+    """``download@ade20k`` of profile paper needs no Cityscapes account; ``download@cityscapes``
+    without one fails with one clear line and no traceback (issue: first run)."""
+    root = tmp_path / "mirror"
+    files = _fake_mirror(root)
+    for name in dl.pretrained_for(names_of("ade20k")):  # the ADE20K rows' ImageNet backbones
+        url = dl.PRETRAINED_URLS[name]
+        path = mirror.local_path(root, url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(name.encode() * 100)  # any bytes: the mirror's own sha256 is checked
+        files.append(mirror.MirrorFile(path.name, url, path, dl.file_digest(path)))
+    (root / mirror.HASHES).write_text(json.dumps({f.name: f.sha256 for f in files}))
+    ws = tmp_path / "ws"
+    run.copy_workspace(Path(__file__).resolve().parents[1], ws)
+    (ws / "params.yaml").write_text("profile: paper\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CITYSCAPES_", "DNLREPRO_"))}
+    env.pop("DVC_ROOT", None)
+    with mirror.serve(root) as served:
+        env.update(DNLREPRO_MIRROR=served.url, no_proxy="127.0.0.1", NO_PROXY="127.0.0.1",
+                   DNLREPRO_EXPECTED_SHA256=str(root / mirror.HASHES),
+                   PYTHONPATH=str(ws / "src"))  # fmt: skip
+
+        def stage(dataset: str) -> subprocess.CompletedProcess:
+            cmd = [sys.executable, "pipeline/download.py", dataset]
+            return subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=300)
+
+        ade = stage("ade20k")
+        assert ade.returncode == 0, ade.stderr[-3000:]
+        city = stage("cityscapes")
+    receipt = json.loads((ws / "results/data/downloads/ade20k.json").read_text())
+    assert receipt["folder"] == "downloads/ade20k" and receipt["profile"] == "paper"
+    assert list(receipt["files"]) == ["ADEChallengeData2016.zip"]
+    assert len(receipt["weights"]) == len(dl.pretrained_for(names_of("ade20k"))) == 2
+    assert (ws / "downloads/ade20k/ADEChallengeData2016.zip").read_bytes() == files[
+        2
+    ].path.read_bytes()
+    assert city.returncode == 1
+    assert "CITYSCAPES_USERNAME" in city.stderr and "Traceback" not in city.stderr, city.stderr
+    assert "dvc repro --keep-going" in city.stderr  # how to go on with the ADE20K rows
+    assert served.logins == 0 and not (ws / "results/data/downloads/cityscapes.json").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Running DVC: stage parsing, the planned kill, failures
 # ---------------------------------------------------------------------------------------------
@@ -421,10 +463,11 @@ def test_rehearsal_with_a_corrupted_mirror_file_fails_in_download(
     )
     assert rc == 1
     receipt = json.loads((out / "receipt.json").read_text())
-    assert not receipt["ok"] and receipt["failure"]["stage"] == "download", receipt["failure"]
+    failure = receipt["failure"]
+    assert not receipt["ok"] and failure["stage"] == "download@ade20k", failure
     assert any(
         "ADEChallengeData2016.zip" in e and "sha256" in e for e in receipt["failure"]["errors"]
     )
-    assert "FAILED stage: download" in capsys.readouterr().out
+    assert "FAILED stage: download@ade20k" in capsys.readouterr().out
     after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert after == before  # the user's workspace is untouched (receipt went to --out)

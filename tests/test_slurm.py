@@ -65,11 +65,17 @@ def test_plan_submits_only_stale_stages_with_dependencies():
     for job in jobs:
         assert {"--partition=gpu", "--time=1:00:00", "--qos=high"} <= set(job.options)
 
-    # a stale shared stage: prepare first, every configuration after it
-    jobs, skipped = plan.plan_jobs(configs, "train", {"prepare"}, res, FINAL)
+    # a stale shared stage of a launched dataset: prepare first, every configuration after it
+    prepare = ("prepare@ade20k",)  # launch.shared_stages of ADE20K rows
+    jobs, skipped = plan.plan_jobs(configs, "train", {"download@ade20k"}, res, FINAL, prepare)
     assert [j.name for j in jobs] == ["prepare", "train@a", "train@b", "train@c"]
     assert all(j.after == ["prepare"] for j in jobs[1:]) and skipped == []
-    assert jobs[0].command[-2:] == ["repro", "prepare"]
+    assert jobs[0].command[-2:] == ["repro", "prepare@ade20k"]
+    # another dataset's stale download (no Cityscapes login) does not hold ADE20K rows back
+    jobs, _ = plan.plan_jobs(
+        configs, "train", {"download@cityscapes", "train@a"}, res, FINAL, prepare
+    )
+    assert [j.name for j in jobs] == ["train@a"] and jobs[0].after == []
     everything = [f"{stage}@{c}" for c in configs for stage in ("train", "evaluate")]
     assert plan.plan_jobs(configs, "all", set(), res, FINAL) == ([], everything)
 

@@ -74,6 +74,7 @@ def snapshot(root: Path, parts: tuple[str, ...] = WRITTEN) -> dict[str, tuple]:
 
 
 def receipt(root: Path, name: str) -> dict:
+    """``results/data/<name>.json``; ``downloads/ade20k`` names a download receipt."""
     return json.loads((root / "results" / "data" / f"{name}.json").read_text())
 
 
@@ -98,26 +99,29 @@ def test_two_clones_one_interpreter_write_only_into_themselves(
 
     for clone, (train, val), other in ((a, (2, 1), b), (b, (3, 2), a)):
         other_before = snapshot(other)
-        result = run(clone, "-m", "dvc", "repro", "download", "prepare")
-        assert stages_run(result) == ["download", "prepare"]
+        result = run(clone, "-m", "dvc", "repro", "prepare")  # both prepare@ and their downloads
+        assert set(stages_run(result)) == {
+            f"{kind}@{d}" for kind in ("download", "prepare") for d in ("cityscapes", "ade20k")
+        }
         assert f"workspace {clone.resolve()}, profile smoke" in result.stdout + result.stderr
-        assert {p.name for p in (clone / "downloads" / "smoke").iterdir()} >= {
+        assert {p.name for p in (clone / "downloads" / "cityscapes" / "synthetic").iterdir()} == {
             "gtFine_trainvaltest.zip",
             "leftImg8bit_trainvaltest.zip",
-            "ADEChallengeData2016.zip",
         }
-        assert (clone / "data" / "smoke" / "cityscapes").is_dir()
-        assert (clone / "data" / "smoke" / "ade" / "ADEChallengeData2016").is_dir()
+        ade_archives = clone / "downloads" / "ade20k" / "synthetic"
+        assert {p.name for p in ade_archives.iterdir()} == {"ADEChallengeData2016.zip"}
+        assert (clone / "data" / "cityscapes" / "synthetic").is_dir()
+        assert (clone / "data" / "ade" / "synthetic" / "ADEChallengeData2016").is_dir()
         assert (clone / "mlflow.db").is_file()  # the store of this workspace ($DVC_ROOT)
         # Committed receipts name workspace-relative paths and this clone's sizes.
-        assert receipt(clone, "downloads")["folder"] == "downloads/smoke"
+        assert receipt(clone, "downloads/cityscapes")["folder"] == "downloads/cityscapes/synthetic"
         city = receipt(clone, "cityscapes")
-        assert city["data_root"] == "data/smoke/cityscapes"
+        assert city["data_root"] == "data/cityscapes/synthetic"
         assert city["counts"] == {"train": train, "val": val}
         # shrink_smoke keeps at least one ADE20K batch (4 images) to train on
         assert receipt(clone, "ade20k")["counts"] == {"training": max(train, 4), "validation": val}
         assert str(clone) not in json.dumps(
-            [receipt(clone, n) for n in ("downloads", "cityscapes", "ade20k")]
+            [receipt(clone, n) for n in ("downloads/cityscapes", "downloads/ade20k", "cityscapes")]
         )
         assert snapshot(other) == other_before  # the other clone is untouched
         if clone == a:
@@ -154,7 +158,13 @@ def test_dvc_exp_run_temp_records_the_experiment_and_leaves_the_parent_alone(
     result = run(
         repo, "-m", "dvc", "exp", "run", "--temp", "-n", "one-image", "-S", setting, target
     )
-    assert stages_run(result) == ["download", "prepare", f"train@{CFG}", target]
+    dataset = CFG.rsplit("_", 1)[1]  # only this row's dataset is downloaded and prepared
+    assert stages_run(result) == [
+        f"download@{dataset}",
+        f"prepare@{dataset}",
+        f"train@{CFG}",
+        target,
+    ]
     temp = re.search(r"workspace (\S+), profile smoke", result.stdout + result.stderr)
     assert temp, result.stdout[-3000:]
     assert Path(temp.group(1)).is_relative_to(repo / ".dvc" / "tmp" / "exps")
@@ -278,10 +288,10 @@ def test_wheel_install_works_from_a_clone(tmp_path: Path, clone_repo) -> None:
     shown = probe("module", "dnlrepro.cli", "show-config", "--config", CFG, "--flat")
     assert "schedule.lr: 0.0123" in shown  # the clone's params, not the checkout's
 
-    probe("path", "pipeline/download.py", path=f"{site}{os.pathsep}{clone / 'pipeline'}")
-    archives = {p.name for p in (clone / "downloads" / "smoke").iterdir()}
-    assert "ADEChallengeData2016.zip" in archives
-    assert receipt(clone, "downloads")["folder"] == "downloads/smoke"
+    probe("path", "pipeline/download.py", "ade20k", path=f"{site}{os.pathsep}{clone / 'pipeline'}")
+    archives = {p.name for p in (clone / "downloads" / "ade20k" / "synthetic").iterdir()}
+    assert archives == {"ADEChallengeData2016.zip"}
+    assert receipt(clone, "downloads/ade20k")["folder"] == "downloads/ade20k/synthetic"
 
     table = clone / "reports" / "cityscapes.md"
     table.unlink()

@@ -4,13 +4,15 @@ DVC runs one stage at a time per ``dvc repro``; it does, however, release the re
 while a stage command runs, so several ``dvc repro -s STAGE`` processes can share one workspace
 (verified with dvc 3.67; docs/pipeline.md, "Parallel runs"). The launcher does exactly that:
 
-1. the shared stages first, serially: ``dvc repro prepare`` (download + prepare + MLflow DB);
-   a stale shared upstream would otherwise make the parallel runs fail with "is busy";
+1. the shared stages first, serially: ``dvc repro prepare@<dataset>`` for the datasets of the
+   launched configurations (download + prepare + MLflow DB; ADE20K rows alone need no
+   Cityscapes login); a stale shared upstream would otherwise make the parallel runs fail with
+   "is busy";
 2. a queue of configurations; one worker per GPU runs
    ``CUDA_VISIBLE_DEVICES=<gpu> dvc --wait-for-lock repro -s train@<config>`` (and, with
    ``--stage all``, ``evaluate@<config>`` on the same GPU); when it finishes, the worker takes the
    next configuration;
-3. ``dvc repro tables diff`` serially, then a summary (exit 1 if any stage failed).
+3. ``dvc repro tables diff report`` serially, then a summary (exit 1 if any stage failed).
 
 ``--dry-run`` prints the plan without running anything. A worker uses one GPU, so with the
 ``paper`` profile set ``nproc_per_node: 1`` or give each worker a GPU group (``--gpus 0-3,4-7``
@@ -35,12 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dnlrepro import workspace
-from dnlrepro.registry import config_names
+from dnlrepro.registry import config_names, load_published
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("train", "evaluate", "all")
-SHARED = ("download", "prepare")  # what `dvc repro prepare` runs, before any configuration
+# the per-dataset stages (download@<dataset>, prepare@<dataset>) every configuration builds on
+SHARED = ("download", "prepare")
 BACKENDS = ("local", "slurm")
 
 
@@ -130,7 +133,20 @@ def final_stages(repo: Path) -> list[str]:
     if result.returncode != 0:
         raise RuntimeError(f"`dvc stage list` failed in {repo}: {result.stderr.strip()[-2000:]}")
     names = result.stdout.split()
-    return [n for n in names if n not in SHARED and not n.startswith(("train@", "evaluate@"))]
+    return [n for n in names if not is_shared(n) and not n.startswith(("train@", "evaluate@"))]
+
+
+def is_shared(stage: str) -> bool:
+    """``download@ade20k`` / ``prepare@cityscapes`` (or a group name): a shared stage."""
+    return stage.split("@", 1)[0] in SHARED
+
+
+def shared_stages(configs: Sequence[str], ws: workspace.Workspace | None = None) -> list[str]:
+    """``prepare@<dataset>`` for the datasets of ``configs`` (registry order of first use);
+    ``dvc repro`` of them runs their ``download@<dataset>`` too."""
+    rows = load_published((ws or workspace.find()).registry_file).configs
+    datasets = dict.fromkeys(rows[c].dataset for c in configs if c in rows)
+    return [f"prepare@{d}" for d in datasets]
 
 
 def launch(
@@ -139,16 +155,19 @@ def launch(
     stage: str = "all",
     repo: Path | None = None,
     dry_run: bool = False,
-    shared: Sequence[str] = ("prepare",),
+    shared: Sequence[str] | None = None,
     final: Sequence[str] | None = None,
     stagger: float = 1.0,
 ) -> list[Job]:
     """Run the plan; returns one :class:`Job` per configuration (``returncode`` None if dry).
 
     ``repo`` is the workspace the DVC commands run in (default: :func:`workspace.find`);
-    ``final`` the stages run after every configuration (default: :func:`final_stages`).
+    ``shared`` the stages run before them (default: :func:`shared_stages`), ``final`` those
+    run after every configuration (default: :func:`final_stages`).
     """
     repo = repo if repo is not None else workspace.find().root
+    if shared is None:
+        shared = shared_stages(configs, workspace.Workspace(repo))
     final = final_stages(repo) if final is None and stage == "all" else (final or ())
     if stage not in STAGES:
         raise ValueError(f"--stage {stage!r}; choose one of {', '.join(STAGES)}")

@@ -181,9 +181,11 @@ def _our_title(metric: str, meas: Measured) -> str:
         if not b:
             return "not benchmarked yet"
         if b.get("device") != "cuda":  # results.load_measured: not the published quantity
+            # no number here: the page must not change with the machine's load (the timings
+            # are kept apart, in timings/, so a re-run leaves results/ and reports/ identical)
             return (
-                f"{device_of(meas) or '?'}: {b.get('fps', '?')} fps, a CPU timing, not shown "
-                f"against the V100 column (timings/{meas.name}/speed.json)"
+                f"measured on {device_of(meas) or '?'}: a CPU timing, not shown against the "
+                f"V100 column (timings/{meas.name}/speed.json)"
             )
         return (
             f"{device_of(meas) or '?'}: {b.get('num_images', '?')} images after "

@@ -1,8 +1,9 @@
 """The Slurm backend of ``dnlrepro launch``: the twelve rows as sbatch jobs on a cluster.
 
 ``dnlrepro launch --backend slurm`` submits one job per DVC stage still to run (``dvc status``):
-``prepare`` when a shared stage is stale, ``train@X`` per configuration, ``evaluate@X`` after it
-(``afterok``) and ``reports`` (tables + diff) after all of them. Every job runs the local
+``prepare`` when a download/prepare stage of the launched datasets is stale, ``train@X`` per
+configuration, ``evaluate@X`` after it (``afterok``) and ``reports`` (tables, diff, report) after
+all of them. Every job runs the local
 launcher's command, ``dvc --wait-for-lock repro -s STAGE``, in the shared workspace; training
 goes through ``srun`` + torchrun over the job's nodes when the profile uses torchrun.
 

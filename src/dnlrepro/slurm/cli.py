@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dnlrepro.launch import final_stages
+from dnlrepro.launch import final_stages, shared_stages
 from dnlrepro.profile import Profile, read_params
 from dnlrepro.slurm import plan, queue
 from dnlrepro.slurm.scripts import write_scripts
@@ -110,7 +110,8 @@ def main(args: argparse.Namespace, ws: Workspace, configs: Sequence[str]) -> int
     profile = read_params(ws)
     res = resources(args, profile)
     stale, final = plan.stale_stages(ws.root), final_stages(ws.root)
-    jobs, skipped = plan.plan_jobs(configs, args.stage, stale, res, final)
+    prepare = shared_stages(configs, ws)
+    jobs, skipped = plan.plan_jobs(configs, args.stage, stale, res, final, prepare)
     if skipped:
         logger.info("up to date (dvc status), not submitted: %s", ", ".join(skipped))
     if not jobs:

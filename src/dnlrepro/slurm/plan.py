@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dnlrepro.launch import SHARED, dvc_command
+from dnlrepro.launch import dvc_command, is_shared
 
 CPUS_PER_GPU = 5  # mmseg's tools/slurm_train.sh default (CPUS_PER_TASK=5 per GPU task)
 
@@ -87,20 +87,31 @@ def options(kind: str, res: Resources) -> list[str]:
 
 
 def plan_jobs(
-    configs: Sequence[str], stage: str, stale: set[str], res: Resources, final: Sequence[str]
+    configs: Sequence[str],
+    stage: str,
+    stale: set[str],
+    res: Resources,
+    final: Sequence[str],
+    prepare: Sequence[str] = ("prepare",),
 ) -> tuple[list[JobSpec], list[str]]:
     """The jobs to submit, in submission order, and the stages left out as up to date.
 
-    A stale shared stage makes every configuration's jobs run after a ``prepare`` job (its
-    outputs may change them); evaluation follows a training of this launch; ``reports`` (the
-    ``final`` stages: tables, diff, ...) follows every other job, with ``stage="all"`` only.
+    A stale shared stage (``download@*``, ``prepare@*``) makes every configuration's jobs run
+    after a ``prepare`` job that runs ``dvc repro`` of ``prepare`` (the launched datasets'
+    ``prepare@<dataset>``, :func:`dnlrepro.launch.shared_stages`; their outputs may change the
+    rows); evaluation follows a training of this launch; ``reports`` (the ``final`` stages:
+    tables, diff, report) follows every other job, with ``stage="all"`` only.
     """
     jobs: list[JobSpec] = []
     skipped: list[str] = []
-    shared = bool(stale & set(SHARED))
+    datasets = {p.split("@", 1)[1] for p in prepare if "@" in p}  # empty: every dataset
+    shared = bool(prepare) and any(
+        is_shared(s) and (not datasets or s.split("@", 1)[-1] in datasets) for s in stale
+    )
     first = ["prepare"] if shared else []
     if shared:
-        jobs.append(JobSpec("prepare", stage_command("prepare"), options("prepare", res)))
+        command = dvc_command("--wait-for-lock", "repro", *prepare)
+        jobs.append(JobSpec("prepare", command, options("prepare", res)))
     for config in configs:
         train, evaluate = f"train@{config}", f"evaluate@{config}"
         run_train = stage in ("train", "all") and (shared or train in stale)
@@ -127,10 +138,9 @@ def plan_jobs(
 def stage_command(*stages: str) -> list[str]:
     """``dvc --wait-for-lock repro -s STAGE...``, the local launcher's command for a stage.
 
-    ``prepare`` runs with its upstream (``download``), as the local launcher runs it. Everything
-    else is single-item (``-s``, run in the order given): a job runs only its own stages, so the
-    reports job never trains a configuration left out of this launch (its rows stay as they are).
+    Single-item (``-s``, run in the order given): a job runs only its own stages, so the
+    reports job never trains a configuration left out of this launch (its rows stay as they
+    are). The ``prepare`` job is the exception (:func:`plan_jobs`): it runs with its upstream
+    ``download@<dataset>``, as the local launcher does.
     """
-    if stages == ("prepare",):
-        return dvc_command("--wait-for-lock", "repro", "prepare")
     return dvc_command("--wait-for-lock", "repro", "-s", *stages)
