@@ -48,11 +48,8 @@ def main() -> int:
         local_path = Path(local) if local else None
         rows = list(names_of(dataset, ws))
         # ImageNet backbones to train (docs/reference.md §2.2), else the published checkpoints.
-        what, dest = (
-            ("pretrained", ws.downloads)
-            if profile.settings.train
-            else ("checkpoints", ws.downloads / "checkpoints")
-        )
+        what = "pretrained" if profile.settings.train else "checkpoints"
+        dest = download.default_dest(what, ws)
         # The weights are attempted even when the archives failed, so what can be fetched is
         # there for the next run; the stage then fails naming both.
         failed = []

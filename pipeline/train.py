@@ -30,7 +30,7 @@ from dnlrepro.workspace import Workspace
 
 
 def fetch_published(ws: Workspace, name: str, final: Path, summary: Path) -> None:
-    (source,) = download.fetch("checkpoints", ws.downloads / "checkpoints", [name])
+    (source,) = download.fetch("checkpoints", download.default_dest("checkpoints", ws), [name])
     shutil.copyfile(source, final)
     # The stage's timing output: nothing was trained here (the README has the run's Mem).
     timing = {"config": name, "trained": False, "memory_kind": None}

@@ -332,3 +332,13 @@ def test_cli_download_checkpoints_and_missing_credentials(
     assert cli.main(["download", "--what", "cityscapes", "--dest", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert "CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD" in err and len(err.splitlines()) == 1
+
+
+def test_cli_default_destination_is_where_the_pipeline_looks(tmp_path: Path) -> None:
+    from dnlrepro import workspace
+
+    ws = workspace.Workspace(tmp_path)
+    assert dl.default_dest("ade20k", ws) == tmp_path / "downloads" / "ade20k"
+    assert dl.default_dest("cityscapes", ws) == tmp_path / "downloads" / "cityscapes"
+    assert dl.default_dest("pretrained", ws) == tmp_path / "downloads"
+    assert dl.default_dest("checkpoints", ws) == tmp_path / "downloads" / "checkpoints"

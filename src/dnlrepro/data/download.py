@@ -387,8 +387,8 @@ def cityscapes_credentials() -> tuple[str, str]:
         ]
         raise CredentialsError(
             f"Cityscapes needs a login: set {' and '.join(missing)} in the environment (register "
-            f"at {CITYSCAPES_REGISTER_URL}), or use `dnlrepro download --what cityscapes --local "
-            f"PATH` with archives you already have"
+            f"at {CITYSCAPES_REGISTER_URL}), or point DNLREPRO_LOCAL_DATA (pipeline) or "
+            f"`dnlrepro download --what cityscapes --local PATH` at archives you already have"
         )
     return user, password
 
@@ -544,7 +544,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--what", required=True, choices=("ade20k", "cityscapes", "pretrained", "checkpoints")
     )
     parser.add_argument(
-        "--dest", type=Path, default=None, help="target folder (default: <workspace>/downloads)"
+        "--dest",
+        type=Path,
+        default=None,
+        help="target folder (default: where the pipeline looks: downloads/<dataset>, downloads/ "
+        "for backbones, downloads/checkpoints)",
     )
     parser.add_argument(
         "--config",
@@ -596,8 +600,17 @@ def fetch(
     return [download_url(u, dest, retries=retries) for u in urls]
 
 
+def default_dest(what: str, ws: workspace.Workspace | None = None) -> Path:
+    """Where the pipeline's stages keep ``what``: ``downloads/<dataset>`` (the real archives of
+    ``download@<dataset>``), ``downloads/`` (backbones), ``downloads/checkpoints``."""
+    downloads = (ws or workspace.find()).downloads
+    if what in ("cityscapes", "ade20k"):
+        return downloads / what
+    return downloads / "checkpoints" if what == "checkpoints" else downloads
+
+
 def main(args: argparse.Namespace) -> int:
-    dest = args.dest if args.dest is not None else workspace.find().downloads
+    dest = args.dest if args.dest is not None else default_dest(args.what)
     for p in fetch(args.what, dest, args.config, args.local, args.retries):
         logger.info("ready: %s", p)
     return 0
