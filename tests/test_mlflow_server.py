@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dnlrepro.config import load_config
+
 pytestmark = pytest.mark.slow
 
 CFG = "dnl_r50-d8_512x1024_40k_cityscapes"  # the cheapest row on CPU; published batch 4 x 2
@@ -82,10 +84,12 @@ def tracked(tmp_path_factory: pytest.TempPathFactory, clone_repo, shrink_smoke) 
     subprocess.run(["git", "commit", "-qam", "smaller smoke profile"], cwd=root, check=True)
     uri = f"sqlite:///{root.parent / 'store' / 'mlflow.db'}"
     assert cli(root, uri, "mlflow-init").stdout.strip() == uri
-    cli(root, uri, "synth", "--dataset", "cityscapes", "--out", "downloads/smoke")
+    # the pipeline's places (download@/prepare@cityscapes of the smoke profile)
+    archives, data_root = "downloads/cityscapes/synthetic", load_config(CFG, "smoke").data.data_root
+    cli(root, uri, "synth", "--dataset", "cityscapes", "--out", archives)
     cli(
-        root, uri, "prepare", "--dataset", "cityscapes", "--archives", "downloads/smoke",
-        "--data-root", "data/smoke/cityscapes", "--expect-train", "2", "--expect-val", "1",
+        root, uri, "prepare", "--dataset", "cityscapes", "--archives", archives,
+        "--data-root", data_root, "--expect-train", "2", "--expect-val", "1",
     )  # fmt: skip
     # 2 iterations, each logged; one validation and one checkpoint, at the end.
     once = [f"schedule.{k}" for k in ("max_iters=2", "log_interval=1", "eval_interval=2")]
