@@ -1,15 +1,17 @@
-"""DVC stage ``evaluate@<config>``: single-scale + ms+flip mIoU, inference speed, provenance.
+"""DVC stage ``evaluate@<run>``: single-scale + ms+flip mIoU, inference speed, provenance.
 
-§ numbers refer to docs/reference.md. Always both protocols (§5.3; the 512x1024 Cityscapes rows
-have no published ms+flip number, but we measure it). Outputs:
+§ numbers refer to docs/reference.md. A run is one (configuration, seed) of ``params/runs.yaml``
+(:mod:`dnlrepro.runs`). Always both protocols (§5.3; the 512x1024 Cityscapes rows have no
+published ms+flip number, but we measure it). Outputs, ``<run>`` as in ``train@<run>``:
 
-* ``results/<config>/metrics.json`` -- the compact DVC metric: mIoU, mIoU_ms_flip, mAcc, aAcc
+* ``results/<run>/metrics.json`` -- the compact DVC metric: mIoU, mIoU_ms_flip, mAcc, aAcc
   and the majority-class baseline of the same labels;
-* ``results/<config>/eval.json`` -- everything: per-class IoU/Acc of both protocols, the
+* ``results/<run>/eval.json`` -- everything: per-class IoU/Acc of both protocols, the
   protocol, the precision, the checkpoint's sha256 (the tables and the diff read this one);
-* ``results/<config>/per_class.csv`` -- the per-class DVC plot;
-* ``results/<config>/run.json`` -- profile and resolved-config digest (stale-baseline check);
-* ``timings/<config>/benchmark.json`` + ``speed.json`` -- fps as mmseg's ``tools/benchmark.py``
+* ``results/<run>/per_class.csv`` -- the per-class DVC plot;
+* ``results/<run>/run.json`` -- configuration, seed, profile and resolved-config digest
+  (stale-baseline check);
+* ``timings/<run>/benchmark.json`` + ``speed.json`` -- fps as mmseg's ``tools/benchmark.py``
   defines it (§5.4) and Mem (§5.5): machine-dependent, so kept out of ``results/``.
 """
 
@@ -24,16 +26,18 @@ from dnlrepro.engine import eval_artifacts
 from dnlrepro.engine.benchmark import benchmark
 from dnlrepro.engine.evaluate import evaluate
 from dnlrepro.files import write_bytes_atomic, write_json
+from dnlrepro.runs import resolve
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config")
-    name = parser.parse_args().config
+    parser.add_argument("run", help="a key of params/runs.yaml")
+    key = parser.parse_args().run
     ws, profile = setup()
-    cfg = load_config(name, profile, ws=ws)
-    checkpoint = ws.work_dirs / name / "final.pth"
-    out, timings = ws.results / name, ws.timings / name
+    run = resolve(ws, profile, key)
+    cfg = load_config(run.config, profile, {"schedule.seed": run.seed}, ws=ws)
+    checkpoint = ws.work_dirs / key / "final.pth"
+    out, timings = ws.results / key, ws.timings / key
     result = evaluate(
         cfg,
         checkpoint,
@@ -59,8 +63,13 @@ def main() -> int:
     train_timing = timings / "train.json"
     trained = json.loads(train_timing.read_text()) if train_timing.is_file() else {}
     write_json(timings / "speed.json", eval_artifacts.compact_speed(speed, trained))
-    run = {"config": name, "profile": profile.name, "config_digest": cfg.digest()}
-    write_json(out / "run.json", run, sort_keys=True)
+    record = {
+        "config": run.config,
+        "seed": run.seed,
+        "profile": profile.name,
+        "config_digest": cfg.digest(),
+    }
+    write_json(out / "run.json", record, sort_keys=True)
     return 0
 
 

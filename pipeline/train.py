@@ -1,11 +1,13 @@
-"""DVC stage ``train@<config>``: produce ``work_dirs/<config>/final.pth`` + the training summary.
+"""DVC stage ``train@<run>``: produce ``work_dirs/<run>/final.pth`` + the training summary.
 
-Outputs: ``results/<config>/train_summary.json`` (deterministic: config, batch, losses, last
-validation, weights' sha256), ``results/<config>/{train,lr,val}_curve.csv`` (DVC plots) and
-``timings/<config>/train.json`` (wall time, peak memory: machine-dependent).
+A run is one (configuration, seed) of ``params/runs.yaml`` (:mod:`dnlrepro.runs`); ``<run>`` is
+the configuration's name for a row's first seed. Outputs: ``results/<run>/train_summary.json``
+(deterministic: config, seed, batch, losses, last validation, weights' sha256),
+``results/<run>/{train,lr,val}_curve.csv`` (DVC plots) and ``timings/<run>/train.json`` (wall
+time, peak memory: machine-dependent).
 
 * smoke / paper: train (paper: through torchrun with the profile's ``nproc_per_node`` x
-  ``nnodes``). Resume state lives in ``work_dirs/<config>/scratch/<digest>/``: not a declared
+  ``nnodes``). Resume state lives in ``work_dirs/<run>/scratch/<digest>/``: not a declared
   output (DVC deletes declared outputs before re-running a stage; a ``persist`` output would
   disable the run-cache), keyed by the resolved-config digest so a changed configuration never
   resumes a stale run, and removed once the run has finished.
@@ -26,15 +28,17 @@ from dnlrepro.engine.train import train
 from dnlrepro.engine.train_summary import write_curves
 from dnlrepro.files import file_digest, write_json
 from dnlrepro.profile import Profile
+from dnlrepro.runs import Run, resolve
 from dnlrepro.workspace import Workspace
 
 
-def fetch_published(ws: Workspace, name: str, final: Path, summary: Path) -> None:
+def fetch_published(ws: Workspace, run: Run, final: Path, summary: Path) -> None:
+    name = run.config
     (source,) = download.fetch("checkpoints", download.default_dest("checkpoints", ws), [name])
     shutil.copyfile(source, final)
     # The stage's timing output: nothing was trained here (the README has the run's Mem).
     timing = {"config": name, "trained": False, "memory_kind": None}
-    write_json(ws.timings / name / "train.json", timing)
+    write_json(ws.timings / run.key / "train.json", timing)
     write_curves({}, summary.parent)  # the stage's plot outputs: no curve without training
     write_json(
         summary,
@@ -49,14 +53,15 @@ def fetch_published(ws: Workspace, name: str, final: Path, summary: Path) -> Non
     )
 
 
-def run_training(ws: Workspace, profile: Profile, name: str, final: Path, summary: Path) -> None:
-    cfg = load_config(name, profile, ws=ws)
-    timing = ws.timings / name / "train.json"
-    scratch = ws.work_dirs / name / "scratch" / cfg.digest()[:16]
+def run_training(ws: Workspace, profile: Profile, run: Run, final: Path, summary: Path) -> None:
+    cfg = load_config(run.config, profile, {"schedule.seed": run.seed}, ws=ws)
+    timing = ws.timings / run.key / "train.json"
+    scratch = ws.work_dirs / run.key / "scratch" / cfg.digest()[:16]
     if profile.settings.launcher == "torchrun":
         torchrun(
             profile,
-            *("train", "--config", name, "--profile", profile.name),
+            *("train", "--config", run.config, "--profile", profile.name),
+            *("--set", f"schedule.seed={run.seed}"),
             *("--work-dir", str(scratch), "--final-path", str(final)),
             *("--summary-out", str(summary), "--timing-out", str(timing)),
         )
@@ -70,21 +75,22 @@ def run_training(ws: Workspace, profile: Profile, name: str, final: Path, summar
             eval_max_images=profile.settings.eval_max_images,
         )
     # The run is complete: nothing is left to resume, and 12 stale copies would fill the disk.
-    shutil.rmtree(ws.work_dirs / name / "scratch", ignore_errors=True)
+    shutil.rmtree(ws.work_dirs / run.key / "scratch", ignore_errors=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config")
-    name = parser.parse_args().config
+    parser.add_argument("run", help="a key of params/runs.yaml")
+    key = parser.parse_args().run
     ws, profile = setup()
-    final = ws.work_dirs / name / "final.pth"
-    summary = ws.results / name / "train_summary.json"
+    run = resolve(ws, profile, key)
+    final = ws.work_dirs / key / "final.pth"
+    summary = ws.results / key / "train_summary.json"
     final.parent.mkdir(parents=True, exist_ok=True)
     if profile.settings.train:
-        run_training(ws, profile, name, final, summary)
+        run_training(ws, profile, run, final, summary)
     else:
-        fetch_published(ws, name, final, summary)
+        fetch_published(ws, run, final, summary)
     return 0
 
 

@@ -106,6 +106,8 @@ def shrink_smoke():
     import yaml
 
     def shrink(root: Path, *, train: int, val: int) -> None:
+        """... and one seed per row (params/runs.yaml rewritten; rewrite it again with
+        ``write_runs`` after editing the registry)."""
         path = root / "params" / "profiles.yaml"
         profiles = yaml.safe_load(path.read_text())
         smoke = profiles["smoke"]
@@ -120,6 +122,19 @@ def shrink_smoke():
             smoke["settings"]["synthetic"][dataset].update(train=max(train, batch), val=val)
         smoke["settings"]["benchmark"] = {"num_images": 3, "warmup": 1, "train_iters": 0}
         smoke["settings"]["learned_factor"] = None  # one iteration learns nothing
+        smoke["settings"]["seeds"] = [{"match": "*", "seeds": [0]}]
         path.write_text(yaml.safe_dump(profiles, sort_keys=False))
+        write_runs(root)
 
     return shrink
+
+
+def write_runs(root: Path) -> None:
+    """``params/runs.yaml`` of the copy ``root`` for its ``params.yaml`` profile, as
+    ``dnlrepro profile`` writes it (after a test edited the copy's registry or seeds)."""
+    from dnlrepro import runs
+    from dnlrepro.profile import read_params
+    from dnlrepro.workspace import Workspace
+
+    ws = Workspace(root.resolve())
+    runs.write(ws, read_params(ws))

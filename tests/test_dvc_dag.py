@@ -18,12 +18,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dnlrepro.config import load_config
+from dnlrepro.config import ConfigError, load_config
+from dnlrepro.profile import read_params
 from dnlrepro.registry import config_names, load_published
+from dnlrepro.runs import check, plan
 from dnlrepro.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = config_names(Workspace(REPO))
+RUNS = list(plan(read_params(Workspace(REPO)), Workspace(REPO)))
 ONE = "dnl_r101-d8_512x512_80k_ade20k"
 # The 13th row: a copy of BASE with another schedule, added by one params file + one registry entry.
 BASE = "dnl_r50-d8_512x1024_40k_cityscapes"
@@ -55,20 +58,31 @@ def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def test_foreach_stages_are_the_registry_rows():
-    """train@/evaluate@ are exactly the registry's rows, each wired to its own dataset and file."""
+def test_foreach_stages_are_the_runs_of_the_registry_rows():
+    """train@/evaluate@ are exactly the runs of the registry's rows under the committed profile
+    (params/runs.yaml is current), each wired to its own dataset and file."""
     from dvc.repo import Repo
 
     definition = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    assert definition["vars"][0] == "params/published.yaml:configs"
+    assert definition["vars"][0] == "params/runs.yaml:runs"
     assert set(definition["vars"][1]["datasets"]) == {"cityscapes", "ade20k"}
     for stage in ("train", "evaluate"):
-        assert definition["stages"][stage]["foreach"] == "${configs}"
+        assert definition["stages"][stage]["foreach"] == "${runs}"
 
+    ws = Workspace(REPO)
+    runs = check(ws, read_params(ws))  # raises when params/runs.yaml is stale
+    assert [r.config for r in runs.values()] == sorted(
+        (r.config for r in runs.values()), key=list(NAMES).index
+    )
+    assert {r.config for r in runs.values()} == set(NAMES)
     with Repo(str(REPO)) as repo:
         stages = {s.addressing: s for s in repo.index.stages}
     for kind in ("train", "evaluate"):
-        assert [s.split("@", 1)[1] for s in stages if s.startswith(f"{kind}@")] == list(NAMES)
+        assert [s.split("@", 1)[1] for s in stages if s.startswith(f"{kind}@")] == list(runs)
+    for key, run in runs.items():
+        for kind in ("train", "evaluate"):
+            params = {p.def_path for p in stages[f"{kind}@{key}"].deps}
+            assert f"params/{run.config}.yaml" in params, (kind, key)
 
     registry = load_published(REPO / "params" / "published.yaml").configs
     # No orphan configuration file: every params/dnl_*.yaml is a row (else it would never run).
@@ -96,8 +110,8 @@ def test_stage_names_follow_the_mmseg_config_names():
         "download@ade20k",
         "prepare@cityscapes",
         "prepare@ade20k",
-        *(f"train@{n}" for n in NAMES),
-        *(f"evaluate@{n}" for n in NAMES),
+        *(f"train@{n}" for n in RUNS),
+        *(f"evaluate@{n}" for n in RUNS),
         "tables",
         "diff",
         "report",
@@ -187,14 +201,15 @@ def test_model_code_invalidates_training_and_evaluation_only(locked_copy: Path):
         changed = changed_stages(locked_copy)
     finally:
         path.write_text(original)
-    assert changed == {f"{s}@{n}" for s in ("train", "evaluate") for n in NAMES}
+    assert changed == {f"{s}@{n}" for s in ("train", "evaluate") for n in RUNS}
 
 
 @pytest.mark.slow
 def test_a_13th_configuration_is_one_params_file_and_one_registry_entry(
     locked_copy: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """Adding a row touches nothing else: not dvc.yaml, not the code, not another params file."""
+    """Adding a row touches nothing else: not dvc.yaml, not the code, not another params file;
+    `dnlrepro profile` then writes its run into params/runs.yaml (stages refuse until then)."""
     untouched = {
         p: p.read_bytes() for p in locked_copy.rglob("*") if p.is_file() and ".dvc" not in p.parts
     }
@@ -209,9 +224,19 @@ def test_a_13th_configuration_is_one_params_file_and_one_registry_entry(
     assert original.rstrip("\n").splitlines()[-1].startswith("    log: ")  # configs: is last
     new_file.write_text(text)
     registry.write_text(original.rstrip("\n") + "\n" + NEW_ENTRY)
+    runs_file = params_dir / "runs.yaml"
+    runs_text = runs_file.read_text()
     try:
         ws = Workspace(locked_copy)
         assert config_names(ws) == (*NAMES, NEW)
+        with pytest.raises(
+            ConfigError, match=r"missing: \['dnl_r50-d8_512x1024_20k.*dnlrepro profile smoke"
+        ):
+            check(ws, read_params(ws))
+        cli = [sys.executable, "-m", "dnlrepro.cli", "--workspace", str(locked_copy)]
+        switched = subprocess.run([*cli, "profile", "smoke"], capture_output=True, text=True)
+        assert switched.returncode == 0, switched.stderr
+        assert f"{NEW}: {{config: {NEW}, dataset: cityscapes, seed: 0}}" in runs_file.read_text()
         # The new row resolves like its siblings: paper values from its file, smoke overrides.
         paper = load_config(NEW, "paper", ws=ws)
         assert (paper.name, paper.schedule.max_iters, paper.data.dataset) == (
@@ -255,10 +280,11 @@ def test_a_13th_configuration_is_one_params_file_and_one_registry_entry(
             if p.is_file() and ".dvc" not in p.parts
         }
         changed = {p for p in untouched if now.get(p) != untouched[p]} | (set(now) - set(untouched))
-        assert changed == {new_file, registry}
+        assert changed == {new_file, registry, runs_file}
     finally:
         new_file.unlink(missing_ok=True)
         registry.write_text(original)
+        runs_file.write_text(runs_text)
     assert changed_stages(locked_copy) == set()
 
 

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +25,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import write_runs
+
 REPO = Path(__file__).resolve().parents[1]
 RUN = ("dnl_r50-d8_769x769_40k_cityscapes", "dnl_r50-d8_512x512_80k_ade20k")
 UNRUN = "dnl_r101-d8_512x1024_40k_cityscapes"  # a registry row added after the runs, never run
+SEED1 = f"{RUN[1]}-seed1"  # the ADE20K row trains seeds 0 and 1 (two runs, one table row)
+RUNS = (*RUN, SEED1)
 
 
 def shrink(repo: Path, shrink_smoke) -> None:
     shrink_smoke(repo, train=2, val=1)
+    path = repo / "params" / "profiles.yaml"  # two seeds for the ADE20K row (dnlrepro.runs)
+    profiles = yaml.safe_load(path.read_text())
+    profiles["smoke"]["settings"]["seeds"].append({"match": RUN[1], "seeds": [0, 1]})
+    path.write_text(yaml.safe_dump(profiles, sort_keys=False))
     keep_rows(repo, RUN)
     baseline = json.loads((repo / "params" / "smoke_baseline.json").read_text())
     baseline["configs"] = {}
@@ -44,6 +53,7 @@ def keep_rows(repo: Path, names: tuple[str, ...]) -> None:
     assert set(names) <= set(registry["configs"])
     registry["configs"] = {n: row for n, row in registry["configs"].items() if n in names}
     path.write_text(yaml.safe_dump(registry, sort_keys=False))
+    write_runs(repo)  # as `dnlrepro profile smoke` would
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +110,19 @@ def check_tables(repo: Path, rows: tuple[str, ...]) -> None:
         mem, fps, miou, ms = cells[4:8]
         if name in RUN:
             metrics = json.loads((repo / "results" / name / "metrics.json").read_text())
-            assert miou.split(" (const. ")[0] == f"{metrics['mIoU']:.2f}"
+            if name == RUN[1]:  # two seeds: mean ± sample std (n=2)
+                seeds = [
+                    metrics,
+                    json.loads((repo / "results" / SEED1 / "metrics.json").read_text()),
+                ]
+                for cell, key in ((miou, "mIoU"), (ms, "mIoU_ms_flip")):
+                    values = [m[key] for m in seeds]
+                    mean, std = statistics.fmean(values), statistics.stdev(values)
+                    assert cell.startswith(f"{mean:.2f} ± {std:.2f} (n=2)"), (cell, values)
+            else:
+                assert miou.split(" (const. ")[0] == f"{metrics['mIoU']:.2f}"
+                assert ms == f"{metrics['mIoU_ms_flip']:.2f}"
             assert miou.endswith(f" (const. {metrics['baseline_mIoU']:.2f})")
-            assert ms == f"{metrics['mIoU_ms_flip']:.2f}"
             speed = json.loads((repo / "timings" / name / "speed.json").read_text())
             assert speed["fps"] > 0 and speed["mem_gb"] is None  # CPU: no CUDA Mem (§5.5)
             assert (mem, fps) == ("-", "-")  # CPU timings stay out of the tables
@@ -119,8 +139,9 @@ def stages_run(result: subprocess.CompletedProcess) -> list[str]:
 def test_dvc_repro_end_to_end(repo: Path):
     result = run(repo, "-m", "dvc", "repro")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    # The registry is the list of rows: only its two rows are trained and evaluated.
-    per_row = {f"{s}@{n}" for s in ("train", "evaluate") for n in RUN}
+    # The registry is the list of rows: only its two rows are trained and evaluated, the
+    # ADE20K row once per seed.
+    per_row = {f"{s}@{n}" for s in ("train", "evaluate") for n in RUNS}
     shared = {f"{s}@{d}" for s in ("download", "prepare") for d in ("cityscapes", "ade20k")}
     assert set(stages_run(result)) == {*shared, *per_row, "tables", "diff", "report"}
     check_tables(repo, RUN)
@@ -130,13 +151,23 @@ def test_dvc_repro_end_to_end(repo: Path):
     assert {r["config"] for r in report["rows"]} == set(RUN)
     published = [r for r in report["rows"] if r["reference"] == "published"]
     assert {r["verdict"] for r in published} == {"not comparable"}
+    seeded = [r for r in published if r["config"] == RUN[1] and r["metric"] == "mIoU"]
+    assert [(r["n"], sorted(r["seeds"])) for r in seeded] == [(2, ["0", "1"])]
+    assert "max(tolerance, 2 x std)" in seeded[0]["rule"]
     baseline = [r for r in report["rows"] if r["reference"] == "smoke baseline"]
     assert {r["verdict"] for r in baseline} == {"missing"}
 
-    # MLflow: one training and one evaluation run per configuration, named by DVC stage
+    # MLflow: one training and one evaluation run per run, named by DVC stage; a row's seeds
+    # share the tag `config` (mlflow ui: group by it) and differ in the tag `seed`
     with sqlite3.connect(repo / "mlflow.db") as db:
         stages = {v for (v,) in db.execute("SELECT value FROM tags WHERE key = 'dvc.stage'")}
+        seeds = db.execute(
+            "SELECT s.value, COUNT(*) FROM tags c JOIN tags s ON s.run_uuid = c.run_uuid "
+            "WHERE c.key = 'config' AND c.value = ? AND s.key = 'seed' GROUP BY s.value",
+            (RUN[1],),
+        ).fetchall()
     assert per_row <= stages
+    assert sorted(seeds) == [("0", 2), ("1", 2)]  # train + evaluate per seed
 
     # the documented baseline workflow: record, re-run the diff stage, everything recorded passes
     cmd = ["-m", "dnlrepro.cli", "diff", "--update-baseline", "--configs", *RUN]
@@ -148,6 +179,7 @@ def test_dvc_repro_end_to_end(repo: Path):
     report = json.loads((repo / "reports/diff.json").read_text())
     recorded = [r for r in report["rows"] if r["reference"] == "smoke baseline"]
     assert {r["config"] for r in recorded} == set(RUN)
+    assert {r["run"] for r in recorded} == set(RUNS)  # each seed against its own record
     assert {r["verdict"] for r in recorded} == {"pass"}
     check = run(repo, "-m", "dnlrepro.cli", "check", "reports/diff.json")
     assert check.returncode == 0, check.stdout + check.stderr  # every row is recorded

@@ -4,8 +4,9 @@
 shrunk to 4+1 synthetic images and 1 iteration, the registry cut to one Cityscapes and one
 ADE20K row, and ``profile: paper`` committed. Then, as documented (docs/pipeline.md):
 
-1. the README's profile-switch command, run verbatim with ``smoke`` for ``paper`` (the paper
-   profile needs real data and GPUs), then ``dvc repro``: the whole DAG under the new profile;
+1. the README's profile-switch command (``dnlrepro profile``) with ``smoke`` for ``paper`` (the
+   paper profile needs real data and GPUs), then ``dvc repro``: the whole DAG under the new
+   profile;
 2. ``git commit`` of ``dvc.lock``, ``results/``, ``timings/``, ``reports/``, a local-folder
    remote (``dvc remote add -d``) and ``dvc push``;
 3. a teammate: ``git clone`` + ``dvc pull`` + ``dvc repro --allow-missing`` runs nothing, and a
@@ -21,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -29,6 +31,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import write_runs
 
 pytestmark = pytest.mark.slow
 
@@ -42,17 +46,17 @@ COMMITTED = ("dvc.lock", "results", "timings", "reports")
 
 
 def switch_command(profile: str) -> str:
-    """The README's profile-switch line (section "Profiles"), for ``profile``."""
+    """The README's profile-switch line (section "Profiles"), for ``profile``, with this
+    interpreter for ``.venv/bin/dnlrepro`` (the copy has no venv)."""
     lines = [
-        line.strip()
+        line.split("#")[0].strip()
         for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines()
-        if line.strip().startswith("sed -i") and "params.yaml" in line
+        if line.strip().startswith(".venv/bin/dnlrepro profile ")
     ]
-    assert len(lines) == 1, f"README.md: expected one `sed -i ... params.yaml` line, got {lines}"
+    assert len(lines) == 1, f"README.md: expected one `dnlrepro profile NAME` line, got {lines}"
     assert lines[0] in (REPO / "docs" / "pipeline.md").read_text(encoding="utf-8")
-    documented = re.match(r"(sed -i 's/\^profile: \.\*/profile: )paper(/' params\.yaml)", lines[0])
-    assert documented, f"README.md: the switch no longer reads as tested: {lines[0]}"
-    return documented.group(1) + profile + documented.group(2)
+    assert lines[0] == ".venv/bin/dnlrepro profile paper", f"README.md: untested: {lines[0]}"
+    return f"{shlex.quote(sys.executable)} -m dnlrepro.cli profile {profile}"
 
 
 def env() -> dict[str, str]:
@@ -127,6 +131,7 @@ def shrink(root: Path, shrink_smoke) -> None:
     registry["configs"] = {k: v for k, v in registry["configs"].items() if k in ROWS}
     assert set(registry["configs"]) == set(ROWS)
     path.write_text(yaml.safe_dump(registry, sort_keys=False))
+    write_runs(root)
     path = root / "params" / "profiles.yaml"  # 2 ms+flip ratios: a third of the CPU time
     profiles = yaml.safe_load(path.read_text())
     profiles["smoke"]["overrides"].append({"match": "*", "set": {"test.ms_ratios": [0.5, 1.0]}})
@@ -151,6 +156,7 @@ def origin(tmp_path_factory: pytest.TempPathFactory, clone_repo, shrink_smoke) -
     shrink(root, shrink_smoke)
     params = root / "params.yaml"
     params.write_text(re.sub(r"(?m)^profile: .*$", "profile: paper", params.read_text()))
+    write_runs(root)
     git(root, "commit", "-qam", "paper profile, smaller smoke profile, fewer rows")
     seconds: dict[str, float] = {}
 
@@ -227,12 +233,12 @@ def test_fresh_clone_pull_and_repro_runs_no_training(origin: Origin, tmp_path: P
 
 def test_switch_to_paper_plans_every_stage(origin: Origin) -> None:
     """The README's command verbatim; ``--dry`` (the paper profile needs real data and GPUs)."""
-    before = digests(origin.root, (*COMMITTED, "params"))
     sh(origin.root, switch_command("paper"))
+    before = digests(origin.root, (*COMMITTED, "params"))
     try:
         planned = dvc(origin.root, "repro", "--dry")
         assert stages_run(planned) >= {*SHARED, *PER_ROW, "tables", "diff", "report"}
         assert "profile: paper" in git(origin.root, "diff", "params.yaml")
         assert digests(origin.root, (*COMMITTED, "params")) == before  # --dry wrote nothing
     finally:
-        git(origin.root, "checkout", "--", "params.yaml")
+        git(origin.root, "checkout", "--", "params.yaml", "params/runs.yaml")

@@ -124,3 +124,16 @@ def test_shared_stages_are_the_launched_datasets_prepare():
     assert launch.shared_stages([city[0], ade[0]]) == ["prepare@cityscapes", "prepare@ade20k"]
     assert launch.is_shared("download@cityscapes") and launch.is_shared("prepare")
     assert not launch.is_shared("train@x") and not launch.is_shared("report")
+
+
+def test_a_row_launches_with_all_its_seeds():
+    """`--configs ROW` launches every seed of the row (params/runs.yaml), a run key just itself."""
+    import argparse
+
+    from dnlrepro.workspace import Workspace
+
+    ws, two = Workspace(Path(__file__).resolve().parents[1]), "dnl_r50-d8_512x1024_40k_cityscapes"
+    assert launch._configs(argparse.Namespace(configs=[two]), ws) == [two, f"{two}-seed1"]
+    assert launch._configs(argparse.Namespace(configs=[f"{two}-seed1"]), ws) == [f"{two}-seed1"]
+    assert len(launch._configs(argparse.Namespace(configs=None), ws)) == 13  # 12 rows + 1 seed
+    assert launch.shared_stages([f"{two}-seed1"], ws) == ["prepare@cityscapes"]

@@ -152,7 +152,7 @@ def test_smoke_baseline_round_trip_and_staleness(tmp_path: Path):
     results, baseline = tmp_path / "results", tmp_path / "baseline.json"
     write_results(results, NAME, miou=3.21, ms=4.56)
     measured = {NAME: load_measured(NAME, results)}
-    diff.update_baseline([NAME], measured, baseline)
+    diff.update_baseline([measured[NAME]], baseline)
     report = diff.build_diff(
         [NAME], load_published(), measured, "smoke", diff.load_baseline(baseline)
     )
@@ -182,9 +182,7 @@ def test_smoke_baseline_round_trip_and_staleness(tmp_path: Path):
 
 def test_update_baseline_refuses_missing_results(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=NAME):
-        diff.update_baseline(
-            [NAME], {NAME: load_measured(NAME, tmp_path / "results")}, tmp_path / "b.json"
-        )
+        diff.update_baseline([load_measured(NAME, tmp_path / "results")], tmp_path / "b.json")
 
 
 def test_cpu_memory_is_not_reported_as_mmseg_mem(tmp_path: Path):

@@ -67,7 +67,7 @@ def test_run_has_params_tags_metrics_and_artifacts(
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     # what differs first (MLflow's runs table cuts long names), the profile when not paper's
-    assert run.info.run_name == CFG.removeprefix("dnl_") + " train (smoke)"
+    assert run.info.run_name == CFG.removeprefix("dnl_") + " seed0 train (smoke)"
     assert run.data.tags["stage"] == "train" and run.data.tags["config"] == CFG
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.name == "cityscapes"

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "profile": ("dnlrepro.runs", "switch the pipeline's profile (params.yaml + params/runs.yaml)"),
     "show-config": ("dnlrepro.config_cli", "print a resolved configuration (profile applied)"),
     "download": (
         "dnlrepro.data.download",

@@ -8,10 +8,10 @@ while a stage command runs, so several ``dvc repro -s STAGE`` processes can shar
    launched configurations (download + prepare + MLflow DB; ADE20K rows alone need no
    Cityscapes login); a stale shared upstream would otherwise make the parallel runs fail with
    "is busy";
-2. a queue of configurations; one worker per GPU runs
-   ``CUDA_VISIBLE_DEVICES=<gpu> dvc --wait-for-lock repro -s train@<config>`` (and, with
-   ``--stage all``, ``evaluate@<config>`` on the same GPU); when it finishes, the worker takes the
-   next configuration;
+2. a queue of runs (each launched configuration's seeds, :mod:`dnlrepro.runs`); one worker per
+   GPU runs ``CUDA_VISIBLE_DEVICES=<gpu> dvc --wait-for-lock repro -s train@<run>`` (and, with
+   ``--stage all``, ``evaluate@<run>`` on the same GPU); when it finishes, the worker takes the
+   next run;
 3. ``dvc repro tables diff report`` serially, then a summary (exit 1 if any stage failed).
 
 ``--dry-run`` prints the plan without running anything. A worker uses one GPU, so with the
@@ -37,7 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dnlrepro import workspace
-from dnlrepro.registry import config_names, load_published
+from dnlrepro.profile import read_params
+from dnlrepro.registry import load_published
+from dnlrepro.runs import config_of, plan, select
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ BACKENDS = ("local", "slurm")
 
 @dataclass
 class Job:
-    config: str
+    config: str  # the run: train@<config> / evaluate@<config>
     gpu: str = ""
     stages: tuple[str, ...] = ()
     returncode: int | None = None
@@ -142,10 +144,11 @@ def is_shared(stage: str) -> bool:
 
 
 def shared_stages(configs: Sequence[str], ws: workspace.Workspace | None = None) -> list[str]:
-    """``prepare@<dataset>`` for the datasets of ``configs`` (registry order of first use);
-    ``dvc repro`` of them runs their ``download@<dataset>`` too."""
+    """``prepare@<dataset>`` for the datasets of ``configs`` (runs or rows; registry order of
+    first use); ``dvc repro`` of them runs their ``download@<dataset>`` too."""
     rows = load_published((ws or workspace.find()).registry_file).configs
-    datasets = dict.fromkeys(rows[c].dataset for c in configs if c in rows)
+    names = [config_of(c) for c in configs]
+    datasets = dict.fromkeys(rows[c].dataset for c in names if c in rows)
     return [f"prepare@{d}" for d in datasets]
 
 
@@ -237,7 +240,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="NAME",
-        help="configurations to run (default: every row of params/published.yaml, in order)",
+        help="configurations (each with all its seeds) or single runs (<config>-seed<k>) to "
+        "run (default: every run of params/runs.yaml, in order)",
     )
     parser.add_argument(
         "--stage",
@@ -271,9 +275,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _configs(args: argparse.Namespace, ws: workspace.Workspace) -> list[str]:
-    known = config_names(ws)
-    configs = args.configs or list(known)
-    unknown = [c for c in configs if c not in known]
-    if unknown:
-        raise ValueError(f"unknown configuration(s) {unknown}; choose from {', '.join(known)}")
-    return configs
+    """The run keys to launch: every seed of each ``--configs`` row (default: every run)."""
+    runs = plan(read_params(ws), ws)
+    return select(runs, args.configs) if args.configs else list(runs)

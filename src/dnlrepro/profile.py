@@ -87,6 +87,12 @@ class Benchmark:
 
 
 @dataclass(frozen=True)
+class SeedBlock:
+    match: str  # fnmatch pattern over configuration names; the last matching block wins
+    seeds: tuple[int, ...]  # one run (train@ + evaluate@ stage) per seed (dnlrepro.runs)
+
+
+@dataclass(frozen=True)
 class Settings:
     data_source: str  # "synthetic" archives written by `dnlrepro synth`, or the "real" ones
     train: bool  # False: the published checkpoints are downloaded instead of trained
@@ -102,6 +108,8 @@ class Settings:
     # The diff fails a row whose mIoU is below this multiple of its majority-class baseline
     # (a constant prediction); None: no such check (the real profiles compare with the paper).
     learned_factor: float | None = None
+    # The seeds each row trains (docs/pipeline.md#seeds): one run per seed, tables show mean +- std.
+    seeds: tuple[SeedBlock, ...] = (SeedBlock("*", (0,)),)
     # Real data: the (train, val) counts prepare checks; None = the real datasets' counts.
     # Only `dnlrepro rehearse` sets it, for its miniature archives.
     expected_counts: ExpectedCounts | None = None
@@ -159,7 +167,23 @@ def load_profile(name: str, ws: Workspace | None = None) -> Profile:
     )
     if profile.settings.data_source == "synthetic":
         profile.synthetic_or_fail()
+    _check_seeds(profile, path)
     return profile
+
+
+def _check_seeds(profile: Profile, path: object) -> None:
+    for i, block in enumerate(profile.settings.seeds):
+        key = f"{path}: {profile.name}.settings.seeds[{i}].seeds"
+        if not block.seeds or len(set(block.seeds)) != len(block.seeds):
+            raise ConfigError(f"{key}: list one or more distinct seeds, got {list(block.seeds)}")
+        if min(block.seeds) < 0:
+            raise ConfigError(f"{key}: seeds are >= 0, got {list(block.seeds)}")
+        if not profile.settings.train and len(block.seeds) > 1:
+            # Nothing is trained: every seed would evaluate the same published checkpoint.
+            raise ConfigError(
+                f"{key}: profile {profile.name!r} does not train (settings.train: false), so "
+                f"it has one run per row; list one seed, got {list(block.seeds)}"
+            )
 
 
 def read_params(ws: Workspace | None = None) -> Profile:

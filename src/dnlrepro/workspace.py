@@ -57,6 +57,11 @@ class Workspace:
         return self.params_dir / "published.yaml"
 
     @property
+    def runs_file(self) -> Path:
+        """The (configuration, seed) runs of the active profile, written by ``dnlrepro profile``."""
+        return self.params_dir / "runs.yaml"
+
+    @property
     def baseline_file(self) -> Path:
         return self.params_dir / "smoke_baseline.json"
 

@@ -120,14 +120,15 @@ def git_state(root: Path) -> tuple[str, bool | None]:
         return "unknown", None
 
 
-def run_name(config: str, stage: str, profile: str) -> str:
-    """``r50-d8_512x1024_40k_cityscapes evaluate (smoke)``: what differs between runs first.
+def run_name(config: str, stage: str, profile: str, seed: int = 0) -> str:
+    """``r50-d8_512x1024_40k_cityscapes seed0 evaluate (smoke)``: what differs first.
 
     Every configuration starts with ``dnl_``, and MLflow's runs table cuts long names, so the
-    prefix goes; the profile is named unless it is the paper's.
+    prefix goes; the profile is named unless it is the paper's. A row's seeds share the tag
+    ``config`` (``mlflow ui``: Group by -> tags.config).
     """
     short = config.removeprefix("dnl_")
-    return f"{short} {stage}" + ("" if profile == "paper" else f" ({profile})")
+    return f"{short} seed{seed} {stage}" + ("" if profile == "paper" else f" ({profile})")
 
 
 def metric_key(name: str) -> str:
@@ -205,14 +206,17 @@ class Tracker:
         commit, dirty = git_state(workspace.find().root)
         dvc_stage = os.environ.get("DVC_STAGE", "")
         tags = {
-            "config": self.cfg.name,
+            "config": self.cfg.name,  # the row: its seeds' runs share it
+            "seed": str(self.cfg.schedule.seed),
             "dataset": self.cfg.data.dataset,
             "profile": self.cfg.profile,
             "stage": self.stage,
             "git_commit": commit,
             "git_dirty": str(dirty).lower() if dirty is not None else "unknown",
             "dvc.stage": dvc_stage or "none",
-            "mlflow.runName": run_name(self.cfg.name, self.stage, self.cfg.profile),
+            "mlflow.runName": run_name(
+                self.cfg.name, self.stage, self.cfg.profile, self.cfg.schedule.seed
+            ),
         }
         start_ms = int(self.started * 1000) if self.started is not None else None
         run = client.create_run(

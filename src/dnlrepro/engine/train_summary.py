@@ -41,6 +41,7 @@ def build_summary(
         "config": cfg.name,
         "profile": cfg.profile,
         "config_digest": cfg.digest(),
+        "seed": cfg.schedule.seed,
         "iterations": cfg.schedule.max_iters,
         "resumed_from_iteration": resumed_from,
         "world_size": info.world_size,

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from dnlrepro import runs
 from dnlrepro.config import Config, load_config
 from dnlrepro.data.transforms import rescale_size
 from dnlrepro.profile import SynthADE20K, SynthCityscapes, Synthetic, load_profile
@@ -205,6 +206,8 @@ def plan(ws: Workspace, profile: str, nproc: int) -> Plan:
     if problems:
         raise ShrinkError("; ".join(problems))
     settings = dataclasses.asdict(base.settings)
+    # yaml.safe_dump writes lists, not tuples
+    settings["seeds"] = [{"match": b.match, "seeds": list(b.seeds)} for b in base.settings.seeds]
     real_bench = settings.get("benchmark") or REAL_BENCHMARK
     settings["benchmark"] = dict(BENCHMARK)
     settings["expected_counts"] = {d: list(c) for d, c in COUNTS.items()}
@@ -229,7 +232,8 @@ def _plain(value: Any) -> Any:
 
 
 def apply(ws: Workspace, p: Plan) -> None:
-    """Select ``p.profile`` in the copy's ``params.yaml`` and write the overrides into its block.
+    """Select ``p.profile`` in the copy's ``params.yaml`` (and its runs in
+    ``params/runs.yaml``) and write the overrides into its block.
 
     Only the scratch copy is written; its ``params/profiles.yaml`` loses its comments.
     """
@@ -241,7 +245,7 @@ def apply(ws: Workspace, p: Plan) -> None:
     ]
     block["settings"] = p.settings
     ws.profiles_file.write_text(yaml.safe_dump(profiles, sort_keys=False), encoding="utf-8")
-    load_profile(p.profile, ws)  # the strict loader accepts what we wrote
+    runs.write(ws, load_profile(p.profile, ws))  # the strict loader accepts what we wrote
 
 
 def summary(p: Plan) -> list[str]:

@@ -28,9 +28,9 @@ from dnlrepro.files import write_bytes_atomic
 from dnlrepro.profile import Profile, load_profile, read_params
 from dnlrepro.registry import METRICS, Published, PublishedEntry, load_published
 from dnlrepro.reports import charts
-from dnlrepro.reports.diff import LABELS, VERDICTS
+from dnlrepro.reports.diff import LABELS, VERDICTS, reproduced_text, tolerance_text
 from dnlrepro.reports.diff import our_protocol as protocol_fields
-from dnlrepro.reports.results import Measured, device_of, load_measured, read_json
+from dnlrepro.reports.results import Measured, device_of, load_rows, read_json, with_spread
 from dnlrepro.reports.tables import TEMPLATES, TITLES
 
 logger = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def row_context(
                 "metric": metric,
                 "published": num(entry.metrics[metric], digits),
                 "published_title": _published_title(metric, entry, published),
-                "ours": num(meas.metrics[metric], digits),
+                "ours": with_spread(meas, metric, digits),
                 "ours_title": _our_title(metric, meas),
                 "verdict": verdict_of.get(metric),
             }
@@ -260,13 +260,13 @@ def diff_context(diff: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     rows = [
         {
-            "config": r["config"],
+            "config": r.get("run", r["config"]),
             "label": LABELS.get(r["metric"], r["metric"]),
             "reference": r["reference"],
             "published": num(r.get("published")),
-            "reproduced": num(r.get("reproduced")),
+            "reproduced": reproduced_text(r),
             "delta": num(r.get("delta"), signed=True),
-            "tolerance": "n/a" if r.get("tolerance") is None else f"±{r['tolerance']:.2f}",
+            "tolerance": tolerance_text(r),
             "tolerance_reason": r.get("tolerance_reason", ""),
             "verdict": r["verdict"],
             "note": r.get("note", ""),
@@ -301,7 +301,7 @@ def render_page(ws: workspace.Workspace, profile: Profile, out: Path) -> str:
     diff_rows = diff["rows"] if diff else []
     link_root = Path(os.path.relpath(ws.root, out.parent)).as_posix() + "/"
     paths = {"results": ws.results, "link_root": link_root}
-    measured = {n: load_measured(n, ws.results) for n in published.configs}
+    measured = load_rows(list(published.configs), profile, ws.results, ws)
     tables = []
     for dataset, title in TITLES.items():
         names = [n for n, e in published.configs.items() if e.dataset == dataset]

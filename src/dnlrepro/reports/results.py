@@ -13,6 +13,10 @@ and the machine-dependent ones under ``timings/<config>/``:
 (``results/<config>/metrics.json`` is the compact copy of the headline numbers for
 ``dvc metrics show``; nothing here reads it.)
 
+A row with several seeds (:mod:`dnlrepro.runs`) has one such folder per run; :func:`aggregate`
+turns them into the row's :class:`Measured`: the accuracy metrics are the seeds' means, their
+spread (n, std, values) is kept beside them, everything else is the first seed's.
+
 These files, not MLflow, are the source of truth for the tables and the diff report. A file that
 does not exist means "not measured" (the table shows ``-``); a file that exists but cannot be
 read is an error naming the file.
@@ -22,17 +26,48 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from dnlrepro import workspace
+from dnlrepro.profile import Profile
+from dnlrepro.runs import of_rows, plan
 
 logger = logging.getLogger(__name__)
 
 
 class ResultsError(ValueError):
     """A results file exists but is malformed; the message names the file and the key."""
+
+
+# The metrics a row's seeds are averaged over (the rest -- Mem, fps, protocol -- is per machine
+# and configuration, not per seed: the first seed's).
+SEED_METRICS: tuple[str, ...] = ("mIoU", "mIoU_ms_flip", "mIoU_ms_flip_alt", "mAcc", "aAcc")
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One metric over a row's seeds."""
+
+    values: tuple[float, ...]  # one per seed that has the number, in the row's seed order
+    seeds: tuple[int, ...]  # their seeds
+    planned: int  # how many runs the profile lists for the row
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return round(statistics.fmean(self.values), 4)
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (n - 1 in the denominator); None for one seed."""
+        return round(statistics.stdev(self.values), 4) if self.n > 1 else None
 
 
 @dataclass(frozen=True)
@@ -44,6 +79,9 @@ class Measured:
     benchmark: dict[str, Any] = field(default_factory=dict)  # benchmark.json as written
     run: dict[str, Any] = field(default_factory=dict)  # run.json: profile, config digest
     files: dict[str, str] = field(default_factory=dict)  # which files were found
+    # A row of several seeds (aggregate): metric -> spread; the metrics above are the means.
+    spread: dict[str, Spread] = field(default_factory=dict)
+    runs: tuple[str, ...] = ()  # the run folders behind the numbers (results/<run>/)
 
 
 def read_json(path: Path) -> Any:
@@ -150,6 +188,61 @@ def load_measured(
     if not files:
         logger.debug("no results for %s under %s", name, root)
     return Measured(name, metrics, protocol, train, bench, run, files)
+
+
+def aggregate(name: str, runs: Sequence[Measured], seeds: Sequence[int]) -> Measured:
+    """Row ``name`` from its runs (first seed first): the means of :data:`SEED_METRICS` with
+    their :class:`Spread`; a single run is returned as it is (its spread is n = 1)."""
+    if not runs:
+        raise ValueError(f"row {name!r} has no runs")
+    first = runs[0]
+    metrics, spread = dict(first.metrics), {}
+    for metric in SEED_METRICS:
+        have = [(m.metrics[metric], s) for m, s in zip(runs, seeds, strict=True)]
+        have = [(v, s) for v, s in have if v is not None]
+        if not have:
+            continue
+        sp = Spread(tuple(v for v, _ in have), tuple(s for _, s in have), len(runs))
+        spread[metric] = sp
+        metrics[metric] = sp.mean if sp.n > 1 else sp.values[0]
+    return replace(
+        first, name=name, metrics=metrics, spread=spread, runs=tuple(m.name for m in runs)
+    )
+
+
+def load_row(
+    name: str,
+    runs: Sequence[tuple[str, int]],
+    results_dir: str | Path | None = None,
+    timings_dir: str | Path | None = None,
+) -> Measured:
+    """Row ``name`` from its runs, given as (run key, seed) pairs (first seed first)."""
+    measured = [load_measured(key, results_dir, timings_dir) for key, _ in runs]
+    return aggregate(name, measured, [seed for _, seed in runs])
+
+
+def load_rows(
+    names: Sequence[str],
+    profile: Profile,
+    results_dir: str | Path | None = None,
+    ws: workspace.Workspace | None = None,
+) -> dict[str, Measured]:
+    """Each row of ``names`` over the runs ``profile`` lists for it (:func:`load_row`)."""
+    rows = of_rows(plan(profile, ws), list(names))
+    return {n: load_row(n, [(r.key, r.seed) for r in rows[n]], results_dir) for n in names}
+
+
+def with_spread(meas: Measured, metric: str, digits: int = 2) -> str:
+    """``78.61`` for one seed, ``78.40 ± 0.52 (n=3)`` for several; ``-`` when not measured."""
+    value, sp = meas.metrics.get(metric), meas.spread.get(metric)
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}f}"
+    if sp is not None and sp.std is not None:
+        text += f" ± {sp.std:.{digits}f} (n={sp.n})"
+    if sp is not None and sp.n < sp.planned:
+        text += f" ({sp.n} of {sp.planned} seeds evaluated)"
+    return text
 
 
 def device_of(measured: Measured) -> str | None:

@@ -47,8 +47,10 @@ LEARNED_REASON = (
 
 
 def baseline_rows(
-    name: str, baseline: dict | None, meas: Measured, digest: str | None
+    name: str, baseline: dict | None, meas: Measured, digest: str | None, config: str | None = None
 ) -> list[dict]:
+    """The smoke-baseline rows of run ``name`` (a seed of row ``config``; default: ``name``)."""
+    config = config or name
     recorded = (baseline or {}).get("configs", {}).get(name)
     tol = float((baseline or {}).get("tolerance", BASELINE_TOLERANCE))
     reason = str((baseline or {}).get("reason", BASELINE_REASON))
@@ -58,7 +60,7 @@ def baseline_rows(
         note = ""
         if recorded is None:
             result, delta = "missing", None
-            note = "no smoke baseline for this configuration: run `dnlrepro diff --update-baseline`"
+            note = "no smoke baseline for this run: run `dnlrepro diff --update-baseline`"
         elif recorded.get("config_digest") != digest:
             result, delta = "fail", None
             old = str(recorded.get("config_digest"))[:12]
@@ -71,8 +73,9 @@ def baseline_rows(
             result, delta = _verdict(value, meas.metrics[metric], tol)
         rows.append(
             {
-                "config": name,
-                "dataset": "cityscapes" if name.endswith("cityscapes") else "ade20k",
+                "config": config,
+                "run": name,
+                "dataset": "cityscapes" if config.endswith("cityscapes") else "ade20k",
                 "metric": metric,
                 "reference": "smoke baseline",
                 "published": value,
@@ -129,18 +132,19 @@ def load_baseline(path: str | Path) -> dict | None:
     return data
 
 
-def update_baseline(names: Sequence[str], measured: dict[str, Measured], path: str | Path) -> Path:
-    """Record the current smoke results as the baseline (explicit, reviewed in git)."""
-    missing = [n for n in names if measured[n].metrics["mIoU"] is None]
+def update_baseline(runs: Sequence[Measured], path: str | Path) -> Path:
+    """Record the current smoke results of every run as the baseline (explicit, reviewed in git)."""
+    missing = [m.name for m in runs if m.metrics["mIoU"] is None]
     if missing:
         raise FileNotFoundError(
-            f"cannot record a smoke baseline: no results/<config>/metrics.json for {missing}; "
+            f"cannot record a smoke baseline: no results/<run>/eval.json for {missing}; "
             "run `dvc repro` (profile smoke) first"
         )
     configs = {}
-    for name in names:
-        entry: dict[str, Any] = {m: measured[name].metrics[m] for m in BASELINE_METRICS}
-        digest = measured[name].run.get("config_digest")
+    for run in runs:
+        name = run.name
+        entry: dict[str, Any] = {m: run.metrics[m] for m in BASELINE_METRICS}
+        digest = run.run.get("config_digest")
         if not digest:
             raise FileNotFoundError(
                 f"results/{name}/run.json with the config digest is missing; re-run "
@@ -157,5 +161,5 @@ def update_baseline(names: Sequence[str], measured: dict[str, Measured], path: s
         "configs": configs,
     }
     path = write_json(path, data)
-    logger.info("recorded the smoke baseline of %d configurations in %s", len(names), path)
+    logger.info("recorded the smoke baseline of %d runs in %s", len(runs), path)
     return path

@@ -21,7 +21,7 @@ from dnlrepro.config import load_config
 from dnlrepro.files import write_bytes_atomic
 from dnlrepro.profile import Profile, load_profile, read_params
 from dnlrepro.registry import Published, load_published
-from dnlrepro.reports.results import Measured, device_of, load_measured
+from dnlrepro.reports.results import Measured, device_of, load_rows, with_spread
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def row_cells(
 ) -> list[str]:
     entry = published.entry(name)
     m = measured.metrics
-    miou = fmt(m["mIoU"], 2)
+    miou = with_spread(measured, "mIoU")
     if ran and ran.baseline and m["mIoU"] is not None and m["baseline_mIoU"] is not None:
         miou += f" (const. {m['baseline_mIoU']:.2f})"
     files = []
@@ -99,7 +99,7 @@ def row_cells(
         fmt(m["mem_gb"], 1),
         fmt(m["fps"], 2),
         miou,
-        fmt(m["mIoU_ms_flip"], 2),
+        with_spread(measured, "mIoU_ms_flip"),
         f"[config](../params/{name}.yaml)",
         " &#124; ".join(files) if files else "-",
     ]
@@ -148,6 +148,11 @@ def render(
     for n in names:
         if measured[n].metrics["mIoU"] is None:
             notes.append(f"`{n}`: not evaluated yet (no `results/{n}/eval.json`).")
+    if any(measured[n].spread.get("mIoU") and measured[n].spread["mIoU"].n > 1 for n in names):
+        notes.append(
+            "`a ± s (n=k)`: mean and sample standard deviation over the row's k seeds "
+            "(the profile's `settings.seeds`; per-seed numbers in diff.md and `results/<run>/`)."
+        )
     if any(r and r.baseline for r in ran.values()):
         notes.append(
             "`const.`: mIoU of predicting the most frequent class everywhere on the same "
@@ -190,7 +195,7 @@ def write_tables(
     written, rows = [], []
     for dataset in TITLES:
         names = [n for n, row in published.configs.items() if row.dataset == dataset]
-        measured = {n: load_measured(n, results_dir) for n in names}
+        measured = load_rows(names, profile, results_dir, ws)
         ran = {n: ran_as(n, profile, ws) for n in names}
         text = render(dataset, names, published, measured, profile.name, description, ran)
         rows += comparison_rows(dataset, names, published, measured)
