@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dnlrepro import workspace
 from dnlrepro.cli import run_reporting
+from dnlrepro.data.download import default_dest
 from dnlrepro.profile import Profile, read_params
 from dnlrepro.workspace import Workspace
 
@@ -64,7 +65,6 @@ def archives(ws: Workspace, profile: Profile, dataset: str) -> Path:
     """Where a dataset's archives are: ``downloads/<dataset>`` (the stage's output folder),
     and its ``synthetic/`` subfolder for a profile with synthetic data, so switching profiles
     never mixes synthetic archives with real ones of the same name."""
-    from dnlrepro.data.download import default_dest
 
     folder = default_dest(dataset, ws)
     return folder / "synthetic" if profile.settings.data_source == "synthetic" else folder
