@@ -65,7 +65,6 @@ def archives(ws: Workspace, profile: Profile, dataset: str) -> Path:
     """Where a dataset's archives are: ``downloads/<dataset>`` (the stage's output folder),
     and its ``synthetic/`` subfolder for a profile with synthetic data, so switching profiles
     never mixes synthetic archives with real ones of the same name."""
-
     folder = default_dest(dataset, ws)
     return folder / "synthetic" if profile.settings.data_source == "synthetic" else folder
 
