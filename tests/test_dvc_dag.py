@@ -173,6 +173,16 @@ def test_editing_one_configuration_invalidates_only_its_stages(locked_copy: Path
         assert changed_stages(locked_copy) == {f"train@{ONE}", f"evaluate@{ONE}"}
     finally:
         path.write_text(original)
+    # a row of two seeds: both of its runs, nothing else
+    path = locked_copy / "params" / f"{BASE}.yaml"
+    original = edit(path, "lr: 0.01", "lr: 0.02")
+    try:
+        runs = {BASE, f"{BASE}-seed1"}
+        assert changed_stages(locked_copy) == {
+            f"{s}@{r}" for s in ("train", "evaluate") for r in runs
+        }
+    finally:
+        path.write_text(original)
     assert changed_stages(locked_copy) == set()
 
 

@@ -123,8 +123,8 @@ def without_data_hash(lock: Path) -> dict:
 
 
 def shrink(root: Path, shrink_smoke) -> None:
-    """4+1 images (ADE20K's batch is 4), 1 iteration, two ms+flip ratios, the registry's
-    ``ROWS`` only, no recorded smoke baseline."""
+    """4+1 images (ADE20K's batch is 4), 1 iteration, two ms+flip ratios (``shrink_smoke``), the
+    registry's ``ROWS`` only, no recorded smoke baseline."""
     shrink_smoke(root, train=4, val=1)
     path = root / "params" / "published.yaml"
     registry = yaml.safe_load(path.read_text())
@@ -132,10 +132,6 @@ def shrink(root: Path, shrink_smoke) -> None:
     assert set(registry["configs"]) == set(ROWS)
     path.write_text(yaml.safe_dump(registry, sort_keys=False))
     write_runs(root)
-    path = root / "params" / "profiles.yaml"  # 2 ms+flip ratios: a third of the CPU time
-    profiles = yaml.safe_load(path.read_text())
-    profiles["smoke"]["overrides"].append({"match": "*", "set": {"test.ms_ratios": [0.5, 1.0]}})
-    path.write_text(yaml.safe_dump(profiles, sort_keys=False))
     baseline = json.loads((root / "params" / "smoke_baseline.json").read_text())
     baseline["configs"] = {}
     (root / "params" / "smoke_baseline.json").write_text(json.dumps(baseline))

@@ -187,11 +187,12 @@ def test_run_names_tags_and_metric_names(runs: dict[str, dict], tracked: Tracked
         ["git", "rev-parse", "HEAD"], cwd=tracked.root, capture_output=True, text=True, check=True
     ).stdout.strip()
     for stage, run in runs.items():
-        assert run["info"]["run_name"] == f"{SHORT} {stage} (smoke)"
+        assert run["info"]["run_name"] == f"{SHORT} seed0 {stage} (smoke)"
         assert run["info"]["status"] == "FINISHED"
         tags = run["tags"]
         assert tags["mlflow.runName"] == run["info"]["run_name"]
         assert (tags["config"], tags["dataset"], tags["profile"]) == (CFG, "cityscapes", "smoke")
+        assert tags["seed"] == "0"  # a row's seeds share `config` and differ here
         assert (tags["git_commit"], tags["git_dirty"]) == (commit, "false")
         assert {"mIoU", "mAcc", "aAcc"} <= set(run["metrics"])
         assert not [k for k in run["metrics"] if k.startswith("IoU")]  # per-class: an artifact

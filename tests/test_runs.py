@@ -14,7 +14,7 @@ import yaml
 from dnlrepro import runs
 from dnlrepro.config import ConfigError
 from dnlrepro.profile import load_profile, read_params
-from dnlrepro.registry import config_names, load_published
+from dnlrepro.registry import PublishedError, config_names, load_published
 from dnlrepro.reports import diff
 from dnlrepro.reports.results import load_measured, load_row, with_spread
 from dnlrepro.workspace import Workspace
@@ -120,6 +120,12 @@ def test_switch_writes_both_files_and_a_hand_edit_is_caught(ws: Workspace):
     with pytest.raises(ConfigError, match="unknown profile 'papr'"):
         runs.switch(ws, "papr")
     assert (ws.params_yaml.read_bytes(), ws.runs_file.read_bytes()) == before  # nothing written
+    registry = ws.registry_file.read_text()
+    ws.registry_file.write_text(registry.replace("dataset: ade20k", "dataset: ade", 1))
+    with pytest.raises(PublishedError, match=r"'configs.dnl_r50-d8_512x512_80k_ade20k.dataset'"):
+        runs.switch(ws, "paper")  # a broken registry: neither file is touched
+    assert (ws.params_yaml.read_bytes(), ws.runs_file.read_bytes()) == before
+    ws.registry_file.write_text(registry)
     ws.runs_file.unlink()
     with pytest.raises(ConfigError, match=r"does not exist.*dnlrepro profile smoke"):
         runs.check(ws, read_params(ws))

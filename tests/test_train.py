@@ -223,7 +223,7 @@ def test_run_is_tracked_in_mlflow(full_run: dict[str, Any]) -> None:
     run = runs[0]
     assert (
         run.info.status == "FINISHED"
-        and run.info.run_name == f"{CFG.removeprefix('dnl_')} train (smoke)"
+        and run.info.run_name == f"{CFG.removeprefix('dnl_')} seed0 train (smoke)"
     )
     assert run.data.params["schedule.max_iters"] == "4"
     assert run.data.params["data.data_root"] == cfg.data.data_root

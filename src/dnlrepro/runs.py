@@ -165,10 +165,14 @@ def resolve(ws: Workspace, profile: Profile, key: str) -> Run:
 
 def switch(ws: Workspace, name: str) -> dict[str, Run]:
     """Select profile ``name``: write ``params.yaml`` and ``params/runs.yaml``."""
-    profile = load_profile(name, ws)  # fails on an unknown name before anything is written
-    write_bytes_atomic(ws.params_yaml, _params_text(ws, name).encode())
-    write(ws, profile)
-    return plan(profile, ws)
+    # Everything that can fail (unknown name, a bad profile or registry) runs before either
+    # file is written, so a failed switch leaves both as they were.
+    profile = load_profile(name, ws)
+    runs = plan(profile, ws)
+    params, listing = _params_text(ws, name), render(profile, runs)
+    write_bytes_atomic(ws.params_yaml, params.encode())
+    write_bytes_atomic(ws.runs_file, listing.encode())
+    return runs
 
 
 def _params_text(ws: Workspace, name: str) -> str:
