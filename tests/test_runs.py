@@ -15,7 +15,7 @@ from dnlrepro import runs
 from dnlrepro.config import ConfigError
 from dnlrepro.profile import load_profile, read_params
 from dnlrepro.registry import PublishedError, config_names, load_published
-from dnlrepro.reports import diff
+from dnlrepro.reports import diff, seeds
 from dnlrepro.reports.results import load_measured, load_row, with_spread
 from dnlrepro.workspace import Workspace
 
@@ -183,9 +183,9 @@ def test_diff_judges_the_mean_within_max_tolerance_and_k_std(tmp_path: Path):
     wide = verdict([75.9, 76.9, 77.9])
     assert (wide["std"], wide["allowed"], wide["verdict"]) == (1.0, 2.0, "pass")
     assert wide["seeds"] == {"0": 75.9, "1": 76.9, "2": 77.9}
-    assert wide["rule"] == diff.SEED_RULE and "2 x std" in diff.SEED_RULE
-    assert diff.tolerance_text(wide) == "±2.00 (max of ±1.00, 2 x std 1.00; n=3)"
-    assert diff.reproduced_text(wide).startswith("76.90 (mean; seed 0: 75.90, seed 1: 76.90")
+    assert wide["rule"] == seeds.SEED_RULE and "2 x std" in seeds.SEED_RULE
+    assert seeds.tolerance_text(wide) == "±2.00 (max of ±1.00, 2 x std 1.00; n=3)"
+    assert seeds.reproduced_text(wide).startswith("76.90 (mean; seed 0: 75.90, seed 1: 76.90")
     # a single seed keeps the plain rule
     one = load_row(ROW, [(ROW, 0)], results)
     report = diff.build_diff([ROW], published, {ROW: one}, "paper")

@@ -10,7 +10,7 @@ References:
 
 A row trained with several seeds (:mod:`dnlrepro.runs`) is judged by its seeds' mean: with
 n >= 2 seeds a published number passes when |mean - published| <= max(tolerance, K_STD x std)
-(:func:`allowed`); the smoke baseline is checked per run.
+(:mod:`dnlrepro.reports.seeds`); the smoke baseline is checked per run.
 
 Verdicts: ``pass`` (|delta| <= tolerance), ``fail``, ``missing`` (we have no number where one is
 expected), ``not comparable`` (nothing published, or hardware-dependent). A configuration without
@@ -30,7 +30,14 @@ from dnlrepro import workspace
 from dnlrepro.files import write_json
 from dnlrepro.profile import load_profile, read_params
 from dnlrepro.registry import METRICS, Published, load_published
-from dnlrepro.reports.results import Measured, Spread, load_measured, load_row
+from dnlrepro.reports.results import Measured, load_measured, load_row
+from dnlrepro.reports.seeds import (
+    SEED_RULE,
+    allowed,
+    reproduced_text,
+    seed_fields,
+    tolerance_text,
+)
 from dnlrepro.reports.smoke_reference import (
     baseline_rows,
     learned_row,
@@ -67,18 +74,6 @@ PROTOCOL_TRAIN_KEYS = (
     "device",
 )
 VERDICTS: tuple[str, ...] = ("pass", "fail", "missing", "not comparable")
-# With n >= 2 seeds a published number passes within mean +- max(tolerance, K_STD * std).
-# The published number is one run drawn from the same run-to-run distribution as our seeds,
-# so it is judged against that distribution, not against one point (the idea of MLPerf's
-# reference-convergence checker: https://github.com/mlcommons/logging/blob/master/
-# mlperf_logging/rcp_checker/rcp_checker.py). A normal draw lies within 2 std of the mean about
-# 95% of the time; the tolerance stays the floor because 2-3 seeds can underestimate the std.
-K_STD = 2.0
-SEED_RULE = (
-    f"n >= 2 seeds: pass when |mean - published| <= max(tolerance, {K_STD:g} x std); the "
-    "published number is a single run from the same run-to-run distribution (docs/pipeline.md"
-    "#seeds)"
-)
 LABELS = {
     "mIoU": "mIoU",
     "mIoU_ms_flip": "mIoU(ms+flip)",
@@ -101,25 +96,6 @@ def verdict(
     delta = round(reproduced - published, 4)
     # Numbers are rounded to 2 decimals on both sides; 1e-9 absorbs float noise of the subtraction.
     return ("pass" if abs(delta) <= tolerance + 1e-9 else "fail"), delta
-
-
-def allowed(tolerance: float | None, spread: Spread | None) -> tuple[float | None, str]:
-    """(the deviation a row may have, the rule applied): ``tolerance`` for one seed, else
-    ``max(tolerance, K_STD x std)`` of the seeds."""
-    if tolerance is None or spread is None or spread.n < 2 or spread.std is None:
-        return tolerance, "|delta| <= tolerance"
-    return round(max(tolerance, K_STD * spread.std), 4), SEED_RULE
-
-
-def _seed_fields(spread: Spread | None) -> dict[str, Any]:
-    """The spread beside a verdict: n, std and the per-seed values (n = 1: just n)."""
-    if spread is None:
-        return {"n": 0, "std": None, "seeds": {}}
-    return {
-        "n": spread.n,
-        "std": spread.std,
-        "seeds": {str(s): v for s, v in zip(spread.seeds, spread.values, strict=True)},
-    }
 
 
 def _published_rows(name: str, pub: Published, meas: Measured, profile: str) -> list[dict]:
@@ -152,7 +128,7 @@ def _published_rows(name: str, pub: Published, meas: Measured, profile: str) -> 
                 "tolerance_reason": tol.reason,
                 "allowed": limit,
                 "rule": rule,
-                **_seed_fields(spread),
+                **seed_fields(spread),
                 "verdict": result,
                 "note": note,
             }
@@ -194,7 +170,7 @@ def _small_window_row(name: str, pub: Published, meas: Measured, profile: str) -
             "tolerance_reason": tol.reason,
             "allowed": limit,
             "rule": rule,
-            **_seed_fields(spread),
+            **seed_fields(spread),
             "verdict": result,
             "note": f"ms+flip with small windows '{alt_mode}' (configured: '{ours_mode}', §5.2)",
         }
@@ -285,26 +261,6 @@ def _cell(value: Any, digits: int = 2, signed: bool = False) -> str:
     if value is None:
         return "-"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def tolerance_text(row: dict[str, Any]) -> str:
-    """``±0.50``; with seeds ``±0.62 (2 x std 0.31, n=3)`` when the spread widens it."""
-    if row.get("tolerance") is None:
-        return "n/a"
-    text = f"±{row['tolerance']:.2f}"
-    limit, std = row.get("allowed"), row.get("std")
-    if std is not None and limit is not None:
-        text = f"±{limit:.2f} (max of {text}, {K_STD:g} x std {std:.2f}; n={row['n']})"
-    return text
-
-
-def reproduced_text(row: dict[str, Any]) -> str:
-    """The reproduced number; for a row of several seeds the mean with each seed's value."""
-    text = _cell(row["reproduced"])
-    if row.get("std") is not None:
-        seeds = ", ".join(f"seed {s}: {v:.2f}" for s, v in row["seeds"].items())
-        text += f" (mean; {seeds})"
-    return text
 
 
 def render_markdown(report: dict[str, Any]) -> str:

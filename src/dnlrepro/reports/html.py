@@ -28,9 +28,10 @@ from dnlrepro.files import write_bytes_atomic
 from dnlrepro.profile import Profile, load_profile, read_params
 from dnlrepro.registry import METRICS, Published, PublishedEntry, load_published
 from dnlrepro.reports import charts
-from dnlrepro.reports.diff import LABELS, VERDICTS, reproduced_text, tolerance_text
+from dnlrepro.reports.diff import LABELS, VERDICTS
 from dnlrepro.reports.diff import our_protocol as protocol_fields
 from dnlrepro.reports.results import Measured, device_of, load_rows, read_json, with_spread
+from dnlrepro.reports.seeds import reproduced_text, tolerance_text
 from dnlrepro.reports.tables import TEMPLATES, TITLES
 
 logger = logging.getLogger(__name__)
