@@ -30,7 +30,7 @@ from dnlrepro import workspace
 from dnlrepro.files import write_json
 from dnlrepro.profile import load_profile, read_params
 from dnlrepro.registry import METRICS, Published, load_published
-from dnlrepro.reports.results import Measured, load_measured, load_row
+from dnlrepro.reports.results import Measured, aggregate, load_measured
 from dnlrepro.reports.seeds import (
     SEED_RULE,
     allowed,
@@ -45,7 +45,7 @@ from dnlrepro.reports.smoke_reference import (
     update_baseline,
 )
 from dnlrepro.reports.tables import environment
-from dnlrepro.runs import Run, of_rows, plan
+from dnlrepro.runs import of_rows, plan
 
 logger = logging.getLogger(__name__)
 
@@ -333,11 +333,13 @@ def run(
     paths = paths or {}
     published = load_published(paths.get("published") or ws.registry_file)
     names = list(configs or published.configs)
+    for name in names:
+        published.entry(name)  # a name without a registry entry: its error, before reading runs
     baseline_file = paths.get("baseline") or ws.baseline_file
     results = paths.get("results") or ws.results
     rows = of_rows(plan(load_profile(profile, ws), ws), names)
     per_run = {n: [load_measured(r.key, results) for r in rows[n]] for n in names}
-    measured = {n: load_row(n, _pairs(rows[n]), results) for n in names}
+    measured = {n: aggregate(n, per_run[n], [r.seed for r in rows[n]]) for n in names}
     if update:
         if profile != "smoke":
             raise ValueError(f"--update-baseline records smoke results; the profile is {profile!r}")
@@ -346,10 +348,6 @@ def run(
     report = build_diff(names, published, measured, profile, baseline, learned_factor, per_run)
     write_diff(report, paths.get("out") or ws.reports)
     return report
-
-
-def _pairs(runs: list[Run]) -> list[tuple[str, int]]:
-    return [(r.key, r.seed) for r in runs]
 
 
 def main(args: argparse.Namespace) -> int:
