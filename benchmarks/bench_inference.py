@@ -34,7 +34,7 @@ def rss_mb() -> float:
 
 
 def worker(args: argparse.Namespace) -> dict:
-    from dnlrepro.config import load_config
+    from dnlrepro.core.config import load_config
     from dnlrepro.models import build_segmentor
 
     if args.threads:

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import torch
 
-from dnlrepro.config import load_config
-from dnlrepro.data import prepare, synth
+from dnlrepro.acquire import prepare, synth
+from dnlrepro.core.config import load_config
 from dnlrepro.data import transforms as T
 from dnlrepro.data.datasets import build_dataset, load_image, load_label
 

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from dnlrepro.config import load_config
+from dnlrepro.core.config import load_config
 from dnlrepro.engine import schedule
 from dnlrepro.engine.step import train_step
 from dnlrepro.models import build_segmentor

@@ -1,6 +1,7 @@
 """Shared wiring of the DVC stage entry points (``pipeline/*.py``): workspace, profile, torchrun.
 
-Each stage reads the pipeline's switch once (``params.yaml``, :func:`dnlrepro.profile.read_params`)
+Each stage reads the pipeline's switch once (``params.yaml``,
+:func:`dnlrepro.core.profile.read_params`)
 and calls library functions with typed objects in this process (torch and mlflow are imported
 once). Only multi-GPU training starts new processes, because torchrun must. DVC runs every
 stage command in the workspace root, so paths written into committed files are relative to it.
@@ -16,11 +17,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dnlrepro import workspace
+from dnlrepro.acquire.download import default_dest
 from dnlrepro.cli import run_reporting
-from dnlrepro.data.download import default_dest
-from dnlrepro.profile import Profile, read_params
-from dnlrepro.workspace import Workspace
+from dnlrepro.core import workspace
+from dnlrepro.core.profile import Profile, read_params
+from dnlrepro.core.workspace import Workspace
 
 logger = logging.getLogger("pipeline")
 

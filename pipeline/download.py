@@ -1,6 +1,6 @@
 """DVC stage ``download@<dataset>``: get one dataset's archives, write a receipt.
 
-* smoke:     synthetic archives with the real names and formats (``dnlrepro.data.synth``) into
+* smoke:     synthetic archives with the real names and formats (``dnlrepro.acquire.synth``) into
              ``downloads/<dataset>/synthetic``, at the sizes of ``params/profiles.yaml``
              smoke.settings.synthetic.
 * paper:     the real archives into ``downloads/<dataset>``, and the ImageNet backbones of the
@@ -27,9 +27,9 @@ import shutil
 from pathlib import Path
 
 from common import archives, dataset_arg, run_stage, setup
-from dnlrepro.data import download, synth
-from dnlrepro.files import file_digest, write_json
-from dnlrepro.registry import names_of
+from dnlrepro.acquire import download, synth
+from dnlrepro.core.files import file_digest, write_json
+from dnlrepro.core.registry import names_of
 
 NOT_ARCHIVES = (".part", ".verified.json")
 

@@ -1,7 +1,7 @@
 """DVC stage ``evaluate@<run>``: single-scale + ms+flip mIoU, inference speed, provenance.
 
 § numbers refer to docs/reference.md. A run is one (configuration, seed) of ``params/runs.yaml``
-(:mod:`dnlrepro.runs`). Always both protocols (§5.3; the 512x1024 Cityscapes rows have no
+(:mod:`dnlrepro.core.runs`). Always both protocols (§5.3; the 512x1024 Cityscapes rows have no
 published ms+flip number, but we measure it). Outputs, ``<run>`` as in ``train@<run>``:
 
 * ``results/<run>/metrics.json`` -- the compact DVC metric: mIoU, mIoU_ms_flip, mAcc, aAcc
@@ -21,12 +21,12 @@ import argparse
 import json
 
 from common import run_stage, setup
-from dnlrepro.config import load_config
+from dnlrepro.bench.benchmark import benchmark
+from dnlrepro.core.config import load_config
+from dnlrepro.core.files import write_bytes_atomic, write_json
+from dnlrepro.core.runs import resolve
 from dnlrepro.engine import eval_artifacts
-from dnlrepro.engine.benchmark import benchmark
 from dnlrepro.engine.evaluate import evaluate
-from dnlrepro.files import write_bytes_atomic, write_json
-from dnlrepro.runs import resolve
 
 
 def main() -> int:

@@ -17,11 +17,11 @@ import json
 import os
 
 from common import archives, dataset_arg, run_stage, setup
-from dnlrepro.config import load_config
-from dnlrepro.data.prepare import REAL_COUNTS, prepare
-from dnlrepro.engine.tracking import init_db
-from dnlrepro.files import write_json
-from dnlrepro.registry import names_of
+from dnlrepro.acquire.prepare import REAL_COUNTS, prepare
+from dnlrepro.core.config import load_config
+from dnlrepro.core.files import write_json
+from dnlrepro.core.registry import names_of
+from dnlrepro.track.tracking import init_db
 
 
 def main() -> int:

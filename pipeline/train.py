@@ -1,6 +1,6 @@
 """DVC stage ``train@<run>``: produce ``work_dirs/<run>/final.pth`` + the training summary.
 
-A run is one (configuration, seed) of ``params/runs.yaml`` (:mod:`dnlrepro.runs`); ``<run>`` is
+A run is one (configuration, seed) of ``params/runs.yaml`` (:mod:`dnlrepro.core.runs`); ``<run>`` is
 the configuration's name for a row's first seed. Outputs: ``results/<run>/train_summary.json``
 (deterministic: config, seed, batch, losses, last validation, weights' sha256),
 ``results/<run>/{train,lr,val}_curve.csv`` (DVC plots) and ``timings/<run>/train.json`` (wall
@@ -22,14 +22,14 @@ import shutil
 from pathlib import Path
 
 from common import run_stage, setup, torchrun
-from dnlrepro.config import load_config
-from dnlrepro.data import download
+from dnlrepro.acquire import download
+from dnlrepro.core.config import load_config
+from dnlrepro.core.files import file_digest, write_json
+from dnlrepro.core.profile import Profile
+from dnlrepro.core.runs import Run, resolve
+from dnlrepro.core.workspace import Workspace
 from dnlrepro.engine.train import train
 from dnlrepro.engine.train_summary import write_curves
-from dnlrepro.files import file_digest, write_json
-from dnlrepro.profile import Profile
-from dnlrepro.runs import Run, resolve
-from dnlrepro.workspace import Workspace
 
 
 def fetch_published(ws: Workspace, run: Run, final: Path, summary: Path) -> None:

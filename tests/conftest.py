@@ -135,9 +135,9 @@ def shrink_smoke():
 def write_runs(root: Path) -> None:
     """``params/runs.yaml`` of the copy ``root`` for its ``params.yaml`` profile, as
     ``dnlrepro profile`` writes it (after a test edited the copy's registry or seeds)."""
-    from dnlrepro import runs
-    from dnlrepro.profile import read_params
-    from dnlrepro.workspace import Workspace
+    from dnlrepro.core import runs
+    from dnlrepro.core.profile import read_params
+    from dnlrepro.core.workspace import Workspace
 
     ws = Workspace(root.resolve())
     runs.write(ws, read_params(ws))

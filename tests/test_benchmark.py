@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+from dnlrepro.bench.benchmark import benchmark, benchmark_inference, random_image_shape
 from dnlrepro.cli import main as cli_main
-from dnlrepro.config import load_config
-from dnlrepro.engine.benchmark import benchmark, benchmark_inference, random_image_shape
+from dnlrepro.core.config import load_config
 
 CONFIG = "dnl_r50-d8_512x1024_40k_cityscapes"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dnlrepro import workspace
-from dnlrepro.config import ConfigError, load_config
-from dnlrepro.registry import config_names, names_of
+from dnlrepro.core import workspace
+from dnlrepro.core.config import ConfigError, load_config
+from dnlrepro.core.registry import config_names, names_of
 
 PARAMS_DIR = workspace.find().params_dir
 CONFIG_NAMES = config_names()

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dnlrepro.config import load_config
-from dnlrepro.data import prepare as P
-from dnlrepro.data import synth
+from dnlrepro.acquire import prepare as P
+from dnlrepro.acquire import synth
+from dnlrepro.core.config import load_config
 from dnlrepro.data.datasets import SegDataset, build_dataset
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from cityscapesscripts.helpers.labels import labels as cs_labels
 
-from dnlrepro.config import load_config
-from dnlrepro.data import prepare as P
-from dnlrepro.data import synth
+from dnlrepro.acquire import prepare as P
+from dnlrepro.acquire import synth
+from dnlrepro.core.config import load_config
 from dnlrepro.data.datasets import build_dataset, load_label
 
 CS = "dnl_r50-d8_512x1024_40k_cityscapes"
@@ -228,7 +228,7 @@ def test_cli_synth_then_prepare(tmp_path: Path) -> None:
 
 
 def test_local_extracted_folders_are_linked_and_prepared(tmp_path: Path) -> None:
-    from dnlrepro.data import download
+    from dnlrepro.acquire import download
 
     # The user already has extracted copies (not archives) somewhere else.
     synth.write_cityscapes(tmp_path / "zips", 2, 1, width=64, height=32, seed=8)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dnlrepro.config import load_config
+from dnlrepro.core.config import load_config
 from dnlrepro.data import transforms as T
 from dnlrepro.data.io import reduce_zero_label
 

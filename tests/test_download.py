@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from dnlrepro.data import download as dl
-from dnlrepro.data.archives import BadArchiveError, UnsafeArchiveError, safe_extract
-from dnlrepro.registry import config_names, load_published
+from dnlrepro.acquire import download as dl
+from dnlrepro.acquire.archives import BadArchiveError, UnsafeArchiveError, safe_extract
+from dnlrepro.core.registry import config_names, load_published
 
 
 class Server:
@@ -321,7 +321,7 @@ def test_cli_download_checkpoints_and_missing_credentials(
     real = load_published()
     row = dataclasses.replace(real.configs[name], checkpoint=server.url + path)
     local = dataclasses.replace(real, configs={**real.configs, name: row})
-    monkeypatch.setattr("dnlrepro.registry.load_published", lambda path=None: local)
+    monkeypatch.setattr("dnlrepro.core.registry.load_published", lambda path=None: local)
     argv = ["download", "--what", "checkpoints", "--config", name, "--dest", str(tmp_path)]
     assert cli.main(argv) == 0
     assert (tmp_path / path[1:]).read_bytes() == data
@@ -335,7 +335,7 @@ def test_cli_download_checkpoints_and_missing_credentials(
 
 
 def test_cli_default_destination_is_where_the_pipeline_looks(tmp_path: Path) -> None:
-    from dnlrepro import workspace
+    from dnlrepro.core import workspace
 
     ws = workspace.Workspace(tmp_path)
     assert dl.default_dest("ade20k", ws) == tmp_path / "downloads" / "ade20k"

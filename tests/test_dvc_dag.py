@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dnlrepro.config import ConfigError, load_config
-from dnlrepro.profile import read_params
-from dnlrepro.registry import config_names, load_published
-from dnlrepro.runs import check, plan
-from dnlrepro.workspace import Workspace
+from dnlrepro.core.config import ConfigError, load_config
+from dnlrepro.core.profile import read_params
+from dnlrepro.core.registry import config_names, load_published
+from dnlrepro.core.runs import check, plan
+from dnlrepro.core.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = config_names(Workspace(REPO))
@@ -260,7 +260,7 @@ def test_a_13th_configuration_is_one_params_file_and_one_registry_entry(
         )
         # The published profile would fetch its checkpoint with the others.
         monkeypatch.setenv("DNLREPRO_WORKSPACE", str(locked_copy))
-        from dnlrepro.data import download
+        from dnlrepro.acquire import download
 
         assert download.checkpoint_urls()[NEW] == f"https://example.invalid/{NEW}.pth"
 
@@ -304,7 +304,7 @@ def test_each_dataset_downloads_and_prepares_on_its_own():
     import networkx as nx
     from dvc.repo import Repo
 
-    from dnlrepro.config import PROFILES
+    from dnlrepro.core.config import PROFILES
 
     with Repo(str(REPO)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on

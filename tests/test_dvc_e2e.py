@@ -36,7 +36,7 @@ RUNS = (*RUN, SEED1)
 
 def shrink(repo: Path, shrink_smoke) -> None:
     shrink_smoke(repo, train=2, val=1)
-    path = repo / "params" / "profiles.yaml"  # two seeds for the ADE20K row (dnlrepro.runs)
+    path = repo / "params" / "profiles.yaml"  # two seeds for the ADE20K row (dnlrepro.core.runs)
     profiles = yaml.safe_load(path.read_text())
     profiles["smoke"]["settings"]["seeds"].append({"match": RUN[1], "seeds": [0, 1]})
     path.write_text(yaml.safe_dump(profiles, sort_keys=False))

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from dnlrepro.cli import main as cli_main
-from dnlrepro.config import load_config
+from dnlrepro.core.config import load_config
 from dnlrepro.data import classes, transforms
 from dnlrepro.engine.evaluate import evaluate, evaluate_model
 from dnlrepro.models import build_segmentor, save_checkpoint
@@ -31,7 +31,7 @@ N_VAL = 2
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dnlrepro.data import prepare, synth
+    from dnlrepro.acquire import prepare, synth
 
     base = tmp_path_factory.mktemp("cs")
     synth.write_cityscapes(base / "archives", n_train=1, n_val=N_VAL, width=64, height=32, seed=3)
@@ -247,7 +247,7 @@ def test_split_names_follow_the_dataset():
 
 def test_ade20k_reduce_zero_label_end_to_end(tmp_path):
     """Raw ADE20K label 0 is ignored and k -> k-1 (§3.2) inside the real evaluation path."""
-    from dnlrepro.data import prepare, synth
+    from dnlrepro.acquire import prepare, synth
 
     synth.write_ade20k(tmp_path / "arch", n_train=1, n_val=2, min_size=24, max_size=40, seed=2)
     root = tmp_path / "ade"

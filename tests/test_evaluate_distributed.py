@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dnlrepro.config import load_config
+from dnlrepro.core.config import load_config
 from dnlrepro.engine.evaluate import evaluate_model
 from dnlrepro.engine.inference import load_model
 from dnlrepro.engine.metrics import IoUAccumulator
@@ -50,7 +50,7 @@ def _worker(rank: int, world: int, init_file: str, root: str, ckpt: str, out_dir
 
 @pytest.mark.slow
 def test_two_gloo_ranks_equal_single_process(tmp_path):
-    from dnlrepro.data import prepare, synth
+    from dnlrepro.acquire import prepare, synth
 
     synth.write_cityscapes(tmp_path / "arch", n_train=1, n_val=N_VAL, width=64, height=32, seed=5)
     root = tmp_path / "root"

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dnlrepro.config import load_config
+from dnlrepro.core.config import load_config
 from dnlrepro.engine.inference import infer_image, infer_image_modes
 from dnlrepro.models import build_segmentor
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dnlrepro.config import load_config
+from dnlrepro.core.config import load_config
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnlrepro.config import load_config
+from dnlrepro.core.config import load_config
 from dnlrepro.models import EncoderDecoder, build_segmentor
 
 CITY = "dnl_r50-d8_512x1024_40k_cityscapes"

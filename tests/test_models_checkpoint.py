@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from dnlrepro.config import load_config
-from dnlrepro.data.download import sha256_prefix_from_name
+from dnlrepro.acquire.download import sha256_prefix_from_name
+from dnlrepro.core.config import load_config
 from dnlrepro.models import (
     PRETRAINED_URLS,
     EncoderDecoder,

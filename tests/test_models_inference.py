@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dnlrepro.config import load_config
+from dnlrepro.core.config import load_config
 from dnlrepro.models import EncoderDecoder, build_segmentor
 
 CITY = "dnl_r50-d8_512x1024_40k_cityscapes"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dnlrepro import launch
+from dnlrepro.launch import local as launch
 
 TINY_DAG = """\
 vars:
@@ -117,7 +117,7 @@ def test_failed_stage_is_reported_and_skips_the_reports(tiny_repo: Path):
 
 
 def test_shared_stages_are_the_launched_datasets_prepare():
-    from dnlrepro.registry import names_of
+    from dnlrepro.core.registry import names_of
 
     ade, city = names_of("ade20k"), names_of("cityscapes")
     assert launch.shared_stages(ade[:2]) == ["prepare@ade20k"]  # no Cityscapes login needed
@@ -130,7 +130,7 @@ def test_a_row_launches_with_all_its_seeds():
     """`--configs ROW` launches every seed of the row (params/runs.yaml), a run key just itself."""
     import argparse
 
-    from dnlrepro.workspace import Workspace
+    from dnlrepro.core.workspace import Workspace
 
     ws, two = Workspace(Path(__file__).resolve().parents[1]), "dnl_r50-d8_512x1024_40k_cityscapes"
     assert launch._configs(argparse.Namespace(configs=[two]), ws) == [two, f"{two}-seed1"]

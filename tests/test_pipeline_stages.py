@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dnlrepro.data import synth
+from dnlrepro.acquire import synth
 
 REPO = Path(__file__).resolve().parents[1]
 

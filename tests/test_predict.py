@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 
 from dnlrepro.cli import main as cli_main
-from dnlrepro.config import load_config
+from dnlrepro.core.config import load_config
 from dnlrepro.data import classes, transforms
-from dnlrepro.engine.predict import label_lut, overlay, predict
-from dnlrepro.engine.predict_outputs import MANIFEST, collect_images
 from dnlrepro.models import build_segmentor, save_checkpoint
+from dnlrepro.tools.predict import label_lut, overlay, predict
+from dnlrepro.tools.predict_outputs import MANIFEST, collect_images
 
 CONFIG = "dnl_r50-d8_512x512_80k_ade20k"
 # Test scale (long, short) = (48, 24): images are resized before inference and back afterwards.

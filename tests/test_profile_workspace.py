@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dnlrepro import workspace
-from dnlrepro.config import PROFILES, ConfigError, load_config
-from dnlrepro.profile import load_profile, read_params
+from dnlrepro.core import workspace
+from dnlrepro.core.config import PROFILES, ConfigError, load_config
+from dnlrepro.core.profile import load_profile, read_params
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = "dnl_r50-d8_512x1024_40k_cityscapes"

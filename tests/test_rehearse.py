@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from dnlrepro import workspace
-from dnlrepro.config import load_config
-from dnlrepro.data import download as dl
-from dnlrepro.profile import load_profile
-from dnlrepro.registry import config_names, names_of
+from dnlrepro.acquire import download as dl
+from dnlrepro.core import workspace
+from dnlrepro.core.config import load_config
+from dnlrepro.core.profile import load_profile
+from dnlrepro.core.registry import config_names, names_of
+from dnlrepro.core.workspace import Workspace
 from dnlrepro.rehearse import checks, cost, mirror, report, run, shrink, stages
-from dnlrepro.workspace import Workspace
 
 WS = workspace.find(Path(__file__).parent)
 
@@ -381,8 +381,8 @@ def test_cost_parses_the_logs_and_scales_by_flops() -> None:
     log = [
         "02:19:14 INFO dnlrepro.engine.train: Iter [1/2]\tlr: 1e-02, eta: 0:00:09, time: 9.899, x",
         "02:19:22 INFO dnlrepro.engine.train: Iter [2/2]\tlr: 5e-03, eta: 0:00:00, time: 5.817, x",
-        "03:04:31 INFO dnlrepro.engine.benchmark_measure: benchmark 1/2 images, 0.00 fps so far",
-        "03:04:58 INFO dnlrepro.engine.benchmark: x on x86_64: ours (sdpa) 12.50 fps, Mem None GB",
+        "03:04:31 INFO dnlrepro.bench.measure: benchmark 1/2 images, 0.00 fps so far",
+        "03:04:58 INFO dnlrepro.bench.benchmark: x on x86_64: ours (sdpa) 12.50 fps, Mem None GB",
     ]
     assert cost.measured_iteration(log) == 5.817 and cost.measured_image(log) == 0.08
     flops = cost.Flops()

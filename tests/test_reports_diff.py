@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dnlrepro.registry import PublishedError, config_names, load_published
+from dnlrepro.core.registry import PublishedError, config_names, load_published
 from dnlrepro.reports import check, diff
 from dnlrepro.reports.results import ResultsError, load_measured
 

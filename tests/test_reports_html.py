@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from dnlrepro import cli, workspace
-from dnlrepro.profile import load_profile
-from dnlrepro.registry import load_published, names_of
+from dnlrepro import cli
+from dnlrepro.core import workspace
+from dnlrepro.core.profile import load_profile
+from dnlrepro.core.registry import load_published, names_of
 from dnlrepro.reports import charts, diff, html
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from dnlrepro.config import load_config
-from dnlrepro.data.download import checkpoint_urls
-from dnlrepro.registry import METRICS, config_names, load_published
+from dnlrepro.acquire.download import checkpoint_urls
+from dnlrepro.core.config import load_config
+from dnlrepro.core.registry import METRICS, config_names, load_published
 
 CONFIG_NAMES = config_names()
 

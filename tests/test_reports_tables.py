@@ -9,8 +9,8 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from dnlrepro.profile import load_profile
-from dnlrepro.registry import load_published, names_of
+from dnlrepro.core.profile import load_profile
+from dnlrepro.core.registry import load_published, names_of
 from dnlrepro.reports import tables
 from dnlrepro.reports.results import load_measured
 

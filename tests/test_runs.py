@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dnlrepro import runs
-from dnlrepro.config import ConfigError
-from dnlrepro.profile import load_profile, read_params
-from dnlrepro.registry import PublishedError, config_names, load_published
+from dnlrepro.core import runs
+from dnlrepro.core.config import ConfigError
+from dnlrepro.core.profile import load_profile, read_params
+from dnlrepro.core.registry import PublishedError, config_names, load_published
+from dnlrepro.core.workspace import Workspace
 from dnlrepro.reports import diff, seeds
 from dnlrepro.reports.results import load_measured, load_row, with_spread
-from dnlrepro.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 TWO = "dnl_r50-d8_512x1024_40k_cityscapes"  # the smoke profile's two-seed row

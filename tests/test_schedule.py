@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DistributedSampler
 
-from dnlrepro.config import load_config
+from dnlrepro.core.config import load_config
 from dnlrepro.engine.sampler import InfiniteDistributedSampler, sample_seed
 from dnlrepro.engine.schedule import build_optimizer, lr_at, poly_lr, set_lr
 

@@ -30,12 +30,12 @@ from typing import Any
 import pytest
 import yaml
 
+from dnlrepro.core.profile import load_profile
+from dnlrepro.core.workspace import Workspace
 from dnlrepro.engine.distributed import DistInfo
 from dnlrepro.engine.preempt import StopOnSignal, parse_signals
-from dnlrepro.profile import load_profile
-from dnlrepro.slurm import cli, plan, queue
-from dnlrepro.slurm.scripts import write_scripts
-from dnlrepro.workspace import Workspace
+from dnlrepro.launch.slurm import cli, plan, queue
+from dnlrepro.launch.slurm.scripts import write_scripts
 
 CANCELLED = "dnl_r50-d8_512x1024_40k_cityscapes"  # trains 8 iterations; the others 1
 ITERS = 8

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from dnlrepro import workspace
-from dnlrepro.config import load_config
-from dnlrepro.engine import tracking
-from dnlrepro.engine.tracking import Tracker, init_db, tracking_uri
+from dnlrepro.core import workspace
+from dnlrepro.core.config import load_config
+from dnlrepro.track import tracking
+from dnlrepro.track.tracking import Tracker, init_db, tracking_uri
 
 CFG = "dnl_r50-d8_512x1024_40k_cityscapes"
 

@@ -24,12 +24,12 @@ import pytest
 import torch
 import yaml
 
-from dnlrepro.config import Config, load_config
+from dnlrepro.core.config import Config, load_config
+from dnlrepro.core.files import file_digest
+from dnlrepro.core.registry import load_published
 from dnlrepro.engine import resume, schedule, train, train_setup
 from dnlrepro.engine.resume import ResumeError
 from dnlrepro.engine.train import NonFiniteLossError
-from dnlrepro.files import file_digest
-from dnlrepro.registry import load_published
 
 CFG = "dnl_r50-d8_512x1024_40k_cityscapes"
 
@@ -46,7 +46,7 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def cityscapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dnlrepro.data import prepare, synth
+    from dnlrepro.acquire import prepare, synth
 
     base = tmp_path_factory.mktemp("cityscapes")
     synth.write_cityscapes(base / "archives", n_train=8, n_val=3, width=128, height=64, seed=0)
@@ -291,8 +291,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(
 
 
 def test_cli_rejects_bad_override() -> None:
-    from dnlrepro.config import ConfigError
-    from dnlrepro.profile import parse_overrides
+    from dnlrepro.core.config import ConfigError
+    from dnlrepro.core.profile import parse_overrides
 
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_overrides(["schedule.max_iters"])
@@ -334,7 +334,8 @@ def test_pretrained_backbone_is_downloaded_and_loaded(
     http_dir: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """cfg.model.backbone.pretrained -> PRETRAINED_URLS -> download -> backbone weights (§2.2)."""
-    from dnlrepro import models, workspace
+    from dnlrepro import models
+    from dnlrepro.core import workspace
     from dnlrepro.engine.distributed import DistInfo
 
     root, url = http_dir
@@ -488,7 +489,7 @@ def test_final_weights_go_to_final_path_named_relative_to_the_workspace(
 ) -> None:
     """The DVC stage trains in a scratch work dir and keeps only ``final_path``; the summary
     names it relative to the workspace root (a committed file must not hold a machine's path)."""
-    from dnlrepro import workspace
+    from dnlrepro.core import workspace
 
     scratch_ws = tmp_path / "ws"
     scratch_ws.mkdir()

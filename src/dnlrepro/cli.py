@@ -15,33 +15,39 @@ from collections.abc import Callable
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "profile": ("dnlrepro.runs", "switch the pipeline's profile (params.yaml + params/runs.yaml)"),
-    "show-config": ("dnlrepro.config_cli", "print a resolved configuration (profile applied)"),
+    "profile": (
+        "dnlrepro.core.runs",
+        "switch the pipeline's profile (params.yaml + params/runs.yaml)",
+    ),
+    "show-config": (
+        "dnlrepro.tools.show_config",
+        "print a resolved configuration (profile applied)",
+    ),
     "download": (
-        "dnlrepro.data.download",
+        "dnlrepro.acquire.download",
         "download (or link local copies of) datasets and weights",
     ),
     "synth": (
-        "dnlrepro.data.synth",
+        "dnlrepro.acquire.synth",
         "write synthetic Cityscapes/ADE20K archives in the real formats",
     ),
     "prepare": (
-        "dnlrepro.data.prepare",
+        "dnlrepro.acquire.prepare",
         "extract, convert and validate a dataset; write a manifest",
     ),
     "train": ("dnlrepro.engine.train", "train one configuration (single process or torchrun)"),
     "evaluate": ("dnlrepro.engine.evaluate", "mIoU/mAcc/aAcc, single-scale and ms+flip"),
-    "predict": ("dnlrepro.engine.predict", "label maps (and colour overlays) for images"),
+    "predict": ("dnlrepro.tools.predict", "label maps (and colour overlays) for images"),
     "benchmark": (
-        "dnlrepro.engine.benchmark",
+        "dnlrepro.bench.benchmark",
         "inference fps and training memory as mmseg defines them",
     ),
-    "mlflow-init": ("dnlrepro.engine.tracking", "create/migrate the MLflow database once"),
+    "mlflow-init": ("dnlrepro.track.tracking", "create/migrate the MLflow database once"),
     "tables": ("dnlrepro.reports.tables", "render reports/cityscapes.md and reports/ade20k.md"),
     "diff": ("dnlrepro.reports.diff", "compare reproduced numbers with the published ones"),
     "report": ("dnlrepro.reports.html", "render reports/index.html: tables, verdicts, plots"),
     "check": ("dnlrepro.reports.check", "exit non-zero when any verdict in diff.json fails"),
-    "launch": ("dnlrepro.launch", "run train/evaluate stages in parallel, one per GPU"),
+    "launch": ("dnlrepro.launch.local", "run train/evaluate stages in parallel, one per GPU"),
     "rehearse": ("dnlrepro.rehearse.run", "every stage of paper/published, in miniature"),
 }
 
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if known.workspace is not None:
-        from dnlrepro import workspace
+        from dnlrepro.core import workspace
 
         workspace.use(known.workspace)  # exported, so torchrun workers and stages agree
     module_name, help_text = COMMANDS[known.command]

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 def resolve_data_root(data_root: str | Path) -> Path:
     """``data_root`` relative to the workspace root unless absolute (docs/architecture.md)."""
-    from dnlrepro import workspace
+    from dnlrepro.core import workspace
 
     return workspace.find().path(data_root)
 

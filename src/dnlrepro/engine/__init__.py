@@ -16,10 +16,10 @@ Read in this order:
 * :mod:`~dnlrepro.engine.evaluate` -- ``dnlrepro evaluate``: the dataset loop and its CLI;
 * :mod:`~dnlrepro.engine.metrics` -- mIoU / mAcc / aAcc from class histograms;
 * :mod:`~dnlrepro.engine.eval_artifacts` -- protocol block, per-class tables, chart, MLflow run;
-* :mod:`~dnlrepro.engine.predict` -- ``dnlrepro predict``: label maps and overlays;
-* :mod:`~dnlrepro.engine.predict_outputs` -- where predict writes and what it may overwrite;
-* :mod:`~dnlrepro.engine.benchmark` -- ``dnlrepro benchmark``: fps and Mem (GB);
-* :mod:`~dnlrepro.engine.tracking` -- the MLflow adapter (never fails a run).
+* :mod:`~dnlrepro.tools.predict` -- ``dnlrepro predict``: label maps and overlays;
+* :mod:`~dnlrepro.tools.predict_outputs` -- where predict writes and what it may overwrite;
+* :mod:`~dnlrepro.bench.benchmark` -- ``dnlrepro benchmark``: fps and Mem (GB);
+* :mod:`~dnlrepro.track.tracking` -- the MLflow adapter (never fails a run).
 
 Submodules are imported on demand (``from dnlrepro.engine import train``); nothing heavy is
 imported here so ``dnlrepro --help`` and the tests that only need metrics stay fast.

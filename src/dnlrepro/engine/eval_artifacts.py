@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dnlrepro.config import Config
+from dnlrepro.core.config import Config
 from dnlrepro.engine.inference import SINGLE_SCALE, checkpoint_label
 
 # Checkpoint meta keys worth recording (mmseg's own plus ours), when they are plain scalars.
@@ -128,7 +128,7 @@ def log_to_mlflow(cfg: Config, payload: dict[str, Any], started: float | None = 
     ``started`` (``time.time()`` when the evaluation began) becomes the run's start, so the
     run's duration in ``mlflow ui`` is the evaluation's.
     """
-    from dnlrepro.engine.tracking import Tracker
+    from dnlrepro.track.tracking import Tracker
 
     with Tracker(cfg, stage="evaluate", enabled=True, started=started) as tracker:
         proto = payload["protocol"]

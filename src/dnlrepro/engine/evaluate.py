@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from dnlrepro.config import Config
+from dnlrepro.core.config import Config
+from dnlrepro.core.files import file_digest, write_json
 from dnlrepro.engine import distributed, eval_artifacts
 from dnlrepro.engine.inference import infer_image_modes, load_model, other_small_window, unwrap
 from dnlrepro.engine.metrics import IoUAccumulator
 from dnlrepro.engine.precision import precision_record
-from dnlrepro.files import file_digest, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def evaluate(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.profile import add_config_arguments
+    from dnlrepro.core.profile import add_config_arguments
 
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", required=True, help=".pth file or published URL")
@@ -270,7 +270,7 @@ def _positive_int(text: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro.profile import config_from_args
+    from dnlrepro.core.profile import config_from_args
 
     cfg, _ = config_from_args(args)
     info = distributed.init_distributed(args.device)

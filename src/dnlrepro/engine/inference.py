@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dnlrepro.config import Config
+from dnlrepro.core.config import Config
 
 # 1.0 is the single-scale view inside the ms+flip set (§3.4).
 SINGLE_SCALE = (1.0,)
@@ -90,7 +90,7 @@ def checkpoint_label(checkpoint: str | Path) -> str:
     """How output JSONs name a checkpoint: a local file relative to the workspace root when it
     lies inside (results are committed; a machine's absolute path must not end up in them), else
     as given (a URL, or a file elsewhere: absolute)."""
-    from dnlrepro import workspace
+    from dnlrepro.core import workspace
 
     if not Path(checkpoint).is_file():
         return str(checkpoint)

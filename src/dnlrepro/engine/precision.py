@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from dnlrepro.config import Config
+from dnlrepro.core.config import Config
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import torch
 import yaml
 from torch import nn
 
-from dnlrepro.config import Config
+from dnlrepro.core.config import Config
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dnlrepro.config import ScheduleConfig
+from dnlrepro.core.config import ScheduleConfig
 
 
 def poly_lr(it: int, max_iters: int, base_lr: float, min_lr: float, power: float) -> float:

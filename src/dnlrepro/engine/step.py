@@ -3,7 +3,7 @@
 § numbers refer to docs/reference.md.
 
 Used by the train loop (:mod:`dnlrepro.engine.train`), the "Mem (GB)" measurement
-(:mod:`dnlrepro.engine.benchmark`) and ``benchmarks/bench_train_step.py``, so the three measure
+(:mod:`dnlrepro.bench.benchmark`) and ``benchmarks/bench_train_step.py``, so the three measure
 the same thing. What it reproduces (docs/reference.md §1.6, §4.1):
 
 * forward under autocast when ``runtime.amp`` asks for it; the model returns its losses already

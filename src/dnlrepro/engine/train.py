@@ -33,14 +33,14 @@ from typing import Any
 
 import torch
 
-from dnlrepro.config import Config
+from dnlrepro.core.config import Config
+from dnlrepro.core.files import write_json
 from dnlrepro.engine import distributed, preempt, schedule, train_setup, train_summary
 from dnlrepro.engine.distributed import DistInfo
 from dnlrepro.engine.resume import FINAL, save_final, save_train_checkpoint
 from dnlrepro.engine.step import NonFiniteLossError, TrainError, format_values, train_step
-from dnlrepro.engine.tracking import Tracker
 from dnlrepro.engine.train_setup import TrainState
-from dnlrepro.files import write_json
+from dnlrepro.track.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ def _memory_kind(dev: torch.device) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.profile import add_config_arguments
+    from dnlrepro.core.profile import add_config_arguments
 
     add_config_arguments(parser, overrides=True)
     parser.add_argument("--work-dir", required=True, help="checkpoints, latest.pth, train.log")
@@ -350,7 +350,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro.profile import config_from_args
+    from dnlrepro.core.profile import config_from_args
 
     cfg, profile = config_from_args(args)
     max_images = args.eval_max_images

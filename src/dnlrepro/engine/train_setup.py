@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnlrepro.config import Config, ConfigError
+from dnlrepro.core.config import Config, ConfigError
 from dnlrepro.engine import distributed, precision, schedule
 from dnlrepro.engine.distributed import DistInfo
 from dnlrepro.engine.resume import find_resume, load_resume

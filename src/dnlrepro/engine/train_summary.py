@@ -6,7 +6,7 @@ The summary (``train_summary.json``) is the run's receipt for the DVC pipeline a
 configuration, batch, device, peak memory as mmcv logs it (§5.5), wall time, the last logged
 losses, the last validation and the final weights with their sha256. MLflow gets the final and
 per-class metrics, the configuration, the summary and two figures; MLflow is a view of the JSON,
-so every tracking failure only warns (:class:`dnlrepro.engine.tracking.Tracker`).
+so every tracking failure only warns (:class:`dnlrepro.track.tracking.Tracker`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dnlrepro import workspace
-from dnlrepro.config import Config
+from dnlrepro.core import workspace
+from dnlrepro.core.config import Config
+from dnlrepro.core.files import file_digest
 from dnlrepro.engine.distributed import DistInfo
 from dnlrepro.engine.precision import precision_record
-from dnlrepro.files import file_digest
 
 
 def build_summary(
@@ -99,7 +99,7 @@ def published_batch(cfg: Config) -> int | None:
     ``cfg.published_batch`` is GPUs x images of *this* resolved config, so the smoke profile's
     ``runtime.gpus: 1`` would report 2 for a row published with 4 x 2 = 8.
     """
-    from dnlrepro.registry import PublishedError, load_published
+    from dnlrepro.core.registry import PublishedError, load_published
 
     try:
         entry = load_published().configs.get(cfg.name)
@@ -115,7 +115,7 @@ def write_curves(history: dict[str, Any], out_dir: Path) -> list[Path]:
 
     The DVC plots (docs/pipeline.md, "Metrics and plots") read these files.
     """
-    from dnlrepro.files import write_bytes_atomic
+    from dnlrepro.core.files import write_bytes_atomic
 
     def table(header: list[str], rows: list[list[Any]]) -> bytes:
         lines = [",".join(header)]

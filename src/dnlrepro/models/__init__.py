@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from dnlrepro.config import Config
+from dnlrepro.core.config import Config
 from dnlrepro.models.checkpoint import (
     PRETRAINED_URLS,
     convert_sync_batchnorm,
@@ -55,7 +55,8 @@ def build_segmentor(cfg: Config, *, attention: str = "sdpa") -> EncoderDecoder:
     """The DNLNet EncoderDecoder for ``cfg`` with mmseg's random init (no download).
 
     Args:
-        cfg: a loaded :class:`dnlrepro.config.Config` (``cfg.model`` and ``cfg.test`` are used).
+        cfg: a loaded :class:`dnlrepro.core.config.Config` (``cfg.model`` and ``cfg.test``
+            are used).
         attention: DNL pairwise implementation, "sdpa" (default, bounded memory) or "naive".
 
     The ImageNet backbone is NOT loaded here; call :func:`load_pretrained_backbone` with

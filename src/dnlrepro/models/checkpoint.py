@@ -6,7 +6,7 @@
   state dicts and DDP keys (``module.`` prefix) are accepted too.
 * The ImageNet ``resnet{50,101}_v1c`` files are loaded into ``model.backbone`` with
   strict=False, as mmcv does (§2.2); only ``fc.*`` is expected to be unexpected (§9 item 3).
-* URLs are fetched through ``dnlrepro.data.download.download_url`` and verified against the
+* URLs are fetched through ``dnlrepro.acquire.download.download_url`` and verified against the
   sha256 prefix that OpenMMLab puts at the end of every file name (``...-2cccc1ad.pth``).
 """
 
@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 # PRETRAINED_URLS (§2.2) is re-exported from here; names are also accepted as open-mmlab://NAME.
-from dnlrepro.data.download import PRETRAINED_URLS, download_url, sha256_prefix_from_name
+from dnlrepro.acquire.download import PRETRAINED_URLS, download_url, sha256_prefix_from_name
 from dnlrepro.models.sync_bn import CPUSyncBatchNorm, swap_batchnorm, to_cpu_sync_bn
 
 logger = logging.getLogger(__name__)

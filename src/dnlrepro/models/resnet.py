@@ -22,7 +22,7 @@ import logging
 import torch
 from torch import nn
 
-from dnlrepro.config import BackboneConfig
+from dnlrepro.core.config import BackboneConfig
 from dnlrepro.models.layers import build_norm, kaiming_init
 
 logger = logging.getLogger(__name__)

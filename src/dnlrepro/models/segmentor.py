@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnlrepro.config import Config
+from dnlrepro.core.config import Config
 from dnlrepro.models.heads import DNLHead, FCNHead
 from dnlrepro.models.resnet import ResNetV1c, build_backbone
 

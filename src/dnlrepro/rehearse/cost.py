@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dnlrepro.config import Config
+from dnlrepro.core.config import Config
 from dnlrepro.data.transforms import rescale_size
 
 _ITER_TIME = re.compile(r"Iter \[\d+/\d+\].*?\btime: ([0-9.]+)")
@@ -44,7 +44,7 @@ def measured_image(log: list[str]) -> float | None:
     found = [
         float(m.group(1))
         for line in log
-        if "INFO dnlrepro.engine.benchmark:" in line and (m := _FPS.search(line))
+        if "INFO dnlrepro.bench.benchmark:" in line and (m := _FPS.search(line))
     ]
     return 1 / found[-1] if found and found[-1] > 0 else None
 

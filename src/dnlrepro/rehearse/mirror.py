@@ -1,14 +1,14 @@
 """The rehearsal's download mirror: miniatures under the real names, served on 127.0.0.1.
 
 The mirror's folder holds every file the pipeline downloads, at ``<host>/<path>`` of its real
-URL, so ``$DNLREPRO_MIRROR`` (:func:`dnlrepro.data.download.mirrored`) maps each URL onto it:
+URL, so ``$DNLREPRO_MIRROR`` (:func:`dnlrepro.acquire.download.mirrored`) maps each URL onto it:
 
 * Cityscapes: ``gtFine_trainvaltest.zip`` (polygon JSON, converted by cityscapesscripts in the
   prepare stage as the real one is) and ``leftImg8bit_trainvaltest.zip``, written by
-  :mod:`dnlrepro.data.synth`, served only after the login handshake of cityscapes-dataset.com
+  :mod:`dnlrepro.acquire.synth`, served only after the login handshake of cityscapes-dataset.com
   (``GET /login``, ``POST /login`` with ``username``/``password``/``submit=Login`` answered by a
   302 and a session cookie, then ``/file-handling/?packageID=N`` and ``/md5-sum/?packageID=N``);
-* ADE20K: ``ADEChallengeData2016.zip`` (:mod:`dnlrepro.data.synth`);
+* ADE20K: ``ADEChallengeData2016.zip`` (:mod:`dnlrepro.acquire.synth`);
 * profile paper: ``resnet{50,101}_v1c-<hash>.pth``, ``{"state_dict": stem.*, layer1-4.*, fc.*}``
   (the open-mmlab key layout, docs/reference.md §2.2) with the real shapes and random weights;
 * profile published: the twelve ``<config>_<date>-<hash>.pth`` in the mmseg layout
@@ -35,12 +35,12 @@ from pathlib import Path
 
 import torch
 
-from dnlrepro.config import load_config
-from dnlrepro.data import download, synth
-from dnlrepro.files import file_digest, write_json
-from dnlrepro.profile import Synthetic
-from dnlrepro.registry import load_published
-from dnlrepro.workspace import Workspace
+from dnlrepro.acquire import download, synth
+from dnlrepro.core.config import load_config
+from dnlrepro.core.files import file_digest, write_json
+from dnlrepro.core.profile import Synthetic
+from dnlrepro.core.registry import load_published
+from dnlrepro.core.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dnlrepro.config import Config, load_config
-from dnlrepro.profile import load_profile
+from dnlrepro.core.config import Config, load_config
+from dnlrepro.core.profile import load_profile
+from dnlrepro.core.workspace import Workspace
 from dnlrepro.rehearse import cost, shrink
 from dnlrepro.rehearse.checks import Check
 from dnlrepro.rehearse.mirror import MirrorFile
 from dnlrepro.rehearse.stages import DvcRun, StageRun
-from dnlrepro.workspace import Workspace
 
 _RUN_SH = "sh pipeline/run.sh "
 _ENV_SHOWN = (

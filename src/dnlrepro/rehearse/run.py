@@ -26,10 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from dnlrepro import workspace
-from dnlrepro.files import write_json
+from dnlrepro.core import workspace
+from dnlrepro.core.files import write_json
+from dnlrepro.core.workspace import Workspace
 from dnlrepro.rehearse import checks, mirror, report, shrink, stages
-from dnlrepro.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from typing import Any
 
 import yaml
 
-from dnlrepro import runs
-from dnlrepro.config import Config, load_config
+from dnlrepro.core import runs
+from dnlrepro.core.config import Config, load_config
+from dnlrepro.core.profile import SynthADE20K, SynthCityscapes, Synthetic, load_profile
+from dnlrepro.core.registry import config_names
+from dnlrepro.core.workspace import Workspace
 from dnlrepro.data.transforms import rescale_size
-from dnlrepro.profile import SynthADE20K, SynthCityscapes, Synthetic, load_profile
-from dnlrepro.registry import config_names
-from dnlrepro.workspace import Workspace
 
 FACTORS: dict[str, int] = {"cityscapes": 32, "ade20k": 16}
 LENGTH_KEYS: tuple[str, ...] = (

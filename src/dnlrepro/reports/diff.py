@@ -8,7 +8,7 @@ References:
   CPU runs, regenerated only by ``dnlrepro diff --update-baseline``). The published numbers are
   listed too, as ``not comparable`` (random weights, a few iterations, synthetic data).
 
-A row trained with several seeds (:mod:`dnlrepro.runs`) is judged by its seeds' mean: with
+A row trained with several seeds (:mod:`dnlrepro.core.runs`) is judged by its seeds' mean: with
 n >= 2 seeds a published number passes when |mean - published| <= max(tolerance, K_STD x std)
 (:mod:`dnlrepro.reports.seeds`); the smoke baseline is checked per run.
 
@@ -26,10 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dnlrepro import workspace
-from dnlrepro.files import write_json
-from dnlrepro.profile import load_profile, read_params
-from dnlrepro.registry import METRICS, Published, load_published
+from dnlrepro.core import workspace
+from dnlrepro.core.files import write_json
+from dnlrepro.core.profile import load_profile, read_params
+from dnlrepro.core.registry import METRICS, Published, load_published
+from dnlrepro.core.runs import of_rows, plan
 from dnlrepro.reports.results import Measured, aggregate, load_measured
 from dnlrepro.reports.seeds import (
     SEED_RULE,
@@ -45,7 +46,6 @@ from dnlrepro.reports.smoke_reference import (
     update_baseline,
 )
 from dnlrepro.reports.tables import environment
-from dnlrepro.runs import of_rows, plan
 
 logger = logging.getLogger(__name__)
 

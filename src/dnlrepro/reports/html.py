@@ -23,10 +23,10 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from dnlrepro import workspace
-from dnlrepro.files import write_bytes_atomic
-from dnlrepro.profile import Profile, load_profile, read_params
-from dnlrepro.registry import METRICS, Published, PublishedEntry, load_published
+from dnlrepro.core import workspace
+from dnlrepro.core.files import write_bytes_atomic
+from dnlrepro.core.profile import Profile, load_profile, read_params
+from dnlrepro.core.registry import METRICS, Published, PublishedEntry, load_published
 from dnlrepro.reports import charts
 from dnlrepro.reports.diff import LABELS, VERDICTS
 from dnlrepro.reports.diff import our_protocol as protocol_fields

@@ -13,7 +13,7 @@ and the machine-dependent ones under ``timings/<config>/``:
 (``results/<config>/metrics.json`` is the compact copy of the headline numbers for
 ``dvc metrics show``; nothing here reads it.)
 
-A row with several seeds (:mod:`dnlrepro.runs`) has one such folder per run; :func:`aggregate`
+A row with several seeds (:mod:`dnlrepro.core.runs`) has one such folder per run; :func:`aggregate`
 turns them into the row's :class:`Measured`: the accuracy metrics are the seeds' means, their
 spread (n, std, values) is kept beside them, everything else is the first seed's.
 
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dnlrepro import workspace
-from dnlrepro.profile import Profile
-from dnlrepro.runs import of_rows, plan
+from dnlrepro.core import workspace
+from dnlrepro.core.profile import Profile
+from dnlrepro.core.runs import of_rows, plan
 
 logger = logging.getLogger(__name__)
 

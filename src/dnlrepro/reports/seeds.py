@@ -1,6 +1,6 @@
 """A row of several seeds against a published number: the rule, and how the diff shows it.
 
-The published rows are single runs; a row we train with n >= 2 seeds (:mod:`dnlrepro.runs`)
+The published rows are single runs; a row we train with n >= 2 seeds (:mod:`dnlrepro.core.runs`)
 is judged by its seeds' mean, with the tolerance widened to ``K_STD`` standard deviations of the
 seeds when they spread more than the tolerance (docs/pipeline.md#seeds).
 """

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dnlrepro.files import write_json
+from dnlrepro.core.files import write_json
 from dnlrepro.reports.results import Measured, read_json
 
 logger = logging.getLogger(__name__)

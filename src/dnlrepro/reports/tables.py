@@ -16,11 +16,11 @@ from pathlib import Path
 
 import jinja2
 
-from dnlrepro import workspace
-from dnlrepro.config import load_config
-from dnlrepro.files import write_bytes_atomic
-from dnlrepro.profile import Profile, load_profile, read_params
-from dnlrepro.registry import Published, load_published
+from dnlrepro.core import workspace
+from dnlrepro.core.config import load_config
+from dnlrepro.core.files import write_bytes_atomic
+from dnlrepro.core.profile import Profile, load_profile, read_params
+from dnlrepro.core.registry import Published, load_published
 from dnlrepro.reports.results import Measured, device_of, load_rows, with_spread
 
 logger = logging.getLogger(__name__)

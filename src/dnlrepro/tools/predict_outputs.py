@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dnlrepro.files import file_digest, write_bytes_atomic, write_json
+from dnlrepro.core.files import file_digest, write_bytes_atomic, write_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MANIFEST = "predict.json"

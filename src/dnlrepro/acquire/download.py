@@ -44,8 +44,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dnlrepro import workspace
-from dnlrepro.files import file_digest, write_json
+from dnlrepro.core import workspace
+from dnlrepro.core.files import file_digest, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -517,7 +517,7 @@ def checkpoint_urls(names: Iterable[str] | None = None) -> dict[str, str]:
     The file names end in ``-<first 8 hex of sha256>.pth`` (docs/reference.md §6.1), which
     :func:`download_url` verifies.
     """
-    from dnlrepro.registry import load_published
+    from dnlrepro.core.registry import load_published
 
     rows = load_published().configs
     names = list(names) if names else list(rows)
@@ -529,7 +529,7 @@ def checkpoint_urls(names: Iterable[str] | None = None) -> dict[str, str]:
 
 def pretrained_for(configs: Iterable[str]) -> list[str]:
     """Backbone names needed by the configs (from their ``model.backbone.pretrained``)."""
-    from dnlrepro.config import load_config
+    from dnlrepro.core.config import load_config
 
     out = []
     for name in configs:

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from dnlrepro import workspace
-from dnlrepro.workspace import Workspace
+from dnlrepro.core import workspace
+from dnlrepro.core.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 

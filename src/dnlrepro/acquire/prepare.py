@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from dnlrepro.data.archives import safe_extract
-from dnlrepro.data.download import ADE20K_ARCHIVES, CITYSCAPES_ARCHIVES, EXTRACTED
+from dnlrepro.acquire.archives import safe_extract
+from dnlrepro.acquire.download import ADE20K_ARCHIVES, CITYSCAPES_ARCHIVES, EXTRACTED
+from dnlrepro.core.files import file_digest, write_json
 from dnlrepro.data.io import LAYOUTS, load_image, load_label, pair_split
-from dnlrepro.files import file_digest, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro import workspace
+    from dnlrepro.core import workspace
 
     ws = workspace.find()
     root = args.data_root or ws.path(DEFAULT_ROOTS[args.dataset])

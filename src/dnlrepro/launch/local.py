@@ -8,7 +8,7 @@ while a stage command runs, so several ``dvc repro -s STAGE`` processes can shar
    launched configurations (download + prepare + MLflow DB; ADE20K rows alone need no
    Cityscapes login); a stale shared upstream would otherwise make the parallel runs fail with
    "is busy";
-2. a queue of runs (each launched configuration's seeds, :mod:`dnlrepro.runs`); one worker per
+2. a queue of runs (each launched configuration's seeds, :mod:`dnlrepro.core.runs`); one worker per
    GPU runs ``CUDA_VISIBLE_DEVICES=<gpu> dvc --wait-for-lock repro -s train@<run>`` (and, with
    ``--stage all``, ``evaluate@<run>`` on the same GPU); when it finishes, the worker takes the
    next run;
@@ -18,7 +18,8 @@ while a stage command runs, so several ``dvc repro -s STAGE`` processes can shar
 ``paper`` profile set ``nproc_per_node: 1`` or give each worker a GPU group (``--gpus 0-3,4-7``
 exports ``CUDA_VISIBLE_DEVICES=0,1,2,3`` for one worker).
 
-``--backend slurm`` submits the same stage commands as sbatch jobs instead (:mod:`dnlrepro.slurm`).
+``--backend slurm`` submits the same stage commands as sbatch jobs instead
+(:mod:`dnlrepro.launch.slurm`).
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dnlrepro import workspace
-from dnlrepro.profile import read_params
-from dnlrepro.registry import load_published
-from dnlrepro.runs import config_of, plan, select
+from dnlrepro.core import workspace
+from dnlrepro.core.profile import read_params
+from dnlrepro.core.registry import load_published
+from dnlrepro.core.runs import config_of, plan, select
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +225,9 @@ def summary(jobs: Sequence[Job]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.slurm import cli as slurm_cli  # here: dnlrepro.slurm imports this module
+    from dnlrepro.launch.slurm import (
+        cli as slurm_cli,
+    )  # here: dnlrepro.launch.slurm imports this module
 
     parser.add_argument(
         "--backend",
@@ -261,7 +264,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     ws = workspace.find()
     if args.backend == "slurm":
-        from dnlrepro.slurm import cli as slurm_cli
+        from dnlrepro.launch.slurm import cli as slurm_cli
 
         return slurm_cli.main(args, ws, [] if args.status else _configs(args, ws))
     if args.status or args.wait:

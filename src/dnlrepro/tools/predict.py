@@ -18,7 +18,7 @@ a file given directly -> ``<out>/<stem>.png``):
 * ``predict.json`` in the output folder: the manifest of every file predict wrote there, with its
   sha256 and label convention.
 
-Nothing is written unless every output path is free (:mod:`~dnlrepro.engine.predict_outputs`):
+Nothing is written unless every output path is free (:mod:`~dnlrepro.tools.predict_outputs`):
 an output may replace only a file that the manifest lists with the same sha256 (predict's own
 earlier output); an input image or any other existing file is refused before the model is loaded.
 """
@@ -38,9 +38,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dnlrepro.config import Config
+from dnlrepro.core.config import Config
 from dnlrepro.engine.inference import infer_image, load_model
-from dnlrepro.engine.predict_outputs import (
+from dnlrepro.tools.predict_outputs import (
     IMAGE_SUFFIXES,
     MANIFEST,
     Manifest,
@@ -215,7 +215,7 @@ def predict(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.profile import add_config_arguments
+    from dnlrepro.core.profile import add_config_arguments
 
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", required=True, help=".pth file or published URL")
@@ -253,7 +253,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro.profile import config_from_args
+    from dnlrepro.core.profile import config_from_args
 
     cfg, _ = config_from_args(args)
     written = predict(

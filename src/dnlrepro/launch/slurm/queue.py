@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dnlrepro.files import write_json
-from dnlrepro.slurm.plan import JobSpec
-from dnlrepro.slurm.scripts import log_pattern
+from dnlrepro.core.files import write_json
+from dnlrepro.launch.slurm.plan import JobSpec
+from dnlrepro.launch.slurm.scripts import log_pattern
 
 logger = logging.getLogger(__name__)
 

@@ -40,15 +40,15 @@ from typing import Any
 
 import torch
 
-from dnlrepro.config import Config
-from dnlrepro.engine.benchmark_measure import (
+from dnlrepro.bench.measure import (
     benchmark_inference,
     benchmark_train_memory,
     random_image_shape,
 )
+from dnlrepro.core.config import Config
+from dnlrepro.core.files import file_digest, write_json
 from dnlrepro.engine.inference import checkpoint_label, load_model
 from dnlrepro.engine.precision import precision_record, tf32_scope
-from dnlrepro.files import file_digest, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def _result(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.profile import add_config_arguments
+    from dnlrepro.core.profile import add_config_arguments
 
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", default=None, help=".pth or URL (default: random init)")
@@ -260,7 +260,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro.profile import config_from_args
+    from dnlrepro.core.profile import config_from_args
 
     cfg, _ = config_from_args(args)
     result = benchmark(

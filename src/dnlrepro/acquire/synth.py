@@ -38,7 +38,7 @@ from tqdm import tqdm
 from dnlrepro.data.classes import ADE20K_CLASSES, ADE20K_PALETTE
 
 if TYPE_CHECKING:
-    from dnlrepro.profile import Synthetic
+    from dnlrepro.core.profile import Synthetic
 
 logger = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro.profile import load_profile
+    from dnlrepro.core.profile import load_profile
 
     smoke = load_profile("smoke").synthetic_or_fail()
     sizes = smoke.cityscapes if args.dataset == "cityscapes" else smoke.ade20k

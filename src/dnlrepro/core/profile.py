@@ -8,7 +8,8 @@ setting fails naming the key and the allowed ones, exactly like a configuration.
 
 ``params.yaml: profile`` selects the profile of the DVC pipeline (:func:`read_params`); DVC stages
 always pass it on explicitly. A command run by hand without ``--profile`` uses
-:data:`~dnlrepro.config.DEFAULT_PROFILE` (``paper``: the configuration's own, published values),
+:data:`~dnlrepro.core.config.DEFAULT_PROFILE` (``paper``: the configuration's own, published
+values),
 never the pipeline switch, and says so in its first log line.
 """
 
@@ -22,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from dnlrepro import workspace
-from dnlrepro.config import (
+from dnlrepro.core import workspace
+from dnlrepro.core.config import (
     DEFAULT_PROFILE,
     PROFILES,
     Config,
@@ -32,7 +33,7 @@ from dnlrepro.config import (
     load_config,
     read_yaml,
 )
-from dnlrepro.workspace import Workspace
+from dnlrepro.core.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Benchmark:
 @dataclass(frozen=True)
 class SeedBlock:
     match: str  # fnmatch pattern over configuration names; the last matching block wins
-    seeds: tuple[int, ...]  # one run (train@ + evaluate@ stage) per seed (dnlrepro.runs)
+    seeds: tuple[int, ...]  # one run (train@ + evaluate@ stage) per seed (dnlrepro.core.runs)
 
 
 @dataclass(frozen=True)

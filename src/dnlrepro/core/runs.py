@@ -27,12 +27,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dnlrepro import workspace
-from dnlrepro.config import PROFILES, ConfigError, read_yaml
-from dnlrepro.files import write_bytes_atomic
-from dnlrepro.profile import Profile, load_profile, read_params
-from dnlrepro.registry import load_published
-from dnlrepro.workspace import Workspace
+from dnlrepro.core import workspace
+from dnlrepro.core.config import PROFILES, ConfigError, read_yaml
+from dnlrepro.core.files import write_bytes_atomic
+from dnlrepro.core.profile import Profile, load_profile, read_params
+from dnlrepro.core.registry import load_published
+from dnlrepro.core.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 

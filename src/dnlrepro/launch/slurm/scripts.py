@@ -15,13 +15,13 @@ from pathlib import Path
 
 import jinja2
 
-from dnlrepro.slurm.plan import JobSpec
+from dnlrepro.launch.slurm.plan import JobSpec
 
 NODE_SCRIPT = "torchrun-node.sh"
 
 
 def _template() -> jinja2.Template:
-    text = resources.files("dnlrepro.slurm").joinpath("templates/job.sbatch.j2").read_text()
+    text = resources.files("dnlrepro.launch.slurm").joinpath("templates/job.sbatch.j2").read_text()
     env = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     return env.from_string(text)
 
@@ -35,7 +35,7 @@ def write_scripts(jobs: list[JobSpec], launch_dir: Path, root: Path) -> dict[str
     """Render one ``<name>.sbatch`` per job into ``launch_dir``; returns name -> script path."""
     (launch_dir / "logs").mkdir(parents=True, exist_ok=True)
     node_script = launch_dir / NODE_SCRIPT
-    source = resources.files("dnlrepro.slurm").joinpath(f"templates/{NODE_SCRIPT}")
+    source = resources.files("dnlrepro.launch.slurm").joinpath(f"templates/{NODE_SCRIPT}")
     with resources.as_file(source) as path:
         shutil.copyfile(path, node_script)
     node_script.chmod(0o755)

@@ -17,11 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dnlrepro.launch import final_stages, shared_stages
-from dnlrepro.profile import Profile, read_params
-from dnlrepro.slurm import plan, queue
-from dnlrepro.slurm.scripts import write_scripts
-from dnlrepro.workspace import Workspace
+from dnlrepro.core.profile import Profile, read_params
+from dnlrepro.core.workspace import Workspace
+from dnlrepro.launch.local import final_stages, shared_stages
+from dnlrepro.launch.slurm import plan, queue
+from dnlrepro.launch.slurm.scripts import write_scripts
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 DVC decides what is done: ``dvc status`` lists the stale stages, and only those become jobs, so
 running the same launch command again resubmits exactly what did not finish. Each job runs the
-local launcher's command (:func:`dnlrepro.launch.dvc_command`), which skips a stage that turns
+local launcher's command (:func:`dnlrepro.launch.local.dvc_command`), which skips a stage that turns
 out to be up to date, so submitting one job too many costs only queue time.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dnlrepro.launch import dvc_command, is_shared
+from dnlrepro.launch.local import dvc_command, is_shared
 
 CPUS_PER_GPU = 5  # mmseg's tools/slurm_train.sh default (CPUS_PER_TASK=5 per GPU task)
 
@@ -98,7 +98,7 @@ def plan_jobs(
 
     A stale shared stage (``download@*``, ``prepare@*``) makes every configuration's jobs run
     after a ``prepare`` job that runs ``dvc repro`` of ``prepare`` (the launched datasets'
-    ``prepare@<dataset>``, :func:`dnlrepro.launch.shared_stages`; their outputs may change the
+    ``prepare@<dataset>``, :func:`dnlrepro.launch.local.shared_stages`; their outputs may change the
     rows); evaluation follows a training of this launch; ``reports`` (the ``final`` stages:
     tables, diff, report) follows every other job, with ``stage="all"`` only.
     """

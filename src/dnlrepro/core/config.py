@@ -10,10 +10,10 @@ and refuses anything it does not understand:
 * a missing key         -> ``ConfigError`` naming the file and the dotted key;
 * a wrong type          -> ``ConfigError`` naming the file, the dotted key, the expected type.
 
-Profiles (:mod:`dnlrepro.profile`, ``params/profiles.yaml``) are documented sets of dotted-key
+Profiles (:mod:`dnlrepro.core.profile`, ``params/profiles.yaml``) are documented sets of dotted-key
 overrides applied on top of the paper values. They go through the same checks, so a typo in a
 profile fails exactly like a typo in a config. Files are looked up in the workspace
-(:mod:`dnlrepro.workspace`), never next to the installed package.
+(:mod:`dnlrepro.core.workspace`), never next to the installed package.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from dnlrepro import workspace
-from dnlrepro.workspace import Workspace
+from dnlrepro.core import workspace
+from dnlrepro.core.workspace import Workspace
 
 if TYPE_CHECKING:
-    from dnlrepro.profile import Profile
+    from dnlrepro.core.profile import Profile
 
 PROFILES: tuple[str, ...] = ("smoke", "paper", "published")
 # A configuration named without a profile runs with its own values: those of the published run.
@@ -251,15 +251,15 @@ def load_config(
     Args:
         name_or_path: an mmseg config name (looked up in the workspace's ``params/``) or a path
             to a YAML file.
-        profile: a :class:`~dnlrepro.profile.Profile` or its name. ``"paper"`` (the default)
+        profile: a :class:`~dnlrepro.core.profile.Profile` or its name. ``"paper"`` (the default)
             applies no override: the file's own values, i.e. the published run's.
         overrides: extra dotted-key overrides, applied last (e.g. ``{"schedule.max_iters": 10}``).
-        ws: the workspace (default: :func:`dnlrepro.workspace.find`).
+        ws: the workspace (default: :func:`dnlrepro.core.workspace.find`).
 
     Returns:
         A frozen :class:`Config`.
     """
-    from dnlrepro.profile import load_profile
+    from dnlrepro.core.profile import load_profile
 
     ws = ws or workspace.find()
     path = config_path(name_or_path, ws)

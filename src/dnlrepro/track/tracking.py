@@ -6,7 +6,7 @@ Behaviour verified on this machine (MLflow 3.17.2, DVC 3.67.1):
   ``sqlite:///<$DVC_ROOT or the workspace root>/mlflow.db`` -- because MLflow's default
   ``sqlite:///mlflow.db`` is relative to the current directory and DVC stages / queued experiments
   run elsewhere. ``$DVC_ROOT`` names the parent repository even in a queued experiment's copy, so
-  every experiment writes to the one shared store (:mod:`dnlrepro.workspace`);
+  every experiment writes to the one shared store (:mod:`dnlrepro.core.workspace`);
 * a fresh sqlite DB must be created and migrated once before parallel stages start (concurrent
   first use races in Alembic): ``dnlrepro mlflow-init`` does that;
 * artifacts are stored next to the DB (``<db dir>/mlruns``), never in the current directory;
@@ -26,8 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from dnlrepro import workspace
-from dnlrepro.config import Config
+from dnlrepro.core import workspace
+from dnlrepro.core.config import Config
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ Which workspace, in order:
 
 ``$DVC_ROOT`` is deliberately not used for data and results: in a queued experiment it still names
 the parent repository (see docs/pipeline.md, "Experiments"). It is right for the one shared MLflow
-store, which :mod:`dnlrepro.engine.tracking` places there.
+store, which :mod:`dnlrepro.track.tracking` places there.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 § numbers refer to docs/reference.md.
 
-:mod:`dnlrepro.engine.benchmark` runs each of them twice, with our SDPA attention and with
+:mod:`dnlrepro.bench.benchmark` runs each of them twice, with our SDPA attention and with
 mmseg's explicit attention (§5.6), and writes the JSON.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dnlrepro.config import Config
+from dnlrepro.core.config import Config
 from dnlrepro.engine import schedule
 from dnlrepro.engine.evaluate import resolve_split
 from dnlrepro.engine.inference import SINGLE_SCALE, unwrap

@@ -1,0 +1,1 @@
+"""Getting the data: download, synthetic archives, extraction, preparation (download@/prepare@)."""

@@ -1,0 +1,1 @@
+"""Inference speed and training memory as mmseg measures them (evaluate@)."""

@@ -1,0 +1,1 @@
+"""Shared by every stage: configuration, profiles, registry, runs, workspace, files."""

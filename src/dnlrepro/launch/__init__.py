@@ -1,0 +1,1 @@
+"""Launchers: local GPU queue and Slurm, around `dvc repro` of the stages."""

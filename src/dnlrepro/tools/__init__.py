@@ -1,0 +1,1 @@
+"""Commands outside the DAG: predict, show-config."""

@@ -1,0 +1,1 @@
+"""MLflow tracking (train@, evaluate@; prepare@ creates the store)."""
