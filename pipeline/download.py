@@ -1,23 +1,23 @@
-"""DVC stage ``download@<dataset>``: get one dataset's archives, write a receipt.
+"""DVC stage ``download@<dataset>``: get one dataset's archives and weights, write a receipt.
 
-* smoke:     synthetic archives with the real names and formats (``dnlrepro.acquire.synth``) into
-             ``downloads/<dataset>/synthetic``, at the sizes of ``params/profiles.yaml``
-             smoke.settings.synthetic.
-* paper:     the real archives into ``downloads/<dataset>``, and the ImageNet backbones of the
-             dataset's rows into ``downloads/``.
-* published: the real archives and the dataset's published checkpoints (sha256-prefix verified)
-             into ``downloads/checkpoints``.
+One path for every profile: fetch -> verify -> link into ``downloads/<dataset>`` (then
+``prepare@<dataset>`` extracts and checks). Only where the archives come from differs:
 
-One stage per dataset, so ADE20K (public) is fetched and its rows run without Cityscapes
-credentials (``dvc repro --keep-going`` goes on past a failed Cityscapes download). Set
-``DNLREPRO_LOCAL_DATA=/path`` to link archives you already have instead of downloading. The
-stage's output is ``downloads/<dataset>``, declared ``cache: false`` (archives stay out of git
-and of the DVC cache: no second copy of 11 GB) and ``persist: true`` (a re-run, e.g. after a
-code change, resumes/verifies instead of deleting what is there). A fresh clone has no
-``downloads/``, so ``dvc repro`` runs this stage; ``results/data/downloads/<dataset>.json``
-lists what the run saw (names, sizes, sha256) for the record. The backbones and checkpoints
-stay outside the stage's folder because rows of both datasets share them; a training or
-evaluation stage fetches (and verifies) its own if they are missing.
+* ``data_source: synthetic`` (smoke): archives in the real names and formats, written once at
+  the profile's miniature sizes into ``downloads/synthetic-source/<dataset>``
+  (:func:`dnlrepro.acquire.synth.local_source`), which the downloader reads as it reads a
+  user's ``DNLREPRO_LOCAL_DATA``; they land in ``downloads/<dataset>/synthetic`` so that
+  switching profiles never mixes them with real archives of the same names.
+* ``data_source: real``: the real archives from their sites, or linked from
+  ``DNLREPRO_LOCAL_DATA=/path`` when set.
+
+Weights: the ImageNet backbones the dataset's configurations start from (none when a profile
+trains from random weights) into ``downloads/``, or, for a profile that does not train, the
+rows' published checkpoints into ``downloads/checkpoints``. One stage per dataset, so ADE20K
+(public) is fetched and its rows run without Cityscapes credentials (``dvc repro
+--keep-going``). ``downloads/<dataset>`` is ``cache: false`` (no second copy of 11 GB) and
+``persist: true`` (a re-run resumes/verifies instead of deleting); the receipt
+``results/data/downloads/<dataset>.json`` lists what the run saw (names, sizes, sha256).
 """
 
 from __future__ import annotations
@@ -26,44 +26,66 @@ import os
 import shutil
 from pathlib import Path
 
-from common import archives, dataset_arg, run_stage, setup
+from common import dataset_arg, run_stage, setup
 from dnlrepro.acquire import download, synth
+from dnlrepro.core.config import load_config
 from dnlrepro.core.files import file_digest, write_json
+from dnlrepro.core.profile import Profile, read_params
 from dnlrepro.core.registry import names_of
+from dnlrepro.core.workspace import Workspace
 
 NOT_ARCHIVES = (".part", ".verified.json")
 
 
+def source(ws: Workspace, profile: Profile, dataset: str, folder: Path) -> Path | None:
+    """Where the archives are linked from (None: downloaded from their sites)."""
+    if profile.settings.data_source == "synthetic":
+        sizes = profile.miniature.synthetic()  # load_profile checked that there is one
+        local = synth.local_source(ws.downloads / "synthetic-source" / dataset, dataset, sizes)
+        os.environ[download.EXPECTED_SHA256_ENV] = str(local / synth.EXPECTED_SHA256)
+        # Links only, re-made every run: an archive of other sizes must not survive into the
+        # receipt.
+        shutil.rmtree(folder, ignore_errors=True)
+        return local
+    local = os.environ.get("DNLREPRO_LOCAL_DATA")
+    return Path(local) if local else None
+
+
+def fetch_all(ws: Workspace, profile: Profile, dataset: str, folder: Path) -> list[Path]:
+    """The archives, then the weights; returns the weights. Both are attempted even when the
+    first fails, so what can be fetched is there for the next run; the error names both."""
+    rows = list(names_of(dataset, ws))
+    if profile.settings.train:  # the rows that start from ImageNet weights (docs/reference.md §2.2)
+        what = "pretrained"
+        rows = [n for n in rows if load_config(n, profile, ws=ws).model.backbone.pretrained]
+    else:
+        what = "checkpoints"
+    local = source(ws, profile, dataset, folder)
+    steps = [(dataset, folder, None, local)]
+    if rows:
+        local_weights = None if profile.settings.data_source == "synthetic" else local
+        steps.append((what, download.default_dest(what, ws), rows, local_weights))
+    failed, weights = [], []
+    for step, dest, configs, linked_from in steps:
+        try:
+            got = download.fetch(step, dest, configs, local=linked_from)
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
+            failed.append(f"{step}: {e}")
+            continue
+        weights += got if step == what else []
+    if failed:
+        hint = " (the ADE20K rows do not need it: `dvc repro --keep-going`)"
+        raise RuntimeError("; ".join(failed) + (hint if dataset == "cityscapes" else ""))
+    return weights
+
+
 def main() -> int:
     dataset = dataset_arg()
-    ws, profile = setup()
-    folder = archives(ws, profile, dataset)
-    weights: list[Path] = []
-    if profile.settings.data_source == "synthetic":
-        # A clean folder: a stale archive from other sizes must not survive into the receipt.
-        shutil.rmtree(folder, ignore_errors=True)
-        synth.write(dataset, folder, profile.synthetic_or_fail())
-    else:
-        local = os.environ.get("DNLREPRO_LOCAL_DATA")
-        local_path = Path(local) if local else None
-        rows = list(names_of(dataset, ws))
-        # ImageNet backbones to train (docs/reference.md §2.2), else the published checkpoints.
-        what = "pretrained" if profile.settings.train else "checkpoints"
-        dest = download.default_dest(what, ws)
-        # The weights are attempted even when the archives failed, so what can be fetched is
-        # there for the next run; the stage then fails naming both.
-        failed = []
-        for step, dest_dir, configs in ((dataset, folder, None), (what, dest, rows)):
-            try:
-                got = download.fetch(step, dest_dir, configs, local=local_path)
-            except (FileNotFoundError, ValueError, RuntimeError) as e:
-                failed.append(f"{step}: {e}")
-                continue
-            if step == what:
-                weights = got
-        if failed:
-            hint = " (the ADE20K rows do not need it: `dvc repro --keep-going`)"
-            raise RuntimeError("; ".join(failed) + (hint if dataset == "cityscapes" else ""))
+    ws = setup()
+    profile = read_params(ws)
+    synthetic = profile.settings.data_source == "synthetic"
+    folder = download.archive_folder(dataset, ws, synthetic)
+    weights = fetch_all(ws, profile, dataset, folder)
     # This profile's archives only: the real folder's synthetic/ subfolder is another profile's;
     # partial transfers and the verification caches (*.verified.json) are not archives.
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.endswith(NOT_ARCHIVES))

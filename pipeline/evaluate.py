@@ -1,7 +1,8 @@
 """DVC stage ``evaluate@<run>``: single-scale + ms+flip mIoU, inference speed, provenance.
 
-§ numbers refer to docs/reference.md. A run is one (configuration, seed) of ``params/runs.yaml``
-(:mod:`dnlrepro.core.runs`). Always both protocols (§5.3; the 512x1024 Cityscapes rows have no
+§ numbers refer to docs/reference.md. A run is one (configuration, seed) of ``params/runs.yaml``;
+what it evaluates with comes from ``resolve@<run>`` (``results/<run>/config.yaml`` and block
+``evaluate`` of ``run.yaml``). Always both protocols (§5.3; the 512x1024 Cityscapes rows have no
 published ms+flip number, but we measure it). Outputs, ``<run>`` as in ``train@<run>``:
 
 * ``results/<run>/metrics.json`` -- the compact DVC metric: mIoU, mIoU_ms_flip, mAcc, aAcc
@@ -17,25 +18,20 @@ published ms+flip number, but we measure it). Outputs, ``<run>`` as in ``train@<
 
 from __future__ import annotations
 
-import argparse
 import json
 
-from common import run_stage, setup
+from common import run_stage, setup, stage_arg
 from dnlrepro.bench.benchmark import benchmark
-from dnlrepro.core.config import load_config
+from dnlrepro.core import resolve
 from dnlrepro.core.files import write_bytes_atomic, write_json
-from dnlrepro.core.runs import resolve
 from dnlrepro.engine import eval_artifacts
 from dnlrepro.engine.evaluate import evaluate
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="a key of params/runs.yaml")
-    key = parser.parse_args().run
-    ws, profile = setup()
-    run = resolve(ws, profile, key)
-    cfg = load_config(run.config, profile, {"schedule.seed": run.seed}, ws=ws)
+    key = stage_arg()
+    ws = setup()
+    cfg, plan = resolve.read(ws, key)
     checkpoint = ws.work_dirs / key / "final.pth"
     out, timings = ws.results / key, ws.timings / key
     result = evaluate(
@@ -44,12 +40,12 @@ def main() -> int:
         split="val",
         ms_flip=True,
         out=out / "eval.json",
-        max_images=profile.settings.eval_max_images,
-        small_window_alt=profile.settings.eval_small_window_alt and cfg.test.mode == "slide",
+        max_images=plan.evaluate.max_images,
+        small_window_alt=plan.evaluate.small_window_alt,
     )
     write_json(out / "metrics.json", eval_artifacts.compact_metrics(result))
     write_bytes_atomic(out / "per_class.csv", eval_artifacts.per_class_plot_csv(result))
-    bench = profile.settings.benchmark
+    bench = plan.evaluate.benchmark
     speed = benchmark(
         cfg,
         checkpoint,
@@ -57,16 +53,16 @@ def main() -> int:
         warmup=bench.warmup,
         train_iters=bench.train_iters,
         # Real data: time the config's test split (§5.4); synthetic profiles time random images.
-        data_root=cfg.data.data_root if profile.settings.data_source == "real" else None,
+        data_root=cfg.data.data_root if plan.evaluate.real_images else None,
         out=timings / "benchmark.json",
     )
     train_timing = timings / "train.json"
     trained = json.loads(train_timing.read_text()) if train_timing.is_file() else {}
     write_json(timings / "speed.json", eval_artifacts.compact_speed(speed, trained))
     record = {
-        "config": run.config,
-        "seed": run.seed,
-        "profile": profile.name,
+        "config": plan.config,
+        "seed": plan.seed,
+        "profile": cfg.profile,
         "config_digest": cfg.digest(),
     }
     write_json(out / "run.json", record, sort_keys=True)

@@ -2,10 +2,11 @@
 
 Archives come from ``download@<dataset>``, the data root from the profile's configurations
 (paper: ``data/cityscapes``, ``data/ade/ADEChallengeData2016`` as in mmseg; synthetic profiles:
-a ``synthetic/`` subfolder of those). The dataset's data folder is the stage's ``cache: false,
-persist: true`` output (so a fresh clone re-creates it); ``results/data/<dataset>.json`` is a
-small committed digest of the prepared files (from ``<data-root>/manifest.json``, without its
-timestamps) that train/evaluate of that dataset depend on, so they re-run exactly when their
+a ``synthetic/`` subfolder of those). The image counts checked are the real datasets' or, for a
+profile with a miniature, the miniature's. The dataset's data folder is the stage's ``cache:
+false, persist: true`` output (so a fresh clone re-creates it); ``results/data/<dataset>.json``
+is a small committed digest of the prepared files (from ``<data-root>/manifest.json``, without
+its timestamps) that train/evaluate of that dataset depend on, so they re-run exactly when their
 prepared data changes. The MLflow store is created here because the sqlite DB must exist and be
 migrated before parallel training stages touch it.
 """
@@ -16,28 +17,27 @@ import hashlib
 import json
 import os
 
-from common import archives, dataset_arg, run_stage, setup
-from dnlrepro.acquire.prepare import REAL_COUNTS, prepare
+from common import dataset_arg, run_stage, setup
+from dnlrepro.acquire.download import archive_folder
+from dnlrepro.acquire.prepare import prepare
 from dnlrepro.core.config import load_config
 from dnlrepro.core.files import write_json
+from dnlrepro.core.miniature import REAL_COUNTS
+from dnlrepro.core.profile import read_params
 from dnlrepro.core.registry import names_of
 from dnlrepro.track.tracking import init_db
 
 
 def main() -> int:
     dataset = dataset_arg()
-    ws, profile = setup()
+    ws = setup()
+    profile = read_params(ws)
     # Every configuration of a dataset shares its data root (test_config checks it).
     root = ws.path(load_config(names_of(dataset, ws)[0], profile, ws=ws).data.data_root)
-    if profile.settings.data_source == "synthetic":
-        sizes = getattr(profile.synthetic_or_fail(), dataset)
-        expect = (sizes.train, sizes.val)  # known exactly
-    elif profile.settings.expected_counts is not None:  # a rehearsal's miniatures
-        expect = getattr(profile.settings.expected_counts, dataset)
-    else:
-        expect = REAL_COUNTS[dataset]
+    expect = profile.expected_counts(dataset) or REAL_COUNTS[dataset]
+    archives = archive_folder(dataset, ws, profile.settings.data_source == "synthetic")
     nproc = min(8, os.cpu_count() or 1)
-    manifest = prepare(dataset, archives(ws, profile, dataset), root, expect, nproc=nproc)
+    manifest = prepare(dataset, archives, root, expect, nproc=nproc)
     # The per-file sha256 list identifies the data; archive mtimes in the manifest do not.
     files = manifest.get("files", manifest)
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()

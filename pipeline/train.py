@@ -1,96 +1,85 @@
 """DVC stage ``train@<run>``: produce ``work_dirs/<run>/final.pth`` + the training summary.
 
-A run is one (configuration, seed) of ``params/runs.yaml`` (:mod:`dnlrepro.core.runs`); ``<run>`` is
-the configuration's name for a row's first seed. Outputs: ``results/<run>/train_summary.json``
-(deterministic: config, seed, batch, losses, last validation, weights' sha256),
-``results/<run>/{train,lr,val}_curve.csv`` (DVC plots) and ``timings/<run>/train.json`` (wall
-time, peak memory: machine-dependent).
+A run is one (configuration, seed) of ``params/runs.yaml``; everything it computes with comes
+from ``resolve@<run>`` (``results/<run>/config.yaml`` and block ``train`` of ``run.yaml``).
+Outputs: ``results/<run>/train_summary.json`` (deterministic: config, seed, batch, losses, last
+validation, weights' sha256), ``results/<run>/{train,lr,val}_curve.csv`` (DVC plots) and
+``timings/<run>/train.json`` (wall time, peak memory: machine-dependent).
 
-* smoke / paper: train (paper: through torchrun with the profile's ``nproc_per_node`` x
-  ``nnodes``). Resume state lives in ``work_dirs/<run>/scratch/<digest>/``: not a declared
-  output (DVC deletes declared outputs before re-running a stage; a ``persist`` output would
-  disable the run-cache), keyed by the resolved-config digest so a changed configuration never
-  resumes a stale run, and removed once the run has finished.
-* published: no training; the published mmseg checkpoint is fetched (sha256-prefix verified) and
-  becomes the stage's checkpoint output.
+* source ``train``: :func:`dnlrepro.engine.launcher.run_training`, in this process or through
+  torchrun depending on the process count alone. Resume state lives in
+  ``work_dirs/<run>/scratch/<digest>/``: not a declared output (DVC deletes declared outputs
+  before re-running a stage; a ``persist`` output would disable the run-cache), keyed by the
+  resolved-config digest so a changed configuration never resumes a stale run, and removed
+  once the run has finished.
+* source ``published``: the published mmseg checkpoint that ``download@<dataset>`` fetched and
+  verified becomes the stage's checkpoint output.
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
-from common import run_stage, setup, torchrun
-from dnlrepro.acquire import download
-from dnlrepro.core.config import load_config
+from common import run_stage, setup, stage_arg
+from dnlrepro.core import resolve
+from dnlrepro.core.config import Config
 from dnlrepro.core.files import file_digest, write_json
-from dnlrepro.core.profile import Profile
-from dnlrepro.core.runs import Run, resolve
+from dnlrepro.core.resolve import RunPlan
 from dnlrepro.core.workspace import Workspace
-from dnlrepro.engine.train import train
+from dnlrepro.engine.launcher import run_training
 from dnlrepro.engine.train_summary import write_curves
 
 
-def fetch_published(ws: Workspace, run: Run, final: Path, summary: Path) -> None:
-    name = run.config
-    (source,) = download.fetch("checkpoints", download.default_dest("checkpoints", ws), [name])
+def copy_published(ws: Workspace, plan: RunPlan, final: Path, summary: Path) -> None:
+    source = ws.path(plan.train.checkpoint_file or "")
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"{source}: the published checkpoint of {plan.config} is missing; "
+            f"`dvc repro download@{plan.dataset}` fetches and verifies it"
+        )
     shutil.copyfile(source, final)
     # The stage's timing output: nothing was trained here (the README has the run's Mem).
-    timing = {"config": name, "trained": False, "memory_kind": None}
-    write_json(ws.timings / run.key / "train.json", timing)
+    timing = {"config": plan.config, "trained": False, "memory_kind": None}
+    write_json(ws.timings / plan.run / "train.json", timing)
     write_curves({}, summary.parent)  # the stage's plot outputs: no curve without training
-    write_json(
-        summary,
-        {
-            "config": name,
-            "profile": "published",
-            "trained": False,
-            "source": download.checkpoint_urls([name])[name],
-            "sha256": file_digest(final),
-            "note": "published mmseg checkpoint; memory and time of its training are the README's",
-        },
-    )
+    record = {
+        "config": plan.config,
+        "profile": "published",
+        "trained": False,
+        "source": plan.train.checkpoint,
+        "sha256": file_digest(final),
+        "note": "published mmseg checkpoint; memory and time of its training are the README's",
+    }
+    write_json(summary, record)
 
 
-def run_training(ws: Workspace, profile: Profile, run: Run, final: Path, summary: Path) -> None:
-    cfg = load_config(run.config, profile, {"schedule.seed": run.seed}, ws=ws)
-    timing = ws.timings / run.key / "train.json"
-    scratch = ws.work_dirs / run.key / "scratch" / cfg.digest()[:16]
-    if profile.settings.launcher == "torchrun":
-        torchrun(
-            profile,
-            *("train", "--config", run.config, "--profile", profile.name),
-            *("--set", f"schedule.seed={run.seed}"),
-            *("--work-dir", str(scratch), "--final-path", str(final)),
-            *("--summary-out", str(summary), "--timing-out", str(timing)),
-        )
-    else:
-        train(
-            cfg,
-            scratch,
-            final_path=final,
-            summary_out=summary,
-            timing_out=timing,
-            eval_max_images=profile.settings.eval_max_images,
-        )
+def train(ws: Workspace, cfg: Config, plan: RunPlan, final: Path, summary: Path) -> None:
+    scratch = ws.work_dirs / plan.run / "scratch" / cfg.digest()[:16]
+    argv = [
+        *("--config", str(ws.results / plan.run / resolve.CONFIG_FILE)),
+        *("--work-dir", str(scratch), "--final-path", str(final)),
+        *("--summary-out", str(summary)),
+        *("--timing-out", str(ws.timings / plan.run / "train.json")),
+    ]
+    if plan.train.val_max_images is not None:
+        argv += ["--eval-max-images", str(plan.train.val_max_images)]
+    run_training(argv, plan.train.nproc_per_node, plan.train.nnodes)
     # The run is complete: nothing is left to resume, and 12 stale copies would fill the disk.
-    shutil.rmtree(ws.work_dirs / run.key / "scratch", ignore_errors=True)
+    shutil.rmtree(ws.work_dirs / plan.run / "scratch", ignore_errors=True)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="a key of params/runs.yaml")
-    key = parser.parse_args().run
-    ws, profile = setup()
-    run = resolve(ws, profile, key)
+    key = stage_arg()
+    ws = setup()
+    cfg, plan = resolve.read(ws, key)
     final = ws.work_dirs / key / "final.pth"
     summary = ws.results / key / "train_summary.json"
     final.parent.mkdir(parents=True, exist_ok=True)
-    if profile.settings.train:
-        run_training(ws, profile, run, final, summary)
+    if plan.train.source == "published":
+        copy_published(ws, plan, final, summary)
     else:
-        fetch_published(ws, run, final, summary)
+        train(ws, cfg, plan, final, summary)
     return 0
 
 

@@ -1,14 +1,16 @@
-"""The DVC DAG: stage names, the foreach rows, per-configuration invalidation, a 13th row.
+"""The DVC DAG: stage names, the foreach rows, what re-runs when, a 13th row.
 
 The rows of the pipeline are the registry's (``params/published.yaml`` ``configs:``, read by
 ``dvc.yaml``'s ``vars``). The invalidation tests copy the pipeline definition and the code into a
-temporary DVC repo, record fake outputs for every stage (``dvc commit``), edit one file and ask
-``dvc status`` which stages changed -- no stage command runs, so they take seconds.
+temporary DVC repo, write every run's resolved files (what ``resolve@`` writes), record fake
+outputs for every other stage (``dvc commit``), edit one file and ask ``dvc status`` which stages
+changed; only the cheap ``resolve@`` stages ever run (docs/pipeline.md, "What re-runs when").
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dnlrepro.core import resolve
 from dnlrepro.core.config import ConfigError, load_config
 from dnlrepro.core.profile import read_params
 from dnlrepro.core.registry import config_names, load_published
@@ -52,10 +55,17 @@ NEW_ENTRY = f"""\
 
 
 def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, check=False
+    # Stage commands (only resolve@ runs here) use this interpreter and the copy's code.
+    env = {**os.environ, "DNLREPRO_PYTHON": sys.executable, "PYTHONPATH": str(repo / "src")}
+    env.pop("DNLREPRO_WORKSPACE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
-    return result
 
 
 def test_foreach_stages_are_the_runs_of_the_registry_rows():
@@ -66,7 +76,7 @@ def test_foreach_stages_are_the_runs_of_the_registry_rows():
     definition = yaml.safe_load((REPO / "dvc.yaml").read_text())
     assert definition["vars"][0] == "params/runs.yaml:runs"
     assert set(definition["vars"][1]["datasets"]) == {"cityscapes", "ade20k"}
-    for stage in ("train", "evaluate"):
+    for stage in ("resolve", "train", "evaluate"):
         assert definition["stages"][stage]["foreach"] == "${runs}"
 
     ws = Workspace(REPO)
@@ -77,12 +87,15 @@ def test_foreach_stages_are_the_runs_of_the_registry_rows():
     assert {r.config for r in runs.values()} == set(NAMES)
     with Repo(str(REPO)) as repo:
         stages = {s.addressing: s for s in repo.index.stages}
-    for kind in ("train", "evaluate"):
+    for kind in ("resolve", "train", "evaluate"):
         assert [s.split("@", 1)[1] for s in stages if s.startswith(f"{kind}@")] == list(runs)
     for key, run in runs.items():
+        # the configuration file reaches the run only through its resolved files
+        assert f"params/{run.config}.yaml" in {p.def_path for p in stages[f"resolve@{key}"].deps}
         for kind in ("train", "evaluate"):
-            params = {p.def_path for p in stages[f"{kind}@{key}"].deps}
-            assert f"params/{run.config}.yaml" in params, (kind, key)
+            deps = {p.def_path for p in stages[f"{kind}@{key}"].deps}
+            assert f"params/{run.config}.yaml" not in deps, (kind, key)
+            assert {f"results/{key}/config.yaml", f"results/{key}/run.yaml"} <= deps, (kind, key)
 
     registry = load_published(REPO / "params" / "published.yaml").configs
     # No orphan configuration file: every params/dnl_*.yaml is a row (else it would never run).
@@ -97,7 +110,7 @@ def test_foreach_stages_are_the_runs_of_the_registry_rows():
             assert f"results/data/{row.dataset}.json" in deps  # item.dataset is used
             other = "ade20k" if row.dataset == "cityscapes" else "cityscapes"
             assert f"results/data/{other}.json" not in deps
-            assert f"params/{name}.yaml" in deps
+            assert f"results/{name}/config.yaml" in deps
             assert stage.cmd == f"sh pipeline/run.sh pipeline/{kind}.py {name}"
 
 
@@ -110,6 +123,7 @@ def test_stage_names_follow_the_mmseg_config_names():
         "download@ade20k",
         "prepare@cityscapes",
         "prepare@ade20k",
+        *(f"resolve@{n}" for n in RUNS),
         *(f"train@{n}" for n in RUNS),
         *(f"evaluate@{n}" for n in RUNS),
         "tables",
@@ -121,14 +135,21 @@ def test_stage_names_follow_the_mmseg_config_names():
 
 def fake_outputs(repo: Path) -> None:
     """Every declared output of every stage (outs, metrics, plots), as DVC itself lists them, so
-    `dvc commit` can record a lock file. A path without a suffix is a folder (``downloads``,
-    ``data``): it gets one file."""
+    `dvc commit` can record a lock file: the real resolved files of every run (later stages read
+    them as params), fake contents for the rest. A path without a suffix is a folder
+    (``downloads``, ``data``): it gets one file."""
     from dvc.repo import Repo
 
+    ws = Workspace(repo)
+    profile = read_params(ws)
+    for run in check(ws, profile).values():
+        resolve.write(ws, profile, run)
     with Repo(str(repo)) as dvc_repo:
         outs = [out.def_path for stage in dvc_repo.index.stages for out in stage.outs]
     assert outs, "dvc.yaml declares no outputs"
     for rel in outs:
+        if rel.endswith((resolve.CONFIG_FILE, resolve.PLAN_FILE)):
+            continue
         path = repo / rel
         if not path.suffix:
             path = path / "x.txt"
@@ -164,31 +185,62 @@ def edit(path: Path, old: str, new: str) -> str:
     return text
 
 
+def repro(repo: Path, *stages: str) -> str:
+    result = dvc(repo, "repro", *stages)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+RUN_STAGES = ("resolve", "train", "evaluate")
+
+
 @pytest.mark.slow
-def test_editing_one_configuration_invalidates_only_its_stages(locked_copy: Path):
+def test_an_edit_the_profile_overrides_stops_at_resolve(locked_copy: Path):
+    """lr 0.02 in a file whose lr the smoke profile already sets to 0.02: resolve@ re-runs, says
+    so, and its unchanged output leaves training and evaluation up to date."""
     assert changed_stages(locked_copy) == set()
     path = locked_copy / "params" / f"{ONE}.yaml"
     original = edit(path, "lr: 0.01", "lr: 0.02")
     try:
-        assert changed_stages(locked_copy) == {f"train@{ONE}", f"evaluate@{ONE}"}
+        assert changed_stages(locked_copy) == {f"resolve@{ONE}"}
+        log = repro(locked_copy, f"resolve@{ONE}")
+        assert "profile smoke sets" in log and "schedule.lr 0.02 -> 0.02" in log
+        assert f"train@{ONE} and evaluate@{ONE} stay up to date" in log
+        assert changed_stages(locked_copy) == set()
     finally:
         path.write_text(original)
-    # a row of two seeds: both of its runs, nothing else
-    path = locked_copy / "params" / f"{BASE}.yaml"
-    original = edit(path, "lr: 0.01", "lr: 0.02")
-    try:
-        runs = {BASE, f"{BASE}-seed1"}
-        assert changed_stages(locked_copy) == {
-            f"{s}@{r}" for s in ("train", "evaluate") for r in runs
-        }
-    finally:
-        path.write_text(original)
+        repro(locked_copy, f"resolve@{ONE}")
     assert changed_stages(locked_copy) == set()
 
 
 @pytest.mark.slow
-def test_other_profiles_and_published_numbers_touch_only_what_uses_them(locked_copy: Path):
+def test_editing_one_configuration_re_runs_only_its_runs(locked_copy: Path):
+    """A value the profile keeps (momentum) in a row of two seeds: both runs, nothing else."""
+    path = locked_copy / "params" / f"{BASE}.yaml"
+    original = edit(path, "momentum: 0.9", "momentum: 0.8")
+    keys = (BASE, f"{BASE}-seed1")
+    try:
+        assert changed_stages(locked_copy) == {f"resolve@{k}" for k in keys}
+        repro(locked_copy, *(f"resolve@{k}" for k in keys))
+        assert changed_stages(locked_copy) == {
+            f"{s}@{k}" for s in ("train", "evaluate") for k in keys
+        } | {"tables", "diff", "report"}
+    finally:
+        path.write_text(original)
+        repro(locked_copy, *(f"resolve@{k}" for k in keys))
+        fake_outputs(locked_copy)
+        assert dvc(locked_copy, "commit", "-f", "-q").returncode == 0
+    assert changed_stages(locked_copy) == set()
+
+
+@pytest.mark.slow
+def test_rewording_a_description_or_a_published_number_re_runs_no_run(locked_copy: Path):
     profiles = locked_copy / "params" / "profiles.yaml"
+    original = edit(profiles, "The embedded default:", "The embedded default profile:")
+    try:
+        assert changed_stages(locked_copy) == {"tables", "report"}
+    finally:
+        profiles.write_text(original)
     original = edit(profiles, "nproc_per_node: 4", "nproc_per_node: 8")  # the paper block
     try:
         assert changed_stages(locked_copy) == set()  # params.yaml selects smoke
@@ -197,21 +249,62 @@ def test_other_profiles_and_published_numbers_touch_only_what_uses_them(locked_c
     published = locked_copy / "params" / "published.yaml"
     original = edit(published, "mIoU: 78.61", "mIoU: 78.62")
     try:
-        assert changed_stages(locked_copy) == {"tables", "diff", "report"}
+        # download@ reads the registry's rows and checkpoint URLs (a re-run fetches nothing new)
+        downloads = {"download@cityscapes", "download@ade20k"}
+        assert changed_stages(locked_copy) == {"tables", "diff", "report"} | downloads
     finally:
         published.write_text(original)
 
 
 @pytest.mark.slow
-def test_model_code_invalidates_training_and_evaluation_only(locked_copy: Path):
-    path = locked_copy / "src" / "dnlrepro" / "models" / "__init__.py"
+def test_adding_a_seed_to_one_row_adds_exactly_its_run(locked_copy: Path):
+    profiles = locked_copy / "params" / "profiles.yaml"
+    runs_file = locked_copy / "params" / "runs.yaml"
+    before = runs_file.read_text()
+    original = edit(
+        profiles,
+        '    - {match: "dnl_r50-d8_512x1024_40k_cityscapes", seeds: [0, 1]}\n',
+        '    - {match: "dnl_r50-d8_512x1024_40k_cityscapes", seeds: [0, 1]}\n'
+        f'    - {{match: "{ONE}", seeds: [0, 1]}}\n',
+    )
+    cli = [sys.executable, "-m", "dnlrepro.cli", "--workspace", str(locked_copy)]
+    try:
+        switched = subprocess.run([*cli, "profile", "smoke"], capture_output=True, text=True)
+        assert switched.returncode == 0, switched.stderr
+        new = f"{ONE}-seed1"
+        assert changed_stages(locked_copy) == {
+            *(f"{s}@{new}" for s in RUN_STAGES),
+            "tables",
+            "diff",
+            "report",
+        }
+    finally:
+        profiles.write_text(original)
+        runs_file.write_text(before)
+    assert changed_stages(locked_copy) == set()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "stale"),
+    [
+        ("tools/predict.py", set()),
+        ("acquire/download.py", {"download@cityscapes", "download@ade20k", "prepare@cityscapes",
+                                 "prepare@ade20k"}),
+        ("reports/html.py", {"report"}),
+        ("bench/benchmark.py", {f"evaluate@{n}" for n in RUNS}),
+        ("engine/train.py", {f"train@{n}" for n in RUNS}),
+        ("models/__init__.py", {f"{s}@{n}" for s in ("train", "evaluate") for n in RUNS}),
+    ],
+)  # fmt: skip
+def test_code_edits_re_run_the_stages_that_import_it(locked_copy: Path, module: str, stale: set):
+    path = locked_copy / "src" / "dnlrepro" / module
     original = path.read_text()
     path.write_text(original + "\n# touched\n")
     try:
-        changed = changed_stages(locked_copy)
+        assert changed_stages(locked_copy) == stale
     finally:
         path.write_text(original)
-    assert changed == {f"{s}@{n}" for s in ("train", "evaluate") for n in RUNS}
 
 
 @pytest.mark.slow
@@ -264,22 +357,26 @@ def test_a_13th_configuration_is_one_params_file_and_one_registry_entry(
 
         assert download.checkpoint_urls()[NEW] == f"https://example.invalid/{NEW}.pth"
 
-        new_and_reports = {f"train@{NEW}", f"evaluate@{NEW}", "tables", "diff", "report"}
+        new_and_reports = {f"{s}@{NEW}" for s in RUN_STAGES} | {"tables", "diff", "report"}
+        new_and_reports |= {"download@cityscapes", "download@ade20k"}  # a new row's weights
         assert changed_stages(locked_copy) == new_and_reports
-        # `dvc repro --dry` stops at a dependency no stage has produced yet (evaluate needs
-        # train's final.pth; treeverse/dvc#9021), so dry-run the training and read the edges.
-        dry = dvc(locked_copy, "repro", "--dry", f"train@{NEW}")
+        # `dvc repro --dry` stops at a dependency no stage has produced yet (train needs
+        # resolve's files; treeverse/dvc#9021), so dry-run the resolution and read the edges.
+        dry = dvc(locked_copy, "repro", "--dry", f"resolve@{NEW}")
         assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
         planned = set(re.findall(r"Running stage '([^']+)'", dry.stdout))
-        assert planned == {f"train@{NEW}"}, dry.stdout[-3000:]
-        assert f"> sh pipeline/run.sh pipeline/train.py {NEW}" in dry.stdout
+        assert planned == {f"resolve@{NEW}"}, dry.stdout[-3000:]
+        assert f"> sh pipeline/run.sh pipeline/resolve.py {NEW}" in dry.stdout
         dag = dvc(locked_copy, "dag", "--dot", f"evaluate@{NEW}")
         assert dag.returncode == 0, dag.stderr
         edges = set(re.findall(r'"([^"]+)" -> "([^"]+)"', dag.stdout))
         assert edges == {
             ("download@cityscapes", "prepare@cityscapes"),
+            ("download@cityscapes", f"train@{NEW}"),  # its receipt lists the weights
             ("prepare@cityscapes", f"train@{NEW}"),
             ("prepare@cityscapes", f"evaluate@{NEW}"),
+            (f"resolve@{NEW}", f"train@{NEW}"),
+            (f"resolve@{NEW}", f"evaluate@{NEW}"),
             (f"train@{NEW}", f"evaluate@{NEW}"),
         }
 

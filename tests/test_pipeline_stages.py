@@ -41,4 +41,4 @@ def test_download_fetches_what_it_can_and_fails_in_one_line(tmp_path: Path):
     # ADE20K was fetched all the same (per-dataset folder): its rows need no Cityscapes login.
     assert (ws / "downloads" / "ade20k" / "ADEChallengeData2016.zip").exists()
     rc, (line,) = stage("coco")
-    assert rc == 1 and "DATASET is one of cityscapes, ade20k" in line
+    assert rc == 1 and "KEY is one of cityscapes, ade20k" in line

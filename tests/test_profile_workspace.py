@@ -42,14 +42,13 @@ def test_every_profile_loads_typed():
         profile = load_profile(name)
         assert profile.name == name and profile.description
     smoke = load_profile("smoke")
-    assert smoke.settings.data_source == "synthetic" and smoke.settings.launcher == "none"
-    synthetic = smoke.synthetic_or_fail()
+    assert smoke.settings.data_source == "synthetic" and smoke.settings.nproc_per_node == 1
+    synthetic = smoke.miniature.synthetic()
     assert (
         synthetic.cityscapes.train >= 1 and synthetic.ade20k.max_size >= synthetic.ade20k.min_size
     )
     paper = load_profile("paper")
-    assert paper.settings.launcher == "torchrun" and paper.settings.nproc_per_node == 4
-    assert paper.settings.synthetic is None
+    assert paper.settings.nproc_per_node == 4 and paper.miniature is None
     assert (paper.settings.benchmark.num_images, paper.settings.benchmark.warmup) == (200, 5)
     with pytest.raises(AttributeError):
         paper.settings.train = False  # type: ignore[misc]  # frozen
@@ -71,7 +70,6 @@ def test_unknown_setting_names_the_key_and_the_allowed_ones(tmp_path, monkeypatc
     [
         ("nproc_per_node", "4", "an integer"),
         ("train", "yes", "true or false"),
-        ("launcher", "slurm", "'torchrun', 'none'"),
         ("data_source", "s3", "'synthetic', 'real'"),
     ],
 )
@@ -85,9 +83,9 @@ def test_mistyped_setting_fails_naming_key(tmp_path, monkeypatch, key, value, ex
 
 def test_synthetic_profile_without_sizes_is_an_error(tmp_path, monkeypatch):
     root = make_workspace(tmp_path)
-    edit_profiles(root, lambda raw: raw["smoke"]["settings"].pop("synthetic"))
+    edit_profiles(root, lambda raw: raw["smoke"].pop("miniature"))
     monkeypatch.chdir(root)
-    with pytest.raises(ConfigError, match=r"smoke.*settings\.synthetic"):
+    with pytest.raises(ConfigError, match=r"smoke.*data_source 'synthetic' but no 'miniature'"):
         load_profile("smoke")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from dnlrepro.acquire import download as dl
-from dnlrepro.core import workspace
+from dnlrepro.core import miniature, workspace
 from dnlrepro.core.config import load_config
 from dnlrepro.core.profile import load_profile
 from dnlrepro.core.registry import config_names, names_of
@@ -31,59 +31,47 @@ from dnlrepro.rehearse import checks, cost, mirror, report, run, shrink, stages
 WS = workspace.find(Path(__file__).parent)
 
 
-# ---------------------------------------------------------------------------------------------
-# shrink: documented factors, structure kept
-# ---------------------------------------------------------------------------------------------
+def shrink_one(real):
+    """The rehearsal's overrides of one paper configuration, 1 iteration."""
+    return {**miniature.Miniature(shrink.FACTORS, shrink.COUNTS, 1).overrides(real.to_dict())}
 
 
-def test_shrink_length_keeps_8x_and_8x_plus_1() -> None:
-    assert [shrink.shrink_length(n, 32) for n in (769, 1025, 2049, 513, 1024, 2048, 512)] == [
-        25, 33, 65, 17, 32, 64, 16,
-    ]  # fmt: skip
-    for factor in (8, 16, 32):
-        for n in range(16, 2100):
-            m = shrink.shrink_length(n, factor)
-            assert m >= 1
-            if n % 8 in (0, 1):
-                assert m % 8 == n % 8 and m >= 8, (n, factor, m)
+# ---------------------------------------------------------------------------------------------
+# shrink: the rehearsal's miniature (the rules themselves: tests/test_miniature.py)
+# ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("profile", ["paper", "published"])
 def test_plan_keeps_every_structural_property(profile: str) -> None:
     plan = shrink.plan(WS, profile, nproc=2)
-    assert tuple(plan.overrides) == tuple(config_names(WS))
-    for name, values in plan.overrides.items():
-        real = load_config(name, profile, ws=WS)
-        mini = real.replace(values)
-        assert shrink.check_structure(real, mini) == []
-        assert set(values) <= set(shrink.LENGTH_KEYS) | {k for k in shrink.schedule(1)}
-        assert mini.data.samples_per_gpu == real.data.samples_per_gpu
-    trained = {
-        n: v["schedule.max_iters"] for n, v in plan.overrides.items() if v.get("schedule.max_iters")
+    assert (plan.miniature.factors, plan.miniature.counts) == (shrink.FACTORS, shrink.COUNTS)
+    changed = {what.split(": ", 1)[1] for what, _, _ in plan.changes if ": " in what}
+    assert changed <= set(miniature.LENGTH_KEYS) | set(shrink.SCHEDULE) | {
+        "schedule.max_iters",
+        "schedule.eval_interval",
     }
     if profile == "paper":
-        assert plan.victim == config_names(WS)[0] and trained[plan.victim] == 2
-        assert set(trained.values()) == {1, 2} and plan.settings["nproc_per_node"] == 2
+        assert plan.victim == config_names(WS)[0] and plan.miniature.iterations == 1
+        assert plan.overrides[-1] == {
+            "match": plan.victim,
+            "set": {"schedule.max_iters": 2, "schedule.eval_interval": 2},
+        }
+        assert plan.settings["nproc_per_node"] == 2
     else:
-        assert plan.victim is None and not trained
+        assert plan.victim is None and plan.miniature.iterations is None and not plan.overrides
     # 769: windows larger than the image at ms ratios 0.5 and 0.75 only, in both sizes
     real = load_config("dnl_r50-d8_769x769_40k_cityscapes", profile, ws=WS)
-    mini = real.replace(plan.overrides[real.name])
-    larger = [w[0] for w in shrink.windows(mini, shrink.image_size("cityscapes", 32))]
+    mini = real.replace(plan.miniature.overrides(real.to_dict()))
+    larger = [w[0] for w in miniature.windows(mini, miniature.image_size("cityscapes", 32))]
     assert larger == [True, True, False, False, False, False]
     assert mini.data.crop_size == (25, 25) and mini.test.stride == (17, 17)
 
 
-def test_structure_check_names_what_a_careless_shrink_loses(
+def test_plan_refuses_a_careless_factor_and_too_few_processes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = load_config("dnl_r50-d8_769x769_40k_cityscapes", "paper", ws=WS)
-    halved = real.replace({"data.crop_size": [24, 24]})  # 8x+1 -> 8x
-    assert any("data.crop_size" in p and "8x" in p for p in shrink.check_structure(real, halved))
-    whole = real.replace({"test.mode": "whole"})
-    assert any("test.mode" in p for p in shrink.check_structure(real, whole))
     # Cityscapes / 64 keeps every residue but leaves one slide window down at ratio 1.
-    monkeypatch.setitem(shrink.FACTORS, "cityscapes", 64)
+    monkeypatch.setattr(shrink, "FACTORS", miniature.Factors(cityscapes=64, ade20k=16))
     with pytest.raises(shrink.ShrinkError, match="slide windows per ms ratio"):
         shrink.plan(WS, "published", nproc=1)
     with pytest.raises(shrink.ShrinkError, match="--nproc 1"):
@@ -98,10 +86,12 @@ def test_apply_writes_a_profile_the_strict_loader_accepts(clone_repo, tmp_path: 
     assert (root / "params.yaml").read_text() == "profile: paper\n"
     profile = load_profile("paper", ws)
     assert profile.settings.nproc_per_node == 3
-    assert profile.settings.expected_counts.ade20k == shrink.COUNTS["ade20k"]
+    assert profile.expected_counts("ade20k") == shrink.COUNTS.ade20k
     cfg = load_config("dnl_r101-d8_512x512_160k_ade20k", profile, ws=ws)
     assert cfg.data.crop_size == (32, 32) and cfg.schedule.max_iters == 1
     assert cfg.data.reduce_zero_label and cfg.test.mode == "whole"
+    victim = load_config(plan.victim, profile, ws=ws).schedule
+    assert (victim.max_iters, victim.checkpoint_interval, victim.eval_interval) == (2, 1, 2)
     lines = shrink.summary(plan)
     assert any("769 -> 25" in line for line in lines) and any("4 -> 3" in line for line in lines)
 
@@ -387,7 +377,7 @@ def test_cost_parses_the_logs_and_scales_by_flops() -> None:
     assert cost.measured_iteration(log) == 5.817 and cost.measured_image(log) == 0.08
     flops = cost.Flops()
     real = load_config("dnl_r50-d8_769x769_40k_cityscapes", "paper", ws=WS)
-    mini = real.replace(shrink.config_overrides(real, 1))
+    mini = real.replace(shrink_one(real))
     # The a*q + b*q^2 fit reproduces FlopCounterMode at a size it was not fitted on.
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -403,15 +393,15 @@ def test_cost_parses_the_logs_and_scales_by_flops() -> None:
     assert row.units == 40000 and row.workers == 4 and row.seconds_each > 2.0 * 100
     assert "CPU-h est." in row.text()
     # ms+flip at full size: 6 ratios x 2 flips, slide windows counted.
-    single = flops.evaluate(real, shrink.image_size("cityscapes"), ms_flip=False)
-    both = flops.evaluate(real, shrink.image_size("cityscapes"))
+    single = flops.evaluate(real, miniature.image_size("cityscapes"), ms_flip=False)
+    both = flops.evaluate(real, miniature.image_size("cityscapes"))
     assert both > 10 * single
 
 
 def test_cuda_timing_code_runs_on_cpu_at_rehearsal_size() -> None:
     """The --device cuda path (time_train / time_evaluate), exercised on CPU at a tiny size."""
     real = load_config("dnl_r50-d8_512x1024_40k_cityscapes", "paper", ws=WS)
-    mini = real.replace(shrink.config_overrides(real, 1))
+    mini = real.replace(shrink_one(real))
     seconds, peak = cost.time_train(mini, "cpu", iters=1)
     assert seconds > 0 and peak is None
     assert cost.time_evaluate(mini, (32, 64), "cpu") > 0

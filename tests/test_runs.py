@@ -35,7 +35,7 @@ def ws(tmp_path: Path) -> Workspace:
 
 def set_seeds(ws: Workspace, profile: str, blocks: list[dict]) -> None:
     profiles = yaml.safe_load(ws.profiles_file.read_text())
-    profiles[profile]["settings"]["seeds"] = blocks
+    profiles[profile]["seeds"] = blocks
     ws.profiles_file.write_text(yaml.safe_dump(profiles, sort_keys=False))
 
 
@@ -81,11 +81,11 @@ def test_last_matching_block_wins_and_first_seed_keeps_the_config_name(ws: Works
 @pytest.mark.parametrize(
     ("blocks", "message"),
     [
-        ([{"match": "*", "seeds": []}], r"paper.settings.seeds\[0\].seeds: list one or more"),
+        ([{"match": "*", "seeds": []}], r"paper.seeds\[0\].seeds: list one or more"),
         ([{"match": "*", "seeds": [1, 1]}], r"distinct seeds, got \[1, 1\]"),
         ([{"match": "*", "seeds": [-1]}], r"seeds are >= 0"),
-        ([{"match": "*", "seeds": [0], "n": 3}], r"unknown key 'settings.seeds\[0\].n'"),
-        ([{"match": "*", "seeds": "0"}], r"'settings.seeds\[0\].seeds' must be a list"),
+        ([{"match": "*", "seeds": [0], "n": 3}], r"unknown key 'seeds\[0\].n'"),
+        ([{"match": "*", "seeds": "0"}], r"'seeds\[0\].seeds' must be a list"),
     ],
 )
 def test_bad_seed_settings_name_the_key(ws: Workspace, blocks, message):

@@ -100,7 +100,7 @@ def test_resources_follow_the_profile_and_refuse_mismatches():
     assert "--cpus-per-task=1" in cpu and not any("gpu" in o for o in cpu)
     with pytest.raises(ValueError, match="nproc_per_node=4"):
         cli.resources(args(gpus_per_node=2), paper)
-    with pytest.raises(ValueError, match="launcher: none"):
+    with pytest.raises(ValueError, match="trains in one process"):
         cli.resources(args(nodes=2), smoke)
 
 

@@ -291,8 +291,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(
 
 
 def test_cli_rejects_bad_override() -> None:
-    from dnlrepro.core.config import ConfigError
-    from dnlrepro.core.profile import parse_overrides
+    from dnlrepro.core.config import ConfigError, parse_overrides
 
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_overrides(["schedule.max_iters"])

@@ -1,0 +1,1 @@
+"""dnlrepro: reproduce the DNLNet rows of the mmsegmentation 0.x model zoo (README.md)."""

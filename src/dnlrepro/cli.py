@@ -11,7 +11,8 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Callable
+
+from dnlrepro.core.errors import run_reporting
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -94,19 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     return run_reporting(f"dnlrepro {known.command}", lambda: module.main(args), known.verbose)
-
-
-def run_reporting(label: str, job: Callable[[], int | None], debug: bool = False) -> int:
-    """Run ``job``; a user-facing error (bad input, missing file) ends in one clear line,
-    ``LABEL: error: MESSAGE``, and exit code 1 instead of a traceback (``debug`` re-raises).
-    Used by the CLI and by the DVC stage entry points."""
-    try:
-        return int(job() or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        if debug:
-            raise
-        print(f"{label}: error: {e}", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":

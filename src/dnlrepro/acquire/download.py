@@ -609,6 +609,13 @@ def default_dest(what: str, ws: workspace.Workspace | None = None) -> Path:
     return downloads / "checkpoints" if what == "checkpoints" else downloads
 
 
+def archive_folder(dataset: str, ws: workspace.Workspace, synthetic: bool) -> Path:
+    """``downloads/<dataset>``, or its ``synthetic/`` subfolder for synthetic archives (so that
+    switching profiles never mixes them with real archives of the same names)."""
+    folder = default_dest(dataset, ws)
+    return folder / "synthetic" if synthetic else folder
+
+
 def main(args: argparse.Namespace) -> int:
     dest = args.dest if args.dest is not None else default_dest(args.what)
     for p in fetch(args.what, dest, args.config, args.local, args.retries):

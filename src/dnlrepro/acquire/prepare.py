@@ -40,6 +40,7 @@ from tqdm import tqdm
 from dnlrepro.acquire.archives import safe_extract
 from dnlrepro.acquire.download import ADE20K_ARCHIVES, CITYSCAPES_ARCHIVES, EXTRACTED
 from dnlrepro.core.files import file_digest, write_json
+from dnlrepro.core.miniature import REAL_COUNTS
 from dnlrepro.data.io import LAYOUTS, load_image, load_label, pair_split
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ SPLITS: dict[str, tuple[str, str]] = {
     "cityscapes": ("train", "val"),
     "ade20k": ("training", "validation"),
 }
-REAL_COUNTS: dict[str, tuple[int, int]] = {"cityscapes": (2975, 500), "ade20k": (20210, 2000)}
 ARCHIVES: dict[str, tuple[str, ...]] = {
     "cityscapes": CITYSCAPES_ARCHIVES,
     "ade20k": ADE20K_ARCHIVES,

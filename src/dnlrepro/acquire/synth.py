@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,12 +36,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from dnlrepro.core.files import file_digest
 from dnlrepro.data.classes import ADE20K_CLASSES, ADE20K_PALETTE
 
 if TYPE_CHECKING:
-    from dnlrepro.core.profile import Synthetic
+    from dnlrepro.core.miniature import Synthetic
 
 logger = logging.getLogger(__name__)
+# {archive name: sha256} of a folder of synthetic archives: the format of $DNLREPRO_EXPECTED_SHA256
+EXPECTED_SHA256 = "expected_sha256.json"
 
 CITYSCAPES_CITIES: dict[str, tuple[str, ...]] = {
     "train": ("aachen", "bochum", "bremen"),
@@ -376,6 +380,30 @@ def write(dataset: str, out_dir: str | Path, synthetic: Synthetic) -> list[Path]
     return write_ade20k(out_dir, a.train, a.val, a.min_size, a.max_size, synthetic.seed)
 
 
+def local_source(folder: Path, dataset: str, synthetic: Synthetic) -> Path:
+    """The synthetic archives of ``dataset`` in ``folder``, written once per size and seed.
+
+    The download stage then fetches from this folder exactly as from a user's
+    ``DNLREPRO_LOCAL_DATA`` (link, verify, receipt), checking each archive against the
+    ``expected_sha256.json`` written here, the format of ``$DNLREPRO_EXPECTED_SHA256``.
+    """
+    spec = {"dataset": dataset, "seed": synthetic.seed}
+    spec.update(dataclasses.asdict(getattr(synthetic, dataset)))
+    stamp = folder / "synthetic.json"
+    if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == spec:
+        return folder
+    tmp = folder.with_name(folder.name + ".writing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    written = write(dataset, tmp, synthetic)
+    hashes = {p.name: file_digest(p) for p in written}
+    (tmp / EXPECTED_SHA256).write_text(json.dumps(hashes, indent=1, sort_keys=True) + "\n")
+    (tmp / "synthetic.json").write_text(json.dumps(spec, indent=1) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # the same paths as before: links into the old folder stay valid
+    logger.info("synthetic %s archives (%s) written to %s", dataset, spec, folder)
+    return folder
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=("cityscapes", "ade20k"))
     parser.add_argument("--out", type=Path, required=True, help="folder for the archives")
@@ -392,7 +420,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from dnlrepro.core.profile import load_profile
 
-    smoke = load_profile("smoke").synthetic_or_fail()
+    miniature = load_profile("smoke").miniature
+    if miniature is None:
+        raise ValueError("params/profiles.yaml: profile 'smoke' has no 'miniature' block")
+    smoke = miniature.synthetic()
     sizes = smoke.cityscapes if args.dataset == "cityscapes" else smoke.ade20k
     given = {k: v for k, v in vars(args).items() if v is not None and hasattr(sizes, k)}
     seed = smoke.seed if args.seed is None else args.seed

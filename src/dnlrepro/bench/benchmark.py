@@ -239,7 +239,7 @@ def _result(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.core.profile import add_config_arguments
+    from dnlrepro.core.config import add_config_arguments
 
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", default=None, help=".pth or URL (default: random init)")
@@ -260,7 +260,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro.core.profile import config_from_args
+    from dnlrepro.core.config import config_from_args
 
     cfg, _ = config_from_args(args)
     result = benchmark(

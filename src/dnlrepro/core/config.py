@@ -18,31 +18,25 @@ profile fails exactly like a typo in a config. Files are looked up in the worksp
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
-import types
-import typing
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from dnlrepro.core import workspace
+from dnlrepro.core.files import write_bytes_atomic
+from dnlrepro.core.profile import DEFAULT_PROFILE, PROFILES, Profile, load_profile
+from dnlrepro.core.schema import ConfigError, build, field_types, flatten, read_yaml, to_plain
 from dnlrepro.core.workspace import Workspace
 
-if TYPE_CHECKING:
-    from dnlrepro.core.profile import Profile
-
-PROFILES: tuple[str, ...] = ("smoke", "paper", "published")
-# A configuration named without a profile runs with its own values: those of the published run.
-DEFAULT_PROFILE = "paper"
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message says where and how to fix it."""
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,7 +168,7 @@ class Config:
     # -- helpers ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples become lists) -- what the YAML file would hold."""
-        return _to_plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key view, e.g. ``{"model.backbone.depth": 50, ...}`` (MLflow params)."""
@@ -194,8 +188,10 @@ class Config:
         raw = self.to_dict()
         profile = raw.pop("profile")
         _apply_overrides(raw, overrides, source)
-        return _build(Config, raw, source, prefix="", extra={"profile": profile})
+        return build(Config, raw, source, prefix="", extra={"profile": profile}, **_STRICT)
 
+
+_HINT = "every configuration file is complete; copy the value from a sibling file in params/"
 
 # Allowed values for string fields: plain dicts/tuples so an error can list the choices.
 CHOICES: dict[str, tuple[Any, ...]] = {
@@ -208,6 +204,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "test.small_window": ("unpadded", "pad"),
     "runtime.amp": ("none", "bf16", "fp16"),
 }
+_STRICT: dict[str, Any] = {"choices": CHOICES, "hint": _HINT}
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,17 +229,9 @@ def config_path(name_or_path: str | Path, ws: Workspace | None = None) -> Path:
     return candidate
 
 
-def read_yaml(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-
-
 def load_config(
     name_or_path: str | Path,
-    profile: str | Profile = DEFAULT_PROFILE,
+    profile: str | Profile | None = None,
     overrides: Mapping[str, Any] | None = None,
     ws: Workspace | None = None,
 ) -> Config:
@@ -250,31 +239,61 @@ def load_config(
 
     Args:
         name_or_path: an mmseg config name (looked up in the workspace's ``params/``) or a path
-            to a YAML file.
-        profile: a :class:`~dnlrepro.core.profile.Profile` or its name. ``"paper"`` (the default)
-            applies no override: the file's own values, i.e. the published run's.
+            to a YAML file: a configuration file, or a *resolved* one (``results/<run>/
+            config.yaml``, written by ``resolve@<run>``), which records the profile that resolved
+            it under the key ``profile`` and is never resolved again.
+        profile: a :class:`~dnlrepro.core.profile.Profile` or its name (default: ``"paper"``,
+            which applies no override: the file's own values, i.e. the published run's; for a
+            resolved file, the profile it records).
         overrides: extra dotted-key overrides, applied last (e.g. ``{"schedule.max_iters": 10}``).
         ws: the workspace (default: :func:`dnlrepro.core.workspace.find`).
 
     Returns:
         A frozen :class:`Config`.
     """
-    from dnlrepro.core.profile import load_profile
-
     ws = ws or workspace.find()
     path = config_path(name_or_path, ws)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    prof = profile if not isinstance(profile, str) else load_profile(profile, ws)
-    for source, ov in prof.overrides_for(str(raw.get("name"))):
-        _apply_overrides(raw, ov, source)
+    resolved_by = raw.pop("profile", None)
+    if resolved_by is not None:
+        name = _resolved_profile(path, resolved_by, profile)
+    else:
+        prof = (
+            profile
+            if isinstance(profile, Profile)
+            else load_profile(profile or DEFAULT_PROFILE, ws)
+        )
+        name = prof.name
+        for source, ov in prof.overrides_for(str(raw.get("name")), raw):
+            _apply_overrides(raw, ov, source)
     if overrides:
         _apply_overrides(raw, overrides, "<overrides>")
-    cfg = _build(Config, raw, str(path), prefix="", extra={"profile": prof.name})
+    cfg = build(Config, raw, str(path), prefix="", extra={"profile": name}, **_STRICT)
     if path.parent == ws.params_dir and cfg.name != path.stem:
         raise ConfigError(f"{path}: key 'name' is {cfg.name!r} but the file is named {path.stem!r}")
     return cfg
+
+
+def _resolved_profile(path: Path, recorded: Any, asked: str | Profile | None) -> str:
+    """The profile a resolved file records; asking for another one is an error."""
+    if recorded not in PROFILES:
+        raise ConfigError(f"{path}: key 'profile' is {recorded!r}; choose one of {PROFILES}")
+    asked_name = asked.name if isinstance(asked, Profile) else asked
+    if asked_name is not None and asked_name != recorded:
+        raise ConfigError(
+            f"{path} was resolved by profile {recorded!r} (its key 'profile'), so profile "
+            f"{asked_name!r} cannot apply to it; drop --profile, or pass the configuration's name"
+        )
+    return recorded
+
+
+def write_resolved(cfg: Config, path: Path) -> bytes:
+    """The text of a resolved configuration file: every key, plus the profile that resolved it."""
+    data = yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()
+    write_bytes_atomic(path, data)
+    return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,7 +307,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], source: 
         node: Any = raw
         cls: Any = Config
         for depth, key in enumerate(parts):
-            fields = _field_types(cls)
+            fields = field_types(cls)
             if key not in fields:
                 where = ".".join(parts[: depth + 1])
                 raise ConfigError(
@@ -302,136 +321,56 @@ def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], source: 
                 cls = fields[key]
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "profile"}
+# --------------------------------------------------------------------------------------------
+# Shared by the commands that take a configuration (train, evaluate, predict, benchmark, ...)
+# --------------------------------------------------------------------------------------------
 
 
-_CONFIG_HINT = "every configuration file is complete; copy the value from a sibling file in params/"
-
-
-def _build(
-    cls: type,
-    raw: Any,
-    source: str,
-    prefix: str,
-    extra: dict | None = None,
-    choices: Mapping[str, tuple[Any, ...]] = CHOICES,
-    hint: str = _CONFIG_HINT,
-) -> Any:
-    """``cls(**raw)`` after checking every key and type (recursively); errors name the key."""
-    where = prefix.rstrip(".") or "<top level>"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: key {where!r} must be a mapping, got {raw!r}")
-    fields = _field_types(cls)
-    unknown = [k for k in raw if k not in fields]
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key {prefix + str(unknown[0])!r}; allowed keys here: "
-            f"{', '.join(fields)}"
+def add_config_arguments(parser: argparse.ArgumentParser, *, overrides: bool = False) -> None:
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="config name (params/), a YAML path, or a resolved run's results/<run>/config.yaml",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default=None,
+        help=f"profile whose overrides apply (default: {DEFAULT_PROFILE}, the configuration's "
+        "own published values; a resolved file's own profile; params.yaml only selects the DVC "
+        "pipeline's profile)",
+    )
+    if overrides:
+        parser.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key (YAML value), e.g. schedule.max_iters=20; changes the "
+            "config digest, so it never resumes another run",
         )
-    optional = {
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-    }
-    missing = [k for k in fields if k not in raw and k not in optional]
-    if missing:
-        raise ConfigError(f"{source}: missing key {prefix + missing[0]!r} ({hint})")
-    kwargs = {
-        k: _check(tp, raw[k], source, prefix + k, choices, hint)
-        for k, tp in fields.items()
-        if k in raw
-    }
-    kwargs.update(extra or {})
-    return cls(**kwargs)
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def config_from_args(args: argparse.Namespace) -> tuple[Config, Profile | None]:
+    """The configuration a command runs with, and the profile loaded for it (None for a
+    resolved file, which records its own); the first log line names the profile and why."""
+    overrides = parse_overrides(getattr(args, "overrides", []))
+    cfg = load_config(args.config, args.profile, overrides)
+    resolved = "profile" in (read_yaml(config_path(args.config)) or {})
+    why = "default: the configuration's own values"
+    if args.profile or resolved:
+        why = "--profile" if args.profile else "recorded in the resolved file"
+    logger.info("profile: %s (%s)", cfg.profile, why)
+    return cfg, None if resolved else load_profile(cfg.profile)
 
 
-def _check(
-    tp: Any,
-    value: Any,
-    source: str,
-    key: str,
-    choices: Mapping[str, tuple[Any, ...]] = CHOICES,
-    hint: str = _CONFIG_HINT,
-) -> Any:
-    def fail(expected: str) -> ConfigError:
-        return ConfigError(f"{source}: key {key!r} must be {expected}, got {value!r}")
-
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, source, key + ".", choices=choices, hint=hint)
-    origin = typing.get_origin(tp)
-    if origin in (types.UnionType, typing.Union):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            out = None
-        else:
-            inner = [a for a in args if a is not type(None)]
-            out = _check(inner[0], value, source, key, choices, hint)
-    elif origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise fail(f"a list of {_type_name(args[0])}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            out = tuple(
-                _check(args[0], v, source, f"{key}[{i}]", choices, hint)
-                for i, v in enumerate(value)
-            )
-        else:
-            if len(value) != len(args):
-                raise fail(f"a list of {len(args)} values")
-            out = tuple(
-                _check(a, v, source, f"{key}[{i}]", choices, hint)
-                for i, (a, v) in enumerate(zip(args, value, strict=True))
-            )
-    elif tp is bool:
-        if not isinstance(value, bool):
-            raise fail("true or false")
-        out = value
-    elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail("an integer")
-        out = value
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise fail("a number")
-        out = float(value)
-    elif tp is str:
-        if not isinstance(value, str):
-            raise fail("a string")
-        out = value
-    elif tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise fail("a mapping")
-        out = dict(value)
-    else:  # pragma: no cover - schema error, not user error
-        raise TypeError(f"unsupported type {tp} for {key}")
-    allowed = choices.get(key)
-    if allowed is not None and out not in allowed:
-        raise ConfigError(
-            f"{source}: key {key!r} is {value!r}; choose one of "
-            f"{', '.join(repr(c) for c in allowed)}"
-        )
-    return out
-
-
-def _to_plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_to_plain(v) for v in obj]
-    return obj
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a.b": 1, "c": [1, 2]}`` (values parsed as YAML)."""
     out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. schedule.max_iters=20")
+        out[key.strip()] = yaml.safe_load(value)
     return out

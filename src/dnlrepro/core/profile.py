@@ -1,46 +1,40 @@
 """Profiles: the one switch between the paper run, the published checkpoints and the smoke run.
 
-``params/profiles.yaml`` defines each profile: a description, dotted-key ``overrides`` applied on
-top of the paper values of matching configurations, and typed ``settings`` that are not part of a
-configuration (where the data comes from, whether to train, how to launch, synthetic sizes).
-:func:`load_profile` reads it strictly into a frozen :class:`Profile`: an unknown or mistyped
-setting fails naming the key and the allowed ones, exactly like a configuration.
+``params/profiles.yaml`` defines each profile: a description, the seeds each row trains, an
+optional ``miniature`` (:mod:`dnlrepro.core.miniature`: the paper configurations at documented
+factors), dotted-key ``overrides`` applied on top of matching configurations, and typed
+``settings`` that are not part of a configuration (where the data comes from, whether to train,
+the process layout, evaluation and benchmark sizes). :func:`load_profile` reads it strictly into
+a frozen :class:`Profile`: an unknown or mistyped key fails naming the key and the allowed ones,
+exactly like a configuration.
 
-``params.yaml: profile`` selects the profile of the DVC pipeline (:func:`read_params`); DVC stages
-always pass it on explicitly. A command run by hand without ``--profile`` uses
-:data:`~dnlrepro.core.config.DEFAULT_PROFILE` (``paper``: the configuration's own, published
-values),
-never the pipeline switch, and says so in its first log line.
+``params.yaml: profile`` selects the profile of the DVC pipeline (:func:`read_params`). A command
+run by hand without ``--profile`` uses :data:`DEFAULT_PROFILE` (``paper``: the configuration's
+own, published values), never the pipeline switch, and says so in its first log line.
 """
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from dnlrepro.core import workspace
-from dnlrepro.core.config import (
-    DEFAULT_PROFILE,
-    PROFILES,
-    Config,
-    ConfigError,
-    _build,
-    load_config,
-    read_yaml,
-)
+from dnlrepro.core.miniature import Miniature
+from dnlrepro.core.schema import ConfigError, build, read_yaml
 from dnlrepro.core.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
+PROFILES: tuple[str, ...] = ("smoke", "paper", "published")
+# A configuration named without a profile runs with its own values: those of the published run.
+DEFAULT_PROFILE = "paper"
+
 # Allowed values of the string settings (dotted key -> choices), listed in errors.
 SETTING_CHOICES: dict[str, tuple[Any, ...]] = {
     "settings.data_source": ("synthetic", "real"),
-    "settings.launcher": ("torchrun", "none"),
 }
 _HINT = "each profile in params/profiles.yaml spells out every setting"
 
@@ -49,35 +43,6 @@ _HINT = "each profile in params/profiles.yaml spells out every setting"
 class OverrideBlock:
     match: str  # fnmatch pattern over configuration names, e.g. "*_cityscapes"
     set: dict[str, Any]  # dotted config key -> value, checked by the config loader
-
-
-@dataclass(frozen=True)
-class SynthCityscapes:
-    train: int
-    val: int
-    width: int  # 2048 in the real data
-    height: int  # 1024
-
-
-@dataclass(frozen=True)
-class SynthADE20K:
-    train: int
-    val: int
-    min_size: int  # sides drawn in [min_size, max_size], as ADE20K's varied image sizes
-    max_size: int
-
-
-@dataclass(frozen=True)
-class Synthetic:
-    seed: int
-    cityscapes: SynthCityscapes
-    ade20k: SynthADE20K
-
-
-@dataclass(frozen=True)
-class ExpectedCounts:
-    cityscapes: tuple[int, int]  # (train, val) images; the real data has 2975 / 500
-    ade20k: tuple[int, int]  # 20210 / 2000
 
 
 @dataclass(frozen=True)
@@ -95,25 +60,20 @@ class SeedBlock:
 
 @dataclass(frozen=True)
 class Settings:
-    data_source: str  # "synthetic" archives written by `dnlrepro synth`, or the "real" ones
+    # "synthetic": archives written locally in the real formats at the miniature's sizes;
+    # "real": downloaded (or linked from DNLREPRO_LOCAL_DATA)
+    data_source: str
     train: bool  # False: the published checkpoints are downloaded instead of trained
-    launcher: str  # "torchrun" (DDP + SyncBN) or "none" (one process)
-    nproc_per_node: int  # torchrun --nproc-per-node
+    nproc_per_node: int  # training processes per node: 1 trains in-process, more via torchrun
     nnodes: int  # torchrun --nnodes
     eval_max_images: int | None  # evaluate only the first N validation images (None: all)
     benchmark: Benchmark = field(default_factory=Benchmark)
-    synthetic: Synthetic | None = None  # required when data_source is "synthetic"
     # Slide rows: ms+flip also with the other test.small_window mode (docs/reference.md §5.2),
     # so the diff can say which one reproduces the published number.
     eval_small_window_alt: bool = False
     # The diff fails a row whose mIoU is below this multiple of its majority-class baseline
     # (a constant prediction); None: no such check (the real profiles compare with the paper).
     learned_factor: float | None = None
-    # The seeds each row trains (docs/pipeline.md#seeds): one run per seed, tables show mean +- std.
-    seeds: tuple[SeedBlock, ...] = (SeedBlock("*", (0,)),)
-    # Real data: the (train, val) counts prepare checks; None = the real datasets' counts.
-    # Only `dnlrepro rehearse` sets it, for its miniature archives.
-    expected_counts: ExpectedCounts | None = None
 
 
 @dataclass(frozen=True)
@@ -122,22 +82,27 @@ class Profile:
     description: str
     overrides: tuple[OverrideBlock, ...]
     settings: Settings
+    # The seeds each row trains (docs/pipeline.md#seeds): one run per seed, tables show mean +- std.
+    seeds: tuple[SeedBlock, ...] = (SeedBlock("*", (0,)),)
+    miniature: Miniature | None = None  # None: the paper's sizes
 
-    def overrides_for(self, config_name: str) -> list[tuple[str, dict[str, Any]]]:
-        """The (source, overrides) blocks whose ``match`` fits ``config_name``, in order."""
-        return [
+    def overrides_for(self, config_name: str, raw: Mapping[str, Any]) -> list[tuple[str, dict]]:
+        """The (source, overrides) steps that resolve configuration ``config_name`` (its file's
+        values ``raw``): the miniature's lengths first, then every matching block, in order."""
+        steps: list[tuple[str, dict[str, Any]]] = []
+        if self.miniature is not None:
+            source = f"params/profiles.yaml: {self.name}.miniature"
+            steps.append((source, self.miniature.overrides(raw)))
+        steps += [
             (f"params/profiles.yaml: {self.name}.overrides[{i}]", dict(block.set))
             for i, block in enumerate(self.overrides)
             if fnmatch.fnmatch(config_name, block.match)
         ]
+        return steps
 
-    def synthetic_or_fail(self) -> Synthetic:
-        if self.settings.synthetic is None:
-            raise ConfigError(
-                f"params/profiles.yaml: profile {self.name!r} has data_source 'synthetic' but no "
-                "settings.synthetic block (seed, per-dataset counts and sizes)"
-            )
-        return self.settings.synthetic
+    def expected_counts(self, dataset: str) -> tuple[int, int] | None:
+        """(train, val) images prepare expects: the miniature's, or None (the real ones)."""
+        return None if self.miniature is None else tuple(self.miniature.counts.of(dataset))
 
 
 def load_profile(name: str, ws: Workspace | None = None) -> Profile:
@@ -158,7 +123,7 @@ def load_profile(name: str, ws: Workspace | None = None) -> Profile:
         raise ConfigError(f"{path}: unknown profile(s) {unknown}; allowed: {', '.join(PROFILES)}")
     if name not in raw:
         raise ConfigError(f"{path}: profile {name!r} is not defined")
-    profile = _build(
+    profile = build(
         Profile,
         {"name": name, **(raw[name] or {})},
         f"{path}: {name}",
@@ -166,15 +131,18 @@ def load_profile(name: str, ws: Workspace | None = None) -> Profile:
         choices=SETTING_CHOICES,
         hint=_HINT,
     )
-    if profile.settings.data_source == "synthetic":
-        profile.synthetic_or_fail()
+    if profile.settings.data_source == "synthetic" and profile.miniature is None:
+        raise ConfigError(
+            f"{path}: profile {name!r} has data_source 'synthetic' but no 'miniature' block "
+            "(factors and counts: the sizes of the synthetic archives)"
+        )
     _check_seeds(profile, path)
     return profile
 
 
 def _check_seeds(profile: Profile, path: object) -> None:
-    for i, block in enumerate(profile.settings.seeds):
-        key = f"{path}: {profile.name}.settings.seeds[{i}].seeds"
+    for i, block in enumerate(profile.seeds):
+        key = f"{path}: {profile.name}.seeds[{i}].seeds"
         if not block.seeds or len(set(block.seeds)) != len(block.seeds):
             raise ConfigError(f"{key}: list one or more distinct seeds, got {list(block.seeds)}")
         if min(block.seeds) < 0:
@@ -206,50 +174,3 @@ def read_params(ws: Workspace | None = None) -> Profile:
             f"{path}: key 'profile' is {raw['profile']!r}; choose one of {', '.join(PROFILES)}"
         )
     return load_profile(raw["profile"], ws)
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared by the commands that take a configuration (train, evaluate, predict, benchmark, ...)
-# ---------------------------------------------------------------------------------------------
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, *, overrides: bool = False) -> None:
-    parser.add_argument("--config", required=True, help="config name (params/) or YAML path")
-    parser.add_argument(
-        "--profile",
-        choices=PROFILES,
-        default=None,
-        help=f"profile whose overrides apply (default: {DEFAULT_PROFILE}, the configuration's "
-        "own published values; params.yaml only selects the DVC pipeline's profile)",
-    )
-    if overrides:
-        parser.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config key (YAML value), e.g. schedule.max_iters=20; changes the "
-            "config digest, so it never resumes another run",
-        )
-
-
-def config_from_args(args: argparse.Namespace) -> tuple[Config, Profile]:
-    """The configuration and profile a command runs with; the first log line names the profile."""
-    name = args.profile or DEFAULT_PROFILE
-    profile = load_profile(name)
-    why = "--profile" if args.profile else "default: the configuration's own values"
-    logger.info("profile: %s (%s)", name, why)
-    cfg = load_config(args.config, profile, parse_overrides(getattr(args, "overrides", [])))
-    return cfg, profile
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a.b": 1, "c": [1, 2]}`` (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. schedule.max_iters=20")
-        out[key.strip()] = yaml.safe_load(value)
-    return out

@@ -28,18 +28,40 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dnlrepro.core import workspace
-from dnlrepro.core.config import PROFILES, ConfigError, read_yaml
 from dnlrepro.core.files import write_bytes_atomic
-from dnlrepro.core.profile import Profile, load_profile, read_params
+from dnlrepro.core.profile import PROFILES, Profile, load_profile, read_params
 from dnlrepro.core.registry import load_published
+from dnlrepro.core.schema import ConfigError, read_yaml
 from dnlrepro.core.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
+DATASETS: tuple[str, ...] = ("cityscapes", "ade20k")
+# The stages of dvc.yaml, in DAG order: per dataset, per run, then once. Code that builds or
+# parses a stage name goes through stage() / parse_stage().
+DATASET_STAGES: tuple[str, ...] = ("download", "prepare")
+RUN_STAGES: tuple[str, ...] = ("resolve", "train", "evaluate")
+REPORT_STAGES: tuple[str, ...] = ("tables", "diff", "report")
+
+
+def stage(kind: str, key: str | None = None) -> str:
+    """``train@<run>``, ``prepare@<dataset>``, or ``tables`` as dvc.yaml names them."""
+    known = DATASET_STAGES + RUN_STAGES + REPORT_STAGES
+    if kind not in known or (key is None) != (kind in REPORT_STAGES):
+        raise ValueError(f"no stage {kind!r} with key {key!r}; stages: {', '.join(known)}")
+    return kind if key is None else f"{kind}@{key}"
+
+
+def parse_stage(name: str) -> tuple[str, str | None]:
+    """``train@X`` -> ``("train", "X")``; ``tables`` -> ``("tables", None)``."""
+    kind, sep, key = name.partition("@")
+    return kind, (key if sep else None)
+
+
 HEADER = """\
 # The (configuration, seed) runs of profile {profile}: one train@<run> and one evaluate@<run>
 # stage each (dvc.yaml iterates over `runs`). WRITTEN BY `dnlrepro profile {profile}` from
-# params/profiles.yaml ({profile}.settings.seeds); do not edit: change the seeds there and run
+# params/profiles.yaml ({profile}.seeds); do not edit: change the seeds there and run
 # `dnlrepro profile {profile}` again. Every stage checks this file against the profile.
 """
 
@@ -65,7 +87,7 @@ def config_of(key: str) -> str:
 def seeds_for(profile: Profile, config: str) -> tuple[int, ...]:
     """The seeds ``profile`` trains for ``config`` (the last matching block; none: ``(0,)``)."""
     seeds: tuple[int, ...] = (0,)
-    for block in profile.settings.seeds:
+    for block in profile.seeds:
         if fnmatch.fnmatch(config, block.match):
             seeds = block.seeds
     return seeds

@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import torch
 
+from dnlrepro.core.geometry import rescale_size
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
@@ -37,24 +39,6 @@ INTERPOLATION: dict[str, int] = {
 # ---------------------------------------------------------------------------------------------
 # Geometry (§3.3 step 3, §3.4)
 # ---------------------------------------------------------------------------------------------
-
-
-def rescale_size(old_w: int, old_h: int, scale: Sequence[float]) -> tuple[int, int]:
-    """mmcv ``rescale_size`` for a ``(long, short)`` scale tuple: the keep-ratio target size.
-
-    The factor is ``min(long / max(h, w), short / min(h, w))`` and each side is rounded as
-    ``int(x * factor + 0.5)`` (mmcv ``_scale_size``), computed in Python floats (float64).
-
-    Returns:
-        ``(new_w, new_h)``.
-    """
-    if len(scale) != 2 or min(scale) <= 0:
-        raise ValueError(f"scale must be a (long, short) pair of positive numbers, got {scale!r}")
-    if old_w <= 0 or old_h <= 0:
-        raise ValueError(f"image size must be positive, got w={old_w}, h={old_h}")
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(old_h, old_w), short_edge / min(old_h, old_w))
-    return int(old_w * float(factor) + 0.5), int(old_h * float(factor) + 0.5)
 
 
 def imresize(

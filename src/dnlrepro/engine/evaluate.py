@@ -241,7 +241,7 @@ def evaluate(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.core.profile import add_config_arguments
+    from dnlrepro.core.config import add_config_arguments
 
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", required=True, help=".pth file or published URL")
@@ -270,7 +270,7 @@ def _positive_int(text: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro.core.profile import config_from_args
+    from dnlrepro.core.config import config_from_args
 
     cfg, _ = config_from_args(args)
     info = distributed.init_distributed(args.device)

@@ -317,7 +317,7 @@ def _memory_kind(dev: torch.device) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.core.profile import add_config_arguments
+    from dnlrepro.core.config import add_config_arguments
 
     add_config_arguments(parser, overrides=True)
     parser.add_argument("--work-dir", required=True, help="checkpoints, latest.pth, train.log")
@@ -350,11 +350,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro.core.profile import config_from_args
+    from dnlrepro.core.config import config_from_args
 
     cfg, profile = config_from_args(args)
     max_images = args.eval_max_images
-    if max_images is None:
+    if max_images is None and profile is not None:  # a resolved file's runs pass it explicitly
         max_images = profile.settings.eval_max_images
     train(
         cfg,

@@ -38,13 +38,13 @@ import torch
 from dnlrepro.acquire import download, synth
 from dnlrepro.core.config import load_config
 from dnlrepro.core.files import file_digest, write_json
-from dnlrepro.core.profile import Synthetic
+from dnlrepro.core.miniature import Synthetic
 from dnlrepro.core.registry import load_published
 from dnlrepro.core.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
-HASHES = "expected_sha256.json"
+HASHES = synth.EXPECTED_SHA256
 CITYSCAPES_HOST = urllib.parse.urlsplit(download.CITYSCAPES_URL).netloc
 LOGIN_PATH = f"/{CITYSCAPES_HOST}/login"  # no trailing slash, as cityscapesscripts
 CHUNK = 1 << 20

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dnlrepro.core.config import Config, load_config
+from dnlrepro.core.miniature import REAL_COUNTS, image_size
 from dnlrepro.core.profile import load_profile
 from dnlrepro.core.workspace import Workspace
 from dnlrepro.rehearse import cost, shrink
@@ -183,8 +184,8 @@ def _row_cost(
     gpus: int,
 ) -> cost.RowCost | None:
     dataset = real.data.dataset
-    images = shrink.REAL_COUNTS[dataset][1]
-    real_wh = shrink.image_size(dataset)
+    images = REAL_COUNTS[dataset][1]
+    real_wh = image_size(dataset)
     if rec.device == "cuda":
         if kind == "train":
             seconds, peak = cost.time_train(real, "cuda")
@@ -196,7 +197,7 @@ def _row_cost(
         measured = cost.measured_iteration(log)
         return None if measured is None else cost.cpu_train(flops, real, mini, measured, gpus)
     measured = cost.measured_image(log)
-    mini_wh = shrink.image_size(dataset, shrink.FACTORS[dataset])
+    mini_wh = image_size(dataset, shrink.FACTORS.of(dataset))
     if measured is None:
         return None
     return cost.cpu_evaluate(flops, real, mini, measured, images, real_wh, mini_wh)

@@ -169,7 +169,9 @@ def _run(
     rec.setup("copy workspace + shrink profile", f"{n} files -> {root}", time.monotonic() - t)
     rec.changes, rec.change_summary = plan.changes, shrink.summary(plan)
     t = time.monotonic()
-    files = mirror.build(base / "mirror", sws, bool(plan.settings["train"]), plan.synthetic)
+    files = mirror.build(
+        base / "mirror", sws, bool(plan.settings["train"]), plan.miniature.synthetic()
+    )
     _corrupt(files, corrupt)
     rec.setup("build mirror miniatures", f"{len(files)} files", time.monotonic() - t)
     rec.mirror_files = [report.file_entry(f) for f in files]

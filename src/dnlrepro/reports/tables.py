@@ -67,9 +67,10 @@ class Ran:
 
 def ran_as(name: str, profile: Profile, ws: workspace.Workspace) -> Ran | None:
     """The crop and schedule ``profile`` resolves for ``name``; None for the paper's own."""
-    if not profile.overrides:
+    if not profile.overrides and profile.miniature is None:
         return None
-    cfg = load_config(name, profile, ws=ws)
+    resolved = ws.results / name / "config.yaml"  # what resolve@<name> resolved
+    cfg = load_config(resolved, ws=ws) if resolved.is_file() else load_config(name, profile, ws=ws)
     h, w = cfg.data.crop_size  # (h, w), as mmseg's crop_size
     return Ran(f"{h}x{w}", cfg.schedule.max_iters, profile.settings.data_source == "synthetic")
 

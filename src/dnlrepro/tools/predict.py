@@ -215,7 +215,7 @@ def predict(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.core.profile import add_config_arguments
+    from dnlrepro.core.config import add_config_arguments
 
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", required=True, help=".pth file or published URL")
@@ -253,7 +253,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro.core.profile import config_from_args
+    from dnlrepro.core.config import config_from_args
 
     cfg, _ = config_from_args(args)
     written = predict(

@@ -6,7 +6,7 @@ import argparse
 
 import yaml
 
-from dnlrepro.core.profile import add_config_arguments, config_from_args
+from dnlrepro.core.config import add_config_arguments, config_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resources(args: argparse.Namespace, profile: Profile) -> plan.Resources:
     """The sbatch resources; the defaults follow the profile's torchrun settings."""
     s = profile.settings
-    torchrun = s.launcher == "torchrun"
+    torchrun = s.nproc_per_node * s.nnodes > 1  # as engine.launcher.run_training decides
     nodes = args.nodes if args.nodes is not None else s.nnodes
     gpus = args.gpus_per_node
     if gpus is None:
@@ -81,8 +81,8 @@ def resources(args: argparse.Namespace, profile: Profile) -> plan.Resources:
         )
     if not torchrun and nodes > 1:
         raise ValueError(
-            f"--nodes {nodes}: profile {profile.name} trains in one process (launcher: none); "
-            "set launcher: torchrun in params/profiles.yaml for multi-node training"
+            f"--nodes {nodes}: profile {profile.name} trains in one process (nproc_per_node x "
+            "nnodes = 1); raise them in params/profiles.yaml for multi-node training"
         )
     if torchrun and nodes != s.nnodes:
         logger.warning(

@@ -1,0 +1,162 @@
+"""The strict, typed loader behind every YAML file the pipeline reads.
+
+:func:`build` turns a parsed YAML mapping into a frozen dataclass and refuses anything it does not
+understand, naming the file and the dotted key: an unknown key (with the allowed ones), a missing
+key, a wrong type, a value outside its choices. Configurations (:mod:`dnlrepro.core.config`) and
+profiles (:mod:`dnlrepro.core.profile`) both go through it, so a typo in either fails the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message says where and how to fix it."""
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "profile"}
+
+
+def build(
+    cls: type,
+    raw: Any,
+    source: str,
+    prefix: str,
+    extra: dict | None = None,
+    choices: Mapping[str, tuple[Any, ...]] | None = None,
+    hint: str = "",
+) -> Any:
+    """``cls(**raw)`` after checking every key and type (recursively); errors name the key."""
+    where = prefix.rstrip(".") or "<top level>"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: key {where!r} must be a mapping, got {raw!r}")
+    fields = field_types(cls)
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {prefix + str(unknown[0])!r}; allowed keys here: "
+            f"{', '.join(fields)}"
+        )
+    optional = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+    missing = [k for k in fields if k not in raw and k not in optional]
+    if missing:
+        raise ConfigError(f"{source}: missing key {prefix + missing[0]!r} ({hint})")
+    kwargs = {
+        k: _check(tp, raw[k], source, prefix + k, choices, hint)
+        for k, tp in fields.items()
+        if k in raw
+    }
+    kwargs.update(extra or {})
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check(
+    tp: Any,
+    value: Any,
+    source: str,
+    key: str,
+    choices: Mapping[str, tuple[Any, ...]] | None = None,
+    hint: str = "",
+) -> Any:
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: key {key!r} must be {expected}, got {value!r}")
+
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, source, key + ".", choices=choices, hint=hint)
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            out = None
+        else:
+            inner = [a for a in args if a is not type(None)]
+            out = _check(inner[0], value, source, key, choices, hint)
+    elif origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise fail(f"a list of {_type_name(args[0])}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            out = tuple(
+                _check(args[0], v, source, f"{key}[{i}]", choices, hint)
+                for i, v in enumerate(value)
+            )
+        else:
+            if len(value) != len(args):
+                raise fail(f"a list of {len(args)} values")
+            out = tuple(
+                _check(a, v, source, f"{key}[{i}]", choices, hint)
+                for i, (a, v) in enumerate(zip(args, value, strict=True))
+            )
+    elif tp is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        out = value
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        out = value
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail("a number")
+        out = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        out = value
+    elif tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise fail("a mapping")
+        out = dict(value)
+    else:  # pragma: no cover - schema error, not user error
+        raise TypeError(f"unsupported type {tp} for {key}")
+    allowed = (choices or {}).get(key)
+    if allowed is not None and out not in allowed:
+        raise ConfigError(
+            f"{source}: key {key!r} is {value!r}; choose one of "
+            f"{', '.join(repr(c) for c in allowed)}"
+        )
+    return out
+
+
+def to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
