@@ -64,9 +64,10 @@ class Limits:
 
 
 # What each real archive holds (docs/reference.md §3.1, §3.2: "Archive bounds"), with a margin:
-# counts about +20 %, total size about 2x (3x for gtFine, whose size is an estimate), and any one
-# member at most 64 MiB (the largest real member is a few MB: an image or a polygon file). The
-# synthetic and rehearsal archives carry the same names and are far smaller.
+# member counts +13-25 %, total size 1.5x (leftImg8bit), 2x (ADE20K), ~3x (gtFine, whose extracted
+# size is the least certain estimate), and any one member at most 64 MiB (the largest real member
+# is a few MB: an image or a polygon file). The synthetic and rehearsal archives carry the same
+# names and are far smaller.
 LIMITS: dict[str, Limits] = {
     # 5000 frames x 4 files (color, instanceIds, labelIds png + polygons json) + README, license
     "gtFine_trainvaltest.zip": Limits(members=25_000, total_bytes=4 * GiB, member_bytes=64 * MiB),
