@@ -244,3 +244,27 @@ def test_local_extracted_folders_are_linked_and_prepared(tmp_path: Path) -> None
     ade = P.prepare("ade20k", dl, tmp_path / "data" / "ade" / "ADEChallengeData2016", (2, 1))
     assert cs["counts"] == {"train": 2, "val": 1} and len(ade["files"]) == 6
     assert (tmp_path / "data" / "cityscapes" / "leftImg8bit").resolve() == (mine / "leftImg8bit")
+
+
+def test_prepare_of_a_bad_archive_leaves_nothing(tmp_path: Path) -> None:
+    """A corrupt member, or one far larger than the dataset's bound (the issue: a 300 KB zip
+    holding 300 MB), fails prepare and leaves no data root, no partial member, no temp folder."""
+    from dnlrepro.acquire import archives
+
+    (arch,) = synth.write_ade20k(tmp_path / "arch", 2, 1, min_size=20, max_size=30, seed=1)
+    raw = bytearray(arch.read_bytes())
+    info = zipfile.ZipFile(arch).infolist()[-1]  # corrupt the last member's data
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[start + info.compress_size // 2] ^= 0xFF
+    arch.write_bytes(bytes(raw))
+    root = tmp_path / "data" / "ade" / "ADEChallengeData2016"
+    with pytest.raises(archives.BadArchiveError, match=r"ADEChallengeData2016\.zip"):
+        P.prepare("ade20k", tmp_path / "arch", root, expect=(2, 1))
+    assert not (tmp_path / "data").exists()
+
+    big = archives.LIMITS[arch.name].member_bytes + 1
+    with zipfile.ZipFile(arch, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ADEChallengeData2016/images/training/ADE_train_00000001.jpg", bytes(big))
+    with pytest.raises(archives.ArchiveLimitError, match=rf"declares {big} bytes"):
+        P.prepare("ade20k", tmp_path / "arch", root, expect=(2, 1))
+    assert not (tmp_path / "data").exists()

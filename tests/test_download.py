@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import http.server
 import io
+import json
 import logging
 import threading
 import urllib.parse
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dnlrepro.acquire import download as dl
-from dnlrepro.acquire.archives import BadArchiveError, UnsafeArchiveError, safe_extract
+from dnlrepro.acquire import verify
 from dnlrepro.core.registry import config_names, load_published
 
 
@@ -27,6 +28,8 @@ class Server:
         self.files: dict[str, bytes] = {}
         self.truncate_next: set[str] = set()  # serve half the body once, then hang up
         self.fail_next: dict[str, int] = {}  # path -> number of 503 answers before success
+        self.md5: dict[str, str] = {}  # packageID -> md5 the site publishes (default: the file's)
+        self.redirect: dict[str, str] = {}  # path -> Location of a 302
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range)
         self.user, self.password = "alice", "s3cret-pw"
         outer = self
@@ -55,9 +58,15 @@ class Server:
                     pid = urllib.parse.parse_qs(url.query)["packageID"][0]
                     key = f"/package/{pid}"
                     if url.path == "/md5-sum/":
-                        body = hashlib.md5(outer.files[key]).hexdigest().encode() + b"  x.zip\n"
-                        self._send(200, body)
+                        md5 = outer.md5.get(pid) or hashlib.md5(outer.files[key]).hexdigest()
+                        self._send(200, md5.encode() + b"  x.zip\n")
                         return
+                if key in outer.redirect:
+                    self.send_response(302)
+                    self.send_header("Location", outer.redirect[key])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if key not in outer.files:
                     self._send(404, b"not found")
                     return
@@ -116,6 +125,15 @@ class Server:
 
     def gets(self, path: str) -> list[tuple[str, str, str | None]]:
         return [r for r in self.requests if r[0] == "GET" and r[1] == path]
+
+
+@pytest.fixture(autouse=True)
+def _own_pins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Pins go to the test's folder, never to the checkout's params/; no ambient hash table."""
+    monkeypatch.setenv(verify.PINS_ENV, str(tmp_path / "pins" / "download_pins.json"))
+    monkeypatch.delenv(dl.EXPECTED_SHA256_ENV, raising=False)
+    monkeypatch.delenv(dl.MIRROR_ENV, raising=False)
+    return tmp_path / "pins" / "download_pins.json"
 
 
 @pytest.fixture
@@ -219,6 +237,17 @@ def _zip_bytes(members: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def _expect_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **files: bytes) -> None:
+    """Name stand-ins' sha256 in $DNLREPRO_EXPECTED_SHA256, as the rehearsal does (keyword:
+    the file name, ``.zip`` implied when missing)."""
+    table = tmp_path / "expected_sha256.json"
+    named = {
+        (n if "." in n else n + ".zip"): hashlib.sha256(d).hexdigest() for n, d in files.items()
+    }
+    table.write_text(json.dumps(named))
+    monkeypatch.setenv(dl.EXPECTED_SHA256_ENV, str(table))
+
+
 def test_cityscapes_login_and_md5_verified_download(
     server: Server,
     tmp_path: Path,
@@ -230,44 +259,116 @@ def test_cityscapes_login_and_md5_verified_download(
     monkeypatch.setenv("CITYSCAPES_USERNAME", server.user)
     monkeypatch.setenv("CITYSCAPES_PASSWORD", server.password)
     caplog.set_level(logging.DEBUG)
-    paths = dl.download_cityscapes(tmp_path, base_url=server.url, backoff=0)
-    assert [p.name for p in paths] == ["gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip"]
+    # Stand-ins under the real names, their sha256 named as the rehearsal names its miniatures.
+    names = {"gtFine_trainvaltest.zip": "/package/1", "leftImg8bit_trainvaltest.zip": "/package/3"}
+    _expect_sha256(tmp_path, monkeypatch, **{n: server.files[k] for n, k in names.items()})
+    paths = dl.download_cityscapes(tmp_path / "dl", base_url=server.url, backoff=0)
+    assert [p.name for p in paths] == list(names)
     assert paths[1].read_bytes() == server.files["/package/3"]
     assert server.password not in caplog.text
-    assert all(server.password not in p.read_text() for p in tmp_path.glob("*.json"))
+    assert not list((tmp_path / "dl").glob("*.json"))  # no sidecar, no credentials anywhere
 
     monkeypatch.setenv("CITYSCAPES_PASSWORD", "wrong")
     with pytest.raises(dl.CredentialsError, match="rejected"):
         dl.download_cityscapes(tmp_path / "other", base_url=server.url, backoff=0)
 
 
-def test_hostile_zip_is_refused_before_writing(tmp_path: Path) -> None:
-    for bad in ("../escape.txt", "/abs/path.txt", "ok/../../escape.txt"):
-        archive = tmp_path / "bad.zip"
-        archive.write_bytes(_zip_bytes({"fine.txt": b"a", bad: b"evil"}))
-        target = tmp_path / "out"
-        with pytest.raises(UnsafeArchiveError, match=r"refusing|outside"):
-            safe_extract(archive, target)
-        assert not (target / "fine.txt").exists()
-        assert not (tmp_path / "escape.txt").exists()
-    # a symbolic link member is refused too
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        info = zipfile.ZipInfo("link")
-        info.external_attr = (0o120777 << 16) | 0
-        zf.writestr(info, "/etc/passwd")
-    (tmp_path / "link.zip").write_bytes(buf.getvalue())
-    with pytest.raises(UnsafeArchiveError, match="link"):
-        safe_extract(tmp_path / "link.zip", tmp_path / "out2")
+def test_cityscapes_packages_must_match_the_known_md5(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong archive under the real name is refused: by the site's md5 disagreeing with the
+    published one, or (the site agreeing) by the file's own md5."""
+    server.files["/package/1"] = _zip_bytes({"gtFine/train/a.json": b"{}"})
+    monkeypatch.setenv("CITYSCAPES_USERNAME", server.user)
+    monkeypatch.setenv("CITYSCAPES_PASSWORD", server.password)
+    with pytest.raises(dl.ChecksumError, match=r"site now publishes md5 .* project knows 4237c1"):
+        dl.download_cityscapes(tmp_path / "a", base_url=server.url, backoff=0, retries=0)
+    assert not server.gets("/file-handling/?packageID=1")  # refused before the download
+    server.md5["1"] = str(dl.KNOWN["gtFine_trainvaltest.zip"]["md5"])
+    with pytest.raises(dl.ChecksumError, match=r"md5 .* expected 4237c1.*verify\.KNOWN"):
+        dl.download_cityscapes(tmp_path / "b", base_url=server.url, backoff=0, retries=0)
+    assert list((tmp_path / "b").iterdir()) == []  # nothing kept
 
 
-def test_truncated_archive_is_reported(tmp_path: Path) -> None:
-    good = _zip_bytes({"a/b.txt": b"x" * 1000})
-    (tmp_path / "t.zip").write_bytes(good[: len(good) // 2])
-    with pytest.raises(BadArchiveError, match=r"t\.zip"):
-        safe_extract(tmp_path / "t.zip", tmp_path / "out")
-    assert safe_extract(_write(tmp_path / "g.zip", good), tmp_path / "g", strip_components=1) == 1
-    assert (tmp_path / "g" / "b.txt").read_bytes() == b"x" * 1000
+def test_cityscapes_redirect_is_not_followed(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session cookie never follows a redirect (e.g. to another host): it is an error."""
+    other = Server()
+    try:
+        other.files["/elsewhere"] = b"x"
+        server.files["/package/1"] = _zip_bytes({"gtFine/a": b"1"})
+        server.redirect["/package/1"] = other.url + "/elsewhere"
+        _expect_sha256(tmp_path, monkeypatch, gtFine_trainvaltest=server.files["/package/1"])
+        monkeypatch.setenv("CITYSCAPES_USERNAME", server.user)
+        monkeypatch.setenv("CITYSCAPES_PASSWORD", server.password)
+        with pytest.raises(dl.DownloadError, match=r"redirected to .*/elsewhere"):
+            dl.download_cityscapes(tmp_path / "dl", base_url=server.url, backoff=0, retries=0)
+        assert other.requests == []
+    finally:
+        other.httpd.shutdown()
+        other.httpd.server_close()
+    # A public file follows a redirect (a CDN, a moved file).
+    server.files["/moved.bin"] = b"moved"
+    server.redirect["/old.bin"] = "/moved.bin"
+    out = dl.download_url(server.url + "/old.bin", tmp_path / "pub", backoff=0)
+    assert out.read_bytes() == b"moved"
+
+
+def test_ade20k_archive_must_match_the_published_sha256(server: Server, tmp_path: Path) -> None:
+    """A wrong archive served under the real name is refused (it used to pass the zip check)."""
+    server.files["/ADEChallengeData2016.zip"] = _zip_bytes({"ADEChallengeData2016/x": b"1"})
+    url = server.url + "/ADEChallengeData2016.zip"
+    with pytest.raises(dl.ChecksumError, match=r"expected 7ff1be44.*verify\.KNOWN"):
+        dl.download_url(url, tmp_path / "dl", backoff=0, retries=0)
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+def test_file_without_a_known_hash_is_pinned_on_first_use(
+    server: Server, tmp_path: Path, _own_pins: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.files["/ckpt/model.pth"] = first = b"first weights" * 1000
+    url = server.url + "/ckpt/model.pth"
+    with caplog.at_level(logging.WARNING):
+        out = dl.download_url(url, tmp_path / "a", backoff=0)
+    assert out.read_bytes() == first
+    pins = json.loads(_own_pins.read_text())
+    assert pins["model.pth"]["sha256"] == hashlib.sha256(first).hexdigest()
+    assert pins["model.pth"]["url"] == url
+    assert "pinned" in caplog.text and str(_own_pins) in caplog.text
+    assert not list((tmp_path / "a").glob("*.json"))  # no .verified.json sidecar any more
+    # Later uses verify against the pin: the same bytes pass, a changed file keeps nothing.
+    assert dl.download_url(url, tmp_path / "b", backoff=0).read_bytes() == first
+    server.files["/ckpt/model.pth"] = b"other weights" * 1000
+    with pytest.raises(dl.ChecksumError, match=r"pinned on first use in .*download_pins\.json"):
+        dl.download_url(url, tmp_path / "c", backoff=0, retries=1)
+    assert list((tmp_path / "c").iterdir()) == []
+    # An existing copy changed on disk is deleted, fetched again, and refused again.
+    (tmp_path / "a" / "model.pth").write_bytes(b"tampered")
+    with pytest.raises(dl.ChecksumError):
+        dl.download_url(url, tmp_path / "a", backoff=0, retries=0)
+    assert list((tmp_path / "a").iterdir()) == []
+    # Linking a local copy is checked against the same pin.
+    (tmp_path / "mine").mkdir()
+    _write(tmp_path / "mine" / "model.pth", first)
+    assert dl.link_local("checkpoints", tmp_path / "mine", tmp_path / "l", ["model.pth"])
+    _write(tmp_path / "mine" / "model.pth", b"not the pinned file")
+    with pytest.raises(dl.ChecksumError, match="pinned on first use"):
+        dl.link_local("checkpoints", tmp_path / "mine", tmp_path / "l2", ["model.pth"])
+
+
+def test_pin_file_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """params/download_pins.json of the workspace: outside downloads/<dataset>, the download
+    stage's output folder, which `dvc repro` may rebuild."""
+    monkeypatch.delenv(verify.PINS_ENV)
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.setenv("DNLREPRO_WORKSPACE", str(tmp_path / "ws"))
+    pins = verify.pins_path(tmp_path / "ws" / "downloads" / "ade20k")
+    assert pins == tmp_path / "ws" / "params" / "download_pins.json"
+    monkeypatch.delenv("DNLREPRO_WORKSPACE")
+    monkeypatch.chdir(tmp_path)  # no workspace: next to the downloads
+    assert verify.pins_path(tmp_path / "d") == tmp_path / "d" / "download_pins.json"
 
 
 def _write(p: Path, data: bytes) -> Path:
@@ -275,12 +376,17 @@ def _write(p: Path, data: bytes) -> Path:
     return p
 
 
-def test_local_mode_links_archives_and_extracted_folders(tmp_path: Path) -> None:
+def test_local_mode_links_archives_and_extracted_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     have = tmp_path / "have"
     have.mkdir()
-    _write(have / "ADEChallengeData2016.zip", _zip_bytes({"ADEChallengeData2016/x": b"1"}))
+    fake = _write(have / "ADEChallengeData2016.zip", _zip_bytes({"ADEChallengeData2016/x": b"1"}))
+    with pytest.raises(dl.ChecksumError, match=r"7ff1be44.*verify\.KNOWN"):  # not the real one
+        dl.link_local("ade20k", have, tmp_path / "dl", dl.ADE20K_ARCHIVES)
+    _expect_sha256(tmp_path, monkeypatch, **{fake.name: fake.read_bytes()})
     out = dl.link_local("ade20k", have, tmp_path / "dl", dl.ADE20K_ARCHIVES)
-    assert out[0].is_symlink() and out[0].resolve() == (have / "ADEChallengeData2016.zip")
+    assert out[0].is_symlink() and out[0].resolve() == fake
     city = tmp_path / "city"
     (city / "leftImg8bit").mkdir(parents=True)
     (city / "gtFine").mkdir()

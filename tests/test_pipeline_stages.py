@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from dnlrepro.acquire import synth
+from dnlrepro.core.files import file_digest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,9 +22,12 @@ def test_download_fetches_what_it_can_and_fails_in_one_line(tmp_path: Path):
     shutil.copy(REPO / "dvc.yaml", ws / "dvc.yaml")
     (ws / "params.yaml").write_text("profile: paper\n")
     local = tmp_path / "local"  # only ADE20K is at hand: no Cityscapes login, no backbones
-    synth.write_ade20k(local, 2, 1, min_size=32, max_size=48, seed=0)
+    (ade,) = synth.write_ade20k(local, 2, 1, min_size=32, max_size=48, seed=0)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CITYSCAPES_", "DNLREPRO_"))}
     env["DNLREPRO_LOCAL_DATA"] = str(local)
+    # a stand-in under the real name: its sha256 is named, as the rehearsal names its miniatures
+    (tmp_path / "sha256.json").write_text(json.dumps({ade.name: file_digest(ade)}))
+    env["DNLREPRO_EXPECTED_SHA256"] = str(tmp_path / "sha256.json")
 
     def stage(*argv: str) -> tuple[int, list[str]]:
         cmd = [sys.executable, "pipeline/download.py", *argv]

@@ -349,6 +349,8 @@ def test_pretrained_backbone_is_downloaded_and_loaded(
     (scratch / "dvc.yaml").write_text("stages: {}\n")
     (scratch / "params").symlink_to(workspace.find().params_dir)
     monkeypatch.setenv(workspace.ENV_VAR, str(scratch))
+    # The URL has no hash in its name: it is pinned on first use, here and not in the real params/
+    monkeypatch.setenv("DNLREPRO_PINS", str(tmp_path / "download_pins.json"))
     info = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
 
     def backbone_matches(model: torch.nn.Module) -> bool:
@@ -358,6 +360,7 @@ def test_pretrained_backbone_is_downloaded_and_loaded(
     torch.manual_seed(0)
     assert backbone_matches(train_setup.build_model(cfg, info, None))  # the config's URL
     assert (scratch / "downloads" / "resnet50_v1c.pth").is_file()
+    assert "resnet50_v1c.pth" in (tmp_path / "download_pins.json").read_text()
     torch.manual_seed(0)
     assert not backbone_matches(train_setup.build_model(cfg, info, "none"))  # random init
     torch.manual_seed(0)

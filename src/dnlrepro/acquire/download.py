@@ -10,10 +10,16 @@ Sources (docs/reference.md §2.2, §3.1, §3.2, §6.1):
 * ``resnet{50,101}_v1c`` (mmcv's ``open-mmlab://`` names) and the twelve DNLNet checkpoints; the
   8 hex characters at the end of each file name are the start of its sha256 and are verified.
 
-Every transfer goes to ``<name>.part`` (resumed with an HTTP Range request after an interruption),
-is retried with exponential backoff, is checked for size and checksum, and only then is renamed
-atomically to its final name. A file that fails verification is deleted and fetched again; it is
-never used. Only the standard library speaks HTTP (urllib).
+Every file is checked against a hash before it is used (:mod:`dnlrepro.acquire.verify`: the hash
+in its name, a published one, ``$DNLREPRO_EXPECTED_SHA256``, else the sha256 pinned on first use).
+
+HTTP is ``requests``: a session retries connection errors and 408/429/5xx answers with exponential
+backoff (urllib3 ``Retry``). Our own code keeps only what no library does: the Cityscapes login
+form, and resuming ``<name>.part`` with a Range request after a transfer broke off. A file is
+renamed to its final name only once verified; one that fails is deleted, never used. Redirects
+are followed for public files only: a Cityscapes package answers a redirect with an error (its
+session cookie never leaves the site), and requests drops credentials on a redirect to another
+host. Credentials travel only in the login form; they are never logged or written.
 
 Two environment variables redirect every download without changing a stage command (``dnlrepro
 rehearse`` sets both for its local mirror; ``DNLREPRO_MIRROR`` also suits a lab-wide mirror):
@@ -21,31 +27,40 @@ rehearse`` sets both for its local mirror; ``DNLREPRO_MIRROR`` also suits a lab-
 * ``DNLREPRO_MIRROR=http://host:port/prefix``: ``scheme://HOST/PATH?QUERY`` is fetched from
   ``$DNLREPRO_MIRROR/HOST/PATH?QUERY`` (:func:`mirrored`); the Cityscapes login goes there too.
 * ``DNLREPRO_EXPECTED_SHA256=/path/hashes.json``: ``{file name: sha256}``; a listed file is
-  verified against that full sha256 instead of the hash in its name (or, for a file with no
-  published hash, instead of the zip check alone) (:func:`expected_sha256`).
+  verified against that full sha256 instead of any other hash (:func:`verify.expected_sha256`).
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
-import http.cookiejar
-import json
 import logging
 import os
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
 from tqdm import tqdm
+from urllib3.util.retry import Retry
 
+from dnlrepro.acquire.verify import (  # "X as X": re-exported, callers import them from here
+    EXPECTED_SHA256_ENV,
+    KNOWN,
+    ChecksumError,
+    DownloadError,
+    Expected,
+    expected_for,
+    expected_sha256,
+    verify_or_pin,
+)
+from dnlrepro.acquire.verify import sha256_prefix_from_name as sha256_prefix_from_name
+from dnlrepro.acquire.verify import verify_file as verify_file
 from dnlrepro.core import workspace
-from dnlrepro.core.files import file_digest, write_json
+from dnlrepro.core.files import file_digest as file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -68,18 +83,8 @@ PRETRAINED_URLS: dict[str, str] = {
     "resnet101_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
 }
 
-_NAME_HASH = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt)$")
-
 MIRROR_ENV = "DNLREPRO_MIRROR"
-EXPECTED_SHA256_ENV = "DNLREPRO_EXPECTED_SHA256"
-
-
-class DownloadError(RuntimeError):
-    """A download failed for good (HTTP error, retries exhausted); the message names the URL."""
-
-
-class ChecksumError(DownloadError):
-    """A downloaded file does not match its expected size or checksum."""
+RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 
 
 class CredentialsError(DownloadError):
@@ -87,46 +92,12 @@ class CredentialsError(DownloadError):
 
 
 class _TransientError(Exception):
-    """Network trouble worth retrying (connection reset, timeout, truncated body, 5xx)."""
+    """A transfer broke off mid-body (connection reset, timeout, truncated body): resume it."""
 
 
 # ---------------------------------------------------------------------------------------------
-# Verification
+# HTTP (requests)
 # ---------------------------------------------------------------------------------------------
-
-
-def sha256_prefix_from_name(name: str) -> str | None:
-    """The hex hash at the end of an OpenMMLab/torch-hub file name (``x-53d4ea93.pth``)."""
-    m = _NAME_HASH.search(name.split("?")[0])
-    return m.group(1) if m else None
-
-
-def verify_file(
-    path: Path,
-    *,
-    sha256_prefix: str | None = None,
-    sha256: str | None = None,
-    md5: str | None = None,
-    size: int | None = None,
-) -> list[str]:
-    """Problems with ``path`` against the expectations (empty list = verified)."""
-    problems = []
-    actual_size = path.stat().st_size
-    if size is not None and actual_size != size:
-        problems.append(f"size {actual_size} bytes, expected {size}")
-    if sha256 or sha256_prefix:
-        digest = file_digest(path, "sha256")
-        if sha256 and digest != sha256.lower():
-            problems.append(f"sha256 {digest}, expected {sha256}")
-        if sha256_prefix and not digest.startswith(sha256_prefix.lower()):
-            problems.append(f"sha256 starts with {digest[:8]}, expected {sha256_prefix}")
-    if md5:
-        digest = file_digest(path, "md5")
-        if digest != md5.lower():
-            problems.append(f"md5 {digest}, expected {md5}")
-    if path.suffix == ".zip" and not problems and not zipfile.is_zipfile(path):
-        problems.append("not a readable zip archive (truncated or corrupt)")
-    return problems
 
 
 def mirrored(url: str) -> str:
@@ -139,114 +110,79 @@ def mirrored(url: str) -> str:
     return f"{base}/{parts.netloc}{parts.path}{query}"
 
 
-def expected_sha256(name: str) -> str | None:
-    """The sha256 that ``$DNLREPRO_EXPECTED_SHA256`` lists for file ``name`` (None: not listed).
-
-    Raises:
-        DownloadError: the variable names a file that is missing or not a JSON mapping.
-    """
-    path = os.environ.get(EXPECTED_SHA256_ENV)
-    if not path:
-        return None
-    try:
-        table = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise DownloadError(
-            f"{EXPECTED_SHA256_ENV}={path}: cannot read it ({e}); it must be a JSON file "
-            "{file name: sha256}, or unset the variable"
-        ) from e
-    if not isinstance(table, dict):
-        raise DownloadError(f"{EXPECTED_SHA256_ENV}={path}: expected a mapping file name -> sha256")
-    return table.get(name)
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".verified.json")
-
-
-# ---------------------------------------------------------------------------------------------
-# HTTP
-# ---------------------------------------------------------------------------------------------
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Surface redirects as HTTPError (the Cityscapes login answers 302 on success)."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-def _open(
-    opener: urllib.request.OpenerDirector, req: urllib.request.Request, timeout: float
-) -> http.client.HTTPResponse:
-    try:
-        return opener.open(req, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code in (408, 429) or e.code >= 500:
-            raise _TransientError(f"HTTP {e.code} {e.reason}") from e
-        if e.code == 416:
-            raise
-        raise DownloadError(f"{req.full_url}: HTTP {e.code} {e.reason}") from e
-    except (TimeoutError, urllib.error.URLError, ConnectionError, http.client.HTTPException) as e:
-        raise _TransientError(str(e)) from e
+def new_session(retries: int = 5, backoff: float = 2.0) -> requests.Session:
+    """A session retrying connection errors and 408/429/5xx answers with exponential backoff."""
+    retry = Retry(
+        total=retries,
+        backoff_factor=backoff,
+        status_forcelist=RETRY_STATUS,
+        raise_on_status=False,  # the last answer is reported with its status
+    )
+    session = requests.Session()
+    for scheme in ("http://", "https://"):
+        session.mount(scheme, HTTPAdapter(max_retries=retry))
+    session.headers["Accept-Encoding"] = "identity"  # byte ranges of the file itself
+    return session
 
 
 def _fetch_once(
-    url: str,
-    part: Path,
-    opener: urllib.request.OpenerDirector,
-    timeout: float,
-    headers: dict[str, str],
+    url: str, part: Path, session: requests.Session, timeout: float, follow: bool
 ) -> None:
     """Append the rest of ``url`` to ``part`` (Range from its size); raise on short bodies."""
     offset = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers=dict(headers))
-    if offset:
-        req.add_header("Range", f"bytes={offset}-")
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
-        resp = _open(opener, req, timeout)
-    except urllib.error.HTTPError as e:  # 416: the part is already complete (or bogus)
-        if e.code == 416 and offset:
+        resp = session.get(
+            url, headers=headers, stream=True, timeout=timeout, allow_redirects=follow
+        )
+    except requests.RequestException as e:  # the session's retries are spent
+        raise DownloadError(f"{url}: {e}") from e
+    with resp:
+        if resp.status_code == 416 and offset:  # the part is already complete (or bogus)
             logger.info("%s: server says %s is already complete", url, part.name)
             return
-        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from e
-    with resp:
-        status = resp.status
+        if resp.is_redirect:
+            raise DownloadError(
+                f"{url}: redirected to {resp.headers.get('Location')} (HTTP {resp.status_code}); "
+                f"the login session expired or was refused: run again"
+            )
+        if resp.status_code >= 400:
+            raise DownloadError(f"{url}: HTTP {resp.status_code} {resp.reason}")
+        start = offset if resp.status_code == 206 else 0
+        if start:
+            logger.info("resuming %s at byte %d", part.name, start)
+        elif offset:
+            logger.info("server ignored the Range request; restarting %s", part.name)
         length = resp.headers.get("Content-Length")
-        if offset and status == 206:
-            logger.info("resuming %s at byte %d", part.name, offset)
-            mode, start = "ab", offset
-        else:
-            if offset:
-                logger.info("server ignored the Range request; restarting %s", part.name)
-            mode, start = "wb", 0
         expected = start + int(length) if length is not None else None
-        received = start
-        with (
-            open(part, mode) as out,
-            tqdm(
-                total=expected,
-                initial=start,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=part.name[: -len(".part")],
-                leave=False,
-                disable=None,
-            ) as bar,
-        ):
-            while True:
-                try:
-                    block = resp.read(CHUNK)
-                except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
-                    raise _TransientError(f"connection lost after {received} bytes: {e}") from e
-                if not block:
-                    break
+        received = _write_body(resp, part, start, expected)
+    if expected is not None and received < expected:
+        raise _TransientError(f"transfer interrupted at {received} of {expected} bytes")
+
+
+def _write_body(resp: requests.Response, part: Path, start: int, expected: int | None) -> int:
+    """Stream the body into ``part`` (appending from ``start``) with a progress bar."""
+    received = start
+    name = part.name.removesuffix(".part")
+    bar = tqdm(
+        total=expected,
+        initial=start,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=name,
+        leave=False,
+        disable=None,
+    )
+    with open(part, "ab" if start else "wb") as out, bar:
+        try:  # read1: what has arrived, so a broken transfer keeps every byte received
+            while block := resp.raw.read1(CHUNK):
                 out.write(block)
                 received += len(block)
                 bar.update(len(block))
-    if expected is not None and received < expected:
-        raise _TransientError(f"transfer interrupted at {received} of {expected} bytes")
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise _TransientError(f"connection lost after {received} bytes: {e}") from e
+    return received
 
 
 def download_url(
@@ -258,36 +194,26 @@ def download_url(
     size: int | None = None,
     md5: str | None = None,
     filename: str | None = None,
-    opener: urllib.request.OpenerDirector | None = None,
-    headers: dict[str, str] | None = None,
+    session: requests.Session | None = None,
+    follow_redirects: bool = True,
     retries: int = 5,
     backoff: float = 2.0,
     timeout: float = 60.0,
 ) -> Path:
-    """Download ``url`` into ``dest_dir`` (default ``<workspace>/downloads``), verified.
+    """Download ``url`` into ``dest_dir`` (default ``<workspace>/downloads``); the verified path.
 
-    A file name ending in ``-<hex>.pth`` implies ``sha256_prefix=<hex>`` unless one is given.
-    ``$DNLREPRO_MIRROR`` redirects the URL, and a sha256 listed in ``$DNLREPRO_EXPECTED_SHA256``
-    replaces every other expected hash of the file (module docstring).
-    An existing file is verified (against the given checksums, or the record written after its
-    own verified download) and reused; a file that fails is deleted and fetched again.
+    The expected hash is the first of the module docstring's list that applies
+    (:func:`expected_for`); with none, the first verified copy is pinned. ``$DNLREPRO_MIRROR``
+    redirects the URL. An existing file is verified the same way and reused; a file that fails
+    is deleted and fetched again.
 
     Args:
-        url: http(s) URL.
-        dest_dir: target folder (created).
-        sha256_prefix: expected start of the sha256 (OpenMMLab file-name hash).
-        sha256: expected full sha256.
-        size: expected size in bytes.
-        md5: expected md5 (Cityscapes publishes md5 sums).
+        sha256_prefix / sha256 / md5 / size: expectations (md5: what Cityscapes publishes).
         filename: local name (default: the URL's last path component).
-        opener: urllib opener (e.g. with the Cityscapes session cookie).
-        headers: extra request headers.
+        session: requests session (e.g. holding the Cityscapes login cookie).
+        follow_redirects: False for a login-protected URL (a redirect means "log in again").
         retries: retries after a transient failure or a checksum mismatch.
-        backoff: first retry delay in seconds, doubled each time.
-        timeout: socket timeout in seconds.
-
-    Returns:
-        The verified file's path.
+        backoff: first retry delay in seconds, doubled each time; timeout: socket timeout (s).
 
     Raises:
         DownloadError: HTTP error or retries exhausted. ChecksumError: verification failed.
@@ -297,77 +223,68 @@ def download_url(
     name = filename or Path(urllib.parse.urlparse(url).path).name
     if not name:
         raise ValueError(f"cannot derive a file name from {url!r}; pass filename=")
-    url = mirrored(url)
-    override = expected_sha256(name)
-    if override is not None:
-        sha256_prefix, sha256 = None, override
-    elif sha256_prefix is None and sha256 is None:
-        sha256_prefix = sha256_prefix_from_name(name)
-    expect = {"sha256_prefix": sha256_prefix, "sha256": sha256, "size": size, "md5": md5}
-    dest, part = dest_dir / name, dest_dir / (name + ".part")
+    hashes = {"sha256_prefix": sha256_prefix, "sha256": sha256, "md5": md5, "size": size}
+    expect = expected_for(name, dest_dir, **hashes)
+    dest = dest_dir / name
     if dest.exists():
-        problems = _verify_existing(dest, expect)
+        problems = verify_or_pin(dest, name, expect, url)
         if not problems:
             logger.info("%s already present and verified", dest)
             return dest
         logger.warning("%s failed verification (%s); deleting and fetching again", dest, problems)
         dest.unlink()
-        _sidecar(dest).unlink(missing_ok=True)
-    opener = opener or urllib.request.build_opener()
+    own = session is None
+    session = session or new_session(retries, backoff)
+    try:
+        _fetch_verified(
+            mirrored(url), dest, expect, session, (retries, backoff, timeout), follow_redirects
+        )
+    finally:
+        if own:
+            session.close()
+    logger.info("downloaded %s (%d bytes)", dest, dest.stat().st_size)
+    return dest
+
+
+def _fetch_verified(
+    url: str,
+    dest: Path,
+    expect: Expected,
+    session: requests.Session,
+    tries: tuple[int, float, float],
+    follow: bool,
+) -> None:
+    """Fetch into ``<dest>.part`` (resuming after a break), verify, then rename to ``dest``;
+    ``tries``: (retries, first backoff delay, socket timeout)."""
+    retries, backoff, timeout = tries
+    part = dest.with_name(dest.name + ".part")
     last, bad_content = "", False  # last failure, and whether it was a verification failure
     for attempt in range(retries + 1):
         if attempt:
             delay = backoff * 2 ** (attempt - 1)
-            logger.warning(
-                "%s: attempt %d/%d failed (%s); retrying in %.1fs",
-                name,
-                attempt,
-                retries + 1,
-                last,
-                delay,
-            )
+            how = f"attempt {attempt}/{retries + 1} failed ({last}); retrying in {delay:.1f}s"
+            logger.warning("%s: %s", dest.name, how)
             time.sleep(delay)
         try:
-            _fetch_once(url, part, opener, timeout, headers or {})
+            _fetch_once(url, part, session, timeout, follow)
         except _TransientError as e:
             last, bad_content = str(e), False
             continue
-        problems = verify_file(part, **expect)
-        if problems:
-            # A complete-but-wrong file is never used: delete it so the retry starts fresh.
+        problems = verify_or_pin(part, dest.name, expect, url)
+        if problems:  # a complete-but-wrong file is never used: the retry starts fresh
             last, bad_content = "; ".join(problems), True
-            logger.warning("%s failed verification: %s", name, last)
+            logger.warning("%s failed verification: %s", dest.name, last)
             part.unlink(missing_ok=True)
             continue
         os.replace(part, dest)
-        _write_sidecar(dest, url)
-        logger.info("downloaded %s (%d bytes)", dest, dest.stat().st_size)
-        return dest
+        return
     if bad_content:
         raise ChecksumError(
-            f"{url}: downloaded file failed verification {retries + 1} times ({last}); the "
-            f"server copy may have changed -- check the URL and expected hash"
+            f"{url}: downloaded file failed verification {retries + 1} times ({last}; expected "
+            f"hash from {expect.source}); the server copy may have changed -- check the URL and "
+            f"the expected hash"
         )
     raise DownloadError(f"{url}: giving up after {retries + 1} attempts ({last})")
-
-
-def _write_sidecar(dest: Path, url: str) -> None:
-    st = dest.stat()
-    record = {"url": url, "size": st.st_size, "mtime": st.st_mtime, "sha256": file_digest(dest)}
-    write_json(_sidecar(dest), record)
-
-
-def _verify_existing(dest: Path, expect: dict) -> list[str]:
-    if any(v is not None for v in expect.values()):
-        return verify_file(dest, **expect)
-    side = _sidecar(dest)
-    if side.is_file():  # our own record of the verified download
-        rec = json.loads(side.read_text())
-        st = dest.stat()
-        if st.st_size == rec.get("size") and st.st_mtime == rec.get("mtime"):
-            return []  # untouched since its verified download: skip re-hashing gigabytes
-        return verify_file(dest, sha256=rec.get("sha256"), size=rec.get("size"))
-    return verify_file(dest)  # at least the zip structure
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,58 +311,92 @@ def cityscapes_credentials() -> tuple[str, str]:
 
 
 def cityscapes_login(
-    user: str, password: str, base_url: str = CITYSCAPES_URL, timeout: float = 60.0
-) -> urllib.request.OpenerDirector:
-    """Log in (form POST, success = 302) and return an opener holding the session cookie.
+    user: str,
+    password: str,
+    base_url: str = CITYSCAPES_URL,
+    timeout: float = 60.0,
+    session: requests.Session | None = None,
+) -> requests.Session:
+    """Log in (form POST, success = 302) and return the session holding the login cookie.
 
     The credentials only travel in the POST body; they are never logged or written.
     """
-    jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), _NoRedirect())
+    session = session or new_session()
     login = f"{base_url.rstrip('/')}/login"  # no trailing slash, as cityscapesscripts
+    form = {"username": user, "password": password, "submit": "Login"}
     try:
-        opener.open(login, timeout=timeout).close()  # sets the csrf/session cookie
-    except urllib.error.HTTPError as e:
-        if e.code not in (301, 302, 303):
-            raise DownloadError(f"{login}: HTTP {e.code} {e.reason}") from None
-    except urllib.error.URLError as e:
-        raise DownloadError(f"{login}: cannot reach the Cityscapes server ({e.reason})") from None
-    body = urllib.parse.urlencode({"username": user, "password": password, "submit": "Login"})
-    try:
-        resp = opener.open(login, data=body.encode(), timeout=timeout)
-        resp.close()
-        status = resp.status
-    except urllib.error.HTTPError as e:
-        status = e.code
-    except urllib.error.URLError as e:
-        raise DownloadError(f"{login}: cannot reach the Cityscapes server ({e.reason})") from None
-    if status != 302:
+        resp = session.get(login, timeout=timeout, allow_redirects=False)  # the csrf cookie
+        if resp.status_code >= 400:
+            raise DownloadError(f"{login}: HTTP {resp.status_code} {resp.reason}")
+        resp = session.post(login, data=form, timeout=timeout, allow_redirects=False)
+    except requests.RequestException as e:
+        raise DownloadError(f"{login}: cannot reach the Cityscapes server ({e})") from None
+    if resp.status_code != 302:
         raise CredentialsError(
-            f"Cityscapes rejected the login (HTTP {status}); check CITYSCAPES_USERNAME / "
-            f"CITYSCAPES_PASSWORD (account from {CITYSCAPES_REGISTER_URL})"
+            f"Cityscapes rejected the login (HTTP {resp.status_code}); check CITYSCAPES_USERNAME "
+            f"/ CITYSCAPES_PASSWORD (account from {CITYSCAPES_REGISTER_URL})"
         )
     logger.info("logged in to %s", base_url)
-    return opener
+    return session
 
 
 def download_cityscapes(
-    dest_dir: Path | None = None, base_url: str = CITYSCAPES_URL, **kwargs: object
+    dest_dir: Path | None = None,
+    base_url: str = CITYSCAPES_URL,
+    *,
+    retries: int = 5,
+    backoff: float = 2.0,
+    timeout: float = 60.0,
 ) -> list[Path]:
-    """Both Cityscapes packages (gtFine, leftImg8bit), md5-verified against the site's sums."""
+    """Both Cityscapes packages (gtFine, leftImg8bit), md5-verified (§3.1 'Archive hashes')."""
     user, password = cityscapes_credentials()
     base = mirrored(base_url.rstrip("/"))
-    opener = cityscapes_login(user, password, base)
+    opts = {"retries": retries, "backoff": backoff, "timeout": timeout}
     out = []
-    for name, package_id in CITYSCAPES_PACKAGES.items():
-        md5 = None
-        try:
-            with opener.open(f"{base}/md5-sum/?packageID={package_id}", timeout=60) as r:
-                md5 = r.read().decode().split()[0]
-        except (urllib.error.URLError, IndexError, UnicodeDecodeError) as e:
-            logger.warning("no md5 sum for %s (%s); verifying the zip structure only", name, e)
-        url = f"{base}/file-handling/?packageID={package_id}"
-        out.append(download_url(url, dest_dir, filename=name, md5=md5, opener=opener, **kwargs))
+    with new_session(retries, backoff) as session:
+        cityscapes_login(user, password, base, timeout, session)
+        for name, package_id in CITYSCAPES_PACKAGES.items():
+            md5 = _cityscapes_md5(session, base, name, package_id, timeout)
+            url = f"{base}/file-handling/?packageID={package_id}"
+            # follow_redirects=False: a redirect means "log in again", never another host
+            out.append(
+                download_url(
+                    url,
+                    dest_dir,
+                    filename=name,
+                    md5=md5,
+                    session=session,
+                    follow_redirects=False,
+                    **opts,
+                )
+            )
     return out
+
+
+def _cityscapes_md5(
+    session: requests.Session, base: str, name: str, package_id: int, timeout: float
+) -> str | None:
+    """The md5 to pass on: None for the known one (verify.KNOWN), which the site's own must agree
+    with; for a stand-in named in ``$DNLREPRO_EXPECTED_SHA256``, the site's (next to that)."""
+    site = None
+    try:
+        resp = session.get(
+            f"{base}/md5-sum/?packageID={package_id}", timeout=timeout, allow_redirects=False
+        )
+        if resp.status_code == 200 and re.fullmatch(r"[0-9a-f]{32}", resp.text.split()[0]):
+            site = resp.text.split()[0]
+    except (requests.RequestException, IndexError) as e:
+        logger.warning("no md5 sum from the Cityscapes site for %s (%s)", name, e)
+    if expected_sha256(name) is not None:
+        return site
+    known = str(KNOWN[name]["md5"])
+    if site is not None and site != known:
+        raise ChecksumError(
+            f"{name}: the Cityscapes site now publishes md5 {site}, but the project knows "
+            f"{known} (docs/reference.md §3.1): the package changed. Check it, then update "
+            f"verify.KNOWN, or name its sha256 in ${EXPECTED_SHA256_ENV}"
+        )
+    return None  # the known md5 (verify.KNOWN)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,7 +426,8 @@ def link_local(what: str, local: Path, dest_dir: Path, names: Iterable[str] = ()
 
     ``local`` may be one archive or weight file, a folder holding them, or (datasets) an
     extracted folder (Cityscapes: holding ``leftImg8bit/`` and ``gtFine/``; ADE20K: holding
-    ``ADEChallengeData2016/`` or being it). Weight files are checked against their name hash.
+    ``ADEChallengeData2016/`` or being it). Files are checked as downloads are
+    (:func:`verify.expected_for`: their name hash, a published hash, else the pin).
     """
     local = Path(local).expanduser()
     if not local.exists():
@@ -486,12 +438,13 @@ def link_local(what: str, local: Path, dest_dir: Path, names: Iterable[str] = ()
     for name in names:
         cand = local if local.is_file() and local.name == name else local / name
         if cand.is_file():
-            if what in ("pretrained", "checkpoints"):
-                problems = verify_file(cand, sha256_prefix=sha256_prefix_from_name(name))
-            else:
-                problems = verify_file(cand)
+            expect = expected_for(name, dest_dir)
+            problems = verify_or_pin(cand, name, expect, str(cand.resolve()))
             if problems:
-                raise ChecksumError(f"{cand}: {'; '.join(problems)}; it cannot be used")
+                raise ChecksumError(
+                    f"{cand}: {'; '.join(problems)} (expected hash from {expect.source}); it "
+                    f"cannot be used"
+                )
             found.append(_link(cand, dest_dir / name))
     if len(found) == len(names):
         return found

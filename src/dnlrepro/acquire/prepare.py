@@ -5,7 +5,9 @@
 
 Steps (``dnlrepro prepare``):
 
-1. **Extract** the archives (safely) into the data root. Cityscapes: ``gtFine_trainvaltest.zip``
+1. **Extract** the archives (safely: :mod:`dnlrepro.acquire.archives` checks every member and the
+   archive's bounds first, extracts into a temporary folder and moves it into place only when
+   complete; a failure leaves nothing) into the data root. Cityscapes: ``gtFine_trainvaltest.zip``
    and ``leftImg8bit_trainvaltest.zip`` into the folder that then holds ``leftImg8bit/`` and
    ``gtFine/``. ADE20K: ``ADEChallengeData2016.zip`` with its top folder stripped into the data
    root (``.../ADEChallengeData2016``). Already-extracted folders (``dnlrepro download --local``)
@@ -353,8 +355,9 @@ def prepare(
             logger.info("%s is already prepared (manifest matches the archives)", data_root)
             return man
     t0 = time.time()
-    data_root.mkdir(parents=True, exist_ok=True)
-    extract(dataset, archives_dir, data_root)  # not current: files may be missing or stale
+    # not current: files may be missing or stale. extract() creates data_root only once an
+    # archive is complete (or links it): a failure leaves nothing behind.
+    extract(dataset, archives_dir, data_root)
     problems = convert_cityscapes(data_root, nproc) if dataset == "cityscapes" else []
     files, counts = validate_or_raise(dataset, data_root, expect, nproc, problems)
     if fp:
