@@ -136,6 +136,18 @@ def test_verdicts_are_coloured_by_class(ws):
     assert {v for v, _ in verdicts} == {"pass", "fail", "missing", "not-comparable"}
     assert all(slug == text.replace(" ", "-") for slug, text in verdicts)
     assert len(verdicts) == len(json.loads((ws.reports / "diff.json").read_text())["rows"])
+    assert "<td>|delta| &lt;= tolerance</td>" in diff_rows  # each row names its rule
+
+
+def test_smoke_rows_name_the_machine_rule(ws):
+    rule = "other machine: learned (mIoU >= 2x majority baseline) and within ±7.79 of the baseline"
+    row = {"config": CS, "run": CS, "metric": "mIoU", "reference": "smoke baseline",
+           "published": 6.59, "reproduced": 9.0, "delta": 2.41, "tolerance": 7.79,
+           "rule": rule, "verdict": "pass", "note": ""}  # fmt: skip
+    diff_json = {"profile": "smoke", "reference": "smoke baseline", "rows": [row]}
+    (ws.reports / "diff.json").write_text(json.dumps(diff_json), encoding="utf-8")
+    page = render(ws, "smoke")
+    assert f"<td>{rule.replace('>', '&gt;')}</td>" in page  # autoescaped
 
 
 def test_missing_csv_files_are_a_note_not_an_error(ws):

@@ -31,7 +31,7 @@ from dnlrepro.reports import charts
 from dnlrepro.reports.diff import LABELS, VERDICTS
 from dnlrepro.reports.diff import our_protocol as protocol_fields
 from dnlrepro.reports.results import Measured, device_of, load_rows, read_json, with_spread
-from dnlrepro.reports.seeds import reproduced_text, tolerance_text
+from dnlrepro.reports.seeds import reproduced_text, rule_text, tolerance_text
 from dnlrepro.reports.tables import TEMPLATES, TITLES
 
 logger = logging.getLogger(__name__)
@@ -269,6 +269,7 @@ def diff_context(diff: dict[str, Any] | None) -> dict[str, Any] | None:
             "delta": num(r.get("delta"), signed=True),
             "tolerance": tolerance_text(r),
             "tolerance_reason": r.get("tolerance_reason", ""),
+            "rule": rule_text(r),
             "verdict": r["verdict"],
             "note": r.get("note", ""),
         }
