@@ -11,6 +11,7 @@ import pytest
 
 from dnlrepro.core.registry import PublishedError, config_names, load_published
 from dnlrepro.reports import check, diff
+from dnlrepro.reports.outputs import ReportWriteError
 from dnlrepro.reports.results import ResultsError, load_measured
 
 NAME = "dnl_r50-d8_769x769_40k_cityscapes"  # published: mIoU 78.44, ms+flip 80.27
@@ -400,3 +401,19 @@ def test_recording_refuses_runs_without_or_with_different_machines(tmp_path: Pat
     runs = [load_measured(NAME, results), load_measured(SEED1, results)]
     with pytest.raises(ValueError, match="made on 2 machines"):
         diff.update_baseline(runs, tmp_path / "b.json")
+
+
+def test_diff_is_written_as_a_set(tmp_path: Path):
+    """diff.md that cannot be written (a folder in its place): diff.json keeps its old bytes."""
+    write_results(tmp_path / "results", NAME, miou=78.0, ms=80.0)
+    report = diff.build_diff(
+        [NAME], load_published(), {NAME: load_measured(NAME, tmp_path / "results")}, "paper"
+    )
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "diff.json").write_text("previous\n")
+    (out / "diff.md").mkdir()
+    with pytest.raises(ReportWriteError, match=r"diff\.md"):
+        diff.write_diff(report, out)
+    assert (out / "diff.json").read_text() == "previous\n"
+    assert sorted(p.name for p in out.iterdir()) == ["diff.json", "diff.md"]

@@ -19,6 +19,7 @@ from dnlrepro.core import workspace
 from dnlrepro.core.profile import load_profile
 from dnlrepro.core.registry import load_published, names_of
 from dnlrepro.reports import charts, diff, html
+from dnlrepro.reports.outputs import ReportWriteError
 
 REPO = Path(__file__).resolve().parents[1]
 CITYSCAPES, ADE20K = names_of("cityscapes"), names_of("ade20k")
@@ -211,6 +212,13 @@ def test_cli_reports_a_malformed_diff_in_one_line(ws, capsys, rows, message):
     err = capsys.readouterr().err
     assert f"dnlrepro report: error: {ws.reports / 'diff.json'}: {message}" in err
     assert not (ws.reports / "index.html").exists()
+
+
+def test_page_that_cannot_be_written_leaves_no_temporary(ws):
+    (ws.reports / "index.html").mkdir()  # a folder in its place: fails for root too
+    with pytest.raises(ReportWriteError, match=r"index\.html"):
+        html.write_report(profile=load_profile("paper", ws))
+    assert [p.name for p in ws.reports.iterdir()] == ["index.html"]
 
 
 def test_page_is_byte_identical_and_self_contained(ws):

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from dnlrepro.core import workspace
-from dnlrepro.core.files import write_json
 from dnlrepro.core.profile import load_profile, read_params
 from dnlrepro.core.registry import METRICS, Published, load_published
 from dnlrepro.core.runs import of_rows, plan
+from dnlrepro.reports.outputs import json_bytes, write_all
 from dnlrepro.reports.results import Measured, aggregate, load_measured
 from dnlrepro.reports.seeds import (
     SEED_RULE,
@@ -297,11 +297,8 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def write_diff(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "diff.json", out_dir / "diff.md"
-    write_json(json_path, report)
-    md_path.write_text(render_markdown(report), encoding="utf-8")
+    json_path, md_path = Path(out_dir) / "diff.json", Path(out_dir) / "diff.md"
+    write_all({json_path: json_bytes(report), md_path: render_markdown(report).encode("utf-8")})
     logger.info("wrote %s and %s: %s", md_path, json_path, report["summary"])
     return md_path, json_path
 
