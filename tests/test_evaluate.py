@@ -164,6 +164,22 @@ def test_evaluate_roundtrip_json_schema_and_mlflow(dataset_root, checkpoint, tmp
     assert {"eval.json", "per_class.csv", "per_class.md"} <= artifacts
 
 
+def test_damaged_mlflow_store_fails_before_evaluating(
+    dataset_root, checkpoint, tmp_path, monkeypatch
+):
+    from dnlrepro.engine import evaluate as module
+    from dnlrepro.track.tracking import StoreError
+
+    db = tmp_path / "mlflow.db"
+    db.touch()  # emptied: sqlite would take it for a new store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setattr(module, "evaluate_model", lambda *a, **k: pytest.fail("evaluated"))
+    out = tmp_path / "eval.json"
+    with pytest.raises(StoreError, match="empty"):
+        evaluate(_cfg(dataset_root), checkpoint, out=out, device="cpu", track=True)
+    assert not out.exists() and db.stat().st_size == 0
+
+
 def test_evaluate_model_single_scale_restores_train_mode(dataset_root):
     cfg = _cfg(dataset_root)
     model = _model(cfg).train()  # training mode must not leak into the evaluation (BN stats)

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 import pytest
 
 from dnlrepro.core.registry import PublishedError, config_names, load_published
 from dnlrepro.reports import check, diff
+from dnlrepro.reports.outputs import ReportWriteError
 from dnlrepro.reports.results import ResultsError, load_measured
 
 NAME = "dnl_r50-d8_769x769_40k_cityscapes"  # published: mIoU 78.44, ms+flip 80.27
 NAME_512 = "dnl_r50-d8_512x1024_80k_cityscapes"  # published: mIoU 79.33, ms+flip '-'
+REPO = Path(__file__).resolve().parents[1]
+HERE = {"cpu": "Test CPU", "isa": ["avx2"], "cpu_capability": "AVX2", "torch": "2", "threads": 2}
+ELSEWHERE = {**HERE, "isa": ["avx512f", "avx2"], "cpu_capability": "AVX512"}
 
 
 def write_results(
@@ -24,6 +29,7 @@ def write_results(
     digest: str = "d" * 64,
     memory_kind: str = "cuda_max_memory_allocated",
     const: float | None = None,
+    machine: dict | None = HERE,
 ) -> None:
     d, t = root / name, root.parent / "timings" / name  # root: a test's own results/
     d.mkdir(parents=True, exist_ok=True)
@@ -37,11 +43,18 @@ def write_results(
             {
                 "single_scale": block,
                 "ms_flip": ms_block,
-                "protocol": {"split": "val", "mode": "slide", "world_size": 1, "image_count": 500},
+                "protocol": {
+                    "split": "val",
+                    "mode": "slide",
+                    "world_size": 1,
+                    "image_count": 500,
+                    "machine": machine,
+                },
             }
         )
     )
-    (d / "train_summary.json").write_text(json.dumps({"world_size": 4, "effective_batch": 8}))
+    summary = {"world_size": 4, "effective_batch": 8, "machine": machine}
+    (d / "train_summary.json").write_text(json.dumps(summary))
     (t / "train.json").write_text(json.dumps({"max_memory_gb": 9.0, "memory_kind": memory_kind}))
     (t / "benchmark.json").write_text(json.dumps({"fps": 1.4, "mem_gb": None, "device": "cuda"}))
     (d / "run.json").write_text(json.dumps({"config": name, "config_digest": digest}))
@@ -278,3 +291,129 @@ def test_no_learned_check_without_the_profile_setting(tmp_path: Path):
         [NAME], load_published(), {NAME: load_measured(NAME, results)}, "smoke"
     )
     assert not [r for r in report["rows"] if "majority" in r["reference"]]
+
+
+SEED1 = f"{NAME}-seed1"
+
+
+def record_two_seeds(tmp_path: Path) -> Path:
+    """A baseline made on HERE: two seeds of NAME, 6.59 and 10.26 mIoU (std 2.60: band 7.79)."""
+    results, baseline = tmp_path / "results", tmp_path / "baseline.json"
+    write_results(results, NAME, miou=6.59, ms=5.5, const=1.0)
+    write_results(results, SEED1, miou=10.26, ms=10.78, const=1.0)
+    runs = [load_measured(NAME, results), load_measured(SEED1, results)]
+    diff.update_baseline(runs, baseline, {NAME: [NAME, SEED1]})
+    return baseline
+
+
+def judge(tmp_path: Path, baseline: Path, miou: float, machine: dict | None, const: float = 1.0):
+    """The smoke diff of NAME's first seed with ``miou``, trained and evaluated on ``machine``."""
+    write_results(tmp_path / "results", NAME, miou=miou, ms=5.5, const=const, machine=machine)
+    meas = load_measured(NAME, tmp_path / "results")
+    groups = {NAME: [NAME, SEED1]}
+    report = diff.build_diff(
+        [NAME], load_published(), {NAME: meas}, "smoke", diff.load_baseline(baseline, groups), 2.0
+    )
+    base = rows_of(report, NAME, "smoke baseline")["mIoU"]
+    return base, rows_of(report, NAME, "2 x majority baseline")["mIoU"], report
+
+
+def test_baseline_records_the_machine_and_the_seed_spread(tmp_path: Path):
+    data = json.loads(record_two_seeds(tmp_path).read_text())
+    assert data["machine"] == HERE
+    spread = data["other_machine"]
+    assert spread["rows"] == {NAME: [NAME, SEED1]} and (spread["k"], spread["floor"]) == (3.0, 1.0)
+    assert spread["metrics"]["mIoU"] == {"std": 2.5951, "band": 7.79}  # 3 x stdev(6.59, 10.26)
+    assert spread["metrics"]["aAcc"]["band"] == 1.0  # equal seeds: the floor
+    assert "max(1, 3 x std)" in spread["rule"]
+
+
+def test_same_machine_keeps_the_exact_band(tmp_path: Path):
+    baseline = record_two_seeds(tmp_path)
+    row, _, _ = judge(tmp_path, baseline, 6.59, HERE)
+    assert (row["verdict"], row["rule"], row["tolerance"]) == (
+        "pass", "same machine: exact band ±0.1", 0.1
+    )  # fmt: skip
+    row, _, _ = judge(tmp_path, baseline, 6.80, HERE)
+    assert row["verdict"] == "fail" and row["delta"] == 0.21
+
+
+def test_other_machine_passes_within_the_seed_spread_and_names_the_rule(tmp_path: Path):
+    baseline = record_two_seeds(tmp_path)
+    row, learned, report = judge(tmp_path, baseline, 9.0, ELSEWHERE)  # +2.41: chaos, not a bug
+    assert row["verdict"] == "pass" and learned["verdict"] == "pass"
+    assert row["rule"] == (
+        "other machine: learned (mIoU >= 2x majority baseline) and within ±7.79 of the "
+        "baseline (seed spread)"
+    )
+    assert row["tolerance"] == 7.79 and "3 x std" in row["tolerance_reason"]
+    assert "| other machine: learned (mIoU >= 2x" in diff.render_markdown(report)
+    row, _, _ = judge(tmp_path, baseline, 15.0, ELSEWHERE)  # +8.41: beyond the spread
+    assert row["verdict"] == "fail"
+    # a run that records no machine (older code): the same rule, said so
+    row, _, _ = judge(tmp_path, baseline, 9.0, None)
+    assert row["verdict"] == "pass" and row["rule"].startswith("machine unknown (the run")
+
+
+@pytest.mark.parametrize("machine", [HERE, ELSEWHERE, None])
+def test_a_row_that_did_not_learn_fails_on_any_machine(tmp_path: Path, machine):
+    baseline = record_two_seeds(tmp_path)
+    # mIoU 6.59 as recorded, but the majority class alone scores 4.0: 6.59 < 2 x 4.0
+    row, learned, _ = judge(tmp_path, baseline, 6.59, machine, const=4.0)
+    assert learned["verdict"] == "fail" and learned["rule"].startswith("any machine")
+    if machine is not HERE:
+        assert row["verdict"] == "fail" and "did not learn" in row["note"]
+
+
+def test_baseline_without_a_machine_uses_the_other_machine_rule(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """params/smoke_baseline.json as committed before the fingerprint: machine unknown, and the
+    band derived from its two recorded seeds."""
+    old = json.loads((REPO / "params" / "smoke_baseline.json").read_text())
+    for key in ("machine", "other_machine"):  # the older format, whatever is committed now
+        old.pop(key, None)
+    old["configs"][NAME] = {**old["configs"][NAME], "config_digest": "d" * 64}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    first = "dnl_r50-d8_512x1024_40k_cityscapes"
+    seeds = [old["configs"][r]["mIoU"] for r in (first, f"{first}-seed1")]
+    with caplog.at_level("WARNING"):
+        loaded = diff.load_baseline(path, {first: [first, f"{first}-seed1"]})
+    assert "records no machine" in caplog.text and loaded["machine"] is None
+    band = round(max(1.0, 3 * statistics.stdev(seeds)), 2)
+    assert loaded["other_machine"]["metrics"]["mIoU"]["band"] == band
+    recorded = old["configs"][NAME]["mIoU"]
+    write_results(tmp_path / "results", NAME, miou=recorded + band - 0.01, ms=1.0, const=1.0)
+    meas = load_measured(NAME, tmp_path / "results")
+    row = diff.baseline_rows(NAME, loaded, meas, "d" * 64, factor=2.0)[0]
+    assert row["verdict"] == "pass"
+    assert row["rule"].startswith("machine unknown (the baseline records none): learned")
+
+
+def test_recording_refuses_runs_without_or_with_different_machines(tmp_path: Path):
+    results = tmp_path / "results"
+    write_results(results, NAME, miou=6.0, ms=5.0, machine=None)
+    with pytest.raises(FileNotFoundError, match=f"results/{NAME}/train_summary.json records no"):
+        diff.update_baseline([load_measured(NAME, results)], tmp_path / "b.json")
+    write_results(results, NAME, miou=6.0, ms=5.0)
+    write_results(results, SEED1, miou=6.0, ms=5.0, machine=ELSEWHERE)
+    runs = [load_measured(NAME, results), load_measured(SEED1, results)]
+    with pytest.raises(ValueError, match="made on 2 machines"):
+        diff.update_baseline(runs, tmp_path / "b.json")
+
+
+def test_diff_is_written_as_a_set(tmp_path: Path):
+    """diff.md that cannot be written (a folder in its place): diff.json keeps its old bytes."""
+    write_results(tmp_path / "results", NAME, miou=78.0, ms=80.0)
+    report = diff.build_diff(
+        [NAME], load_published(), {NAME: load_measured(NAME, tmp_path / "results")}, "paper"
+    )
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "diff.json").write_text("previous\n")
+    (out / "diff.md").mkdir()
+    with pytest.raises(ReportWriteError, match=r"diff\.md"):
+        diff.write_diff(report, out)
+    assert (out / "diff.json").read_text() == "previous\n"
+    assert sorted(p.name for p in out.iterdir()) == ["diff.json", "diff.md"]

@@ -19,6 +19,7 @@ from dnlrepro.core import workspace
 from dnlrepro.core.profile import load_profile
 from dnlrepro.core.registry import load_published, names_of
 from dnlrepro.reports import charts, diff, html
+from dnlrepro.reports.outputs import ReportWriteError
 
 REPO = Path(__file__).resolve().parents[1]
 CITYSCAPES, ADE20K = names_of("cityscapes"), names_of("ade20k")
@@ -136,6 +137,18 @@ def test_verdicts_are_coloured_by_class(ws):
     assert {v for v, _ in verdicts} == {"pass", "fail", "missing", "not-comparable"}
     assert all(slug == text.replace(" ", "-") for slug, text in verdicts)
     assert len(verdicts) == len(json.loads((ws.reports / "diff.json").read_text())["rows"])
+    assert "<td>|delta| &lt;= tolerance</td>" in diff_rows  # each row names its rule
+
+
+def test_smoke_rows_name_the_machine_rule(ws):
+    rule = "other machine: learned (mIoU >= 2x majority baseline) and within ±7.79 of the baseline"
+    row = {"config": CS, "run": CS, "metric": "mIoU", "reference": "smoke baseline",
+           "published": 6.59, "reproduced": 9.0, "delta": 2.41, "tolerance": 7.79,
+           "rule": rule, "verdict": "pass", "note": ""}  # fmt: skip
+    diff_json = {"profile": "smoke", "reference": "smoke baseline", "rows": [row]}
+    (ws.reports / "diff.json").write_text(json.dumps(diff_json), encoding="utf-8")
+    page = render(ws, "smoke")
+    assert f"<td>{rule.replace('>', '&gt;')}</td>" in page  # autoescaped
 
 
 def test_missing_csv_files_are_a_note_not_an_error(ws):
@@ -199,6 +212,13 @@ def test_cli_reports_a_malformed_diff_in_one_line(ws, capsys, rows, message):
     err = capsys.readouterr().err
     assert f"dnlrepro report: error: {ws.reports / 'diff.json'}: {message}" in err
     assert not (ws.reports / "index.html").exists()
+
+
+def test_page_that_cannot_be_written_leaves_no_temporary(ws):
+    (ws.reports / "index.html").mkdir()  # a folder in its place: fails for root too
+    with pytest.raises(ReportWriteError, match=r"index\.html"):
+        html.write_report(profile=load_profile("paper", ws))
+    assert [p.name for p in ws.reports.iterdir()] == ["index.html"]
 
 
 def test_page_is_byte_identical_and_self_contained(ws):

@@ -12,6 +12,7 @@ import pytest
 from dnlrepro.core.profile import load_profile
 from dnlrepro.core.registry import load_published, names_of
 from dnlrepro.reports import tables
+from dnlrepro.reports.outputs import ReportWriteError
 from dnlrepro.reports.results import load_measured
 
 CITYSCAPES_CONFIGS, ADE20K_CONFIGS = names_of("cityscapes"), names_of("ade20k")
@@ -107,3 +108,22 @@ def test_template_variables_are_strict():
     env = tables.environment()
     with pytest.raises(jinja2.UndefinedError):
         env.get_template("table.md.j2").render(title="x")
+
+
+def test_tables_are_written_as_a_set(tmp_path: Path):
+    """A report that cannot be written (a folder in its place, which stops root too) leaves the
+    previous tables as they were, and no temporary behind."""
+    fake_results(tmp_path)
+    out = tmp_path / "reports"
+    out.mkdir()
+    for name in ("cityscapes.md", "ade20k.md"):
+        (out / name).write_text("previous\n")
+    (out / "published_vs_reproduced.csv").mkdir()
+    with pytest.raises(ReportWriteError, match=r"could not write .*published_vs_reproduced\.csv"):
+        tables.write_tables(out, tmp_path / "results", load_published(), load_profile("smoke"))
+    assert [(out / n).read_text() for n in ("cityscapes.md", "ade20k.md")] == ["previous\n"] * 2
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ade20k.md",
+        "cityscapes.md",
+        "published_vs_reproduced.csv",
+    ]

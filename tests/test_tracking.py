@@ -140,3 +140,56 @@ def test_init_db_error_names_the_uri(tmp_path: Path) -> None:
 def test_metric_key_sanitises_class_names() -> None:
     assert tracking.metric_key("IoU/bed ") == "IoU/bed"
     assert tracking.metric_key("IoU/car;auto") == "IoU/car_auto"
+
+
+def damaged_store(tmp_path: Path, how: str) -> Path:
+    """An MLflow sqlite store that is empty (0 bytes) or truncated to half its size."""
+    db = tmp_path / how / "mlflow.db"
+    if how == "empty":
+        db.parent.mkdir()
+        db.touch()
+    else:
+        init_db(f"sqlite:///{db}")
+        with db.open("r+b") as f:
+            f.truncate(db.stat().st_size // 2)
+    return db
+
+
+@pytest.mark.parametrize(("how", "problem"), [("empty", r"empty \(0 bytes"), ("half", "truncated")])
+def test_damaged_store_fails_the_stage_and_is_kept(
+    tmp_path: Path, monkeypatch, capsys, how: str, problem: str
+) -> None:
+    from dnlrepro import cli
+
+    db = damaged_store(tmp_path, how)
+    size = db.stat().st_size
+    uri = f"sqlite:///{db}"
+    with pytest.raises(tracking.StoreError, match=problem) as caught:
+        init_db(uri)
+    assert str(db) in str(caught.value) and f"mv {db} {db}.broken" in str(caught.value)
+    assert "mlflow-init" in str(caught.value) and "backup" in str(caught.value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(tracking.StoreError, match=problem), Tracker(load_config(CFG, "smoke"), "x"):
+        pytest.fail("a run started on a damaged store")
+    assert cli.main(["mlflow-init", "--uri", uri]) == 1  # the stage's command fails, one line
+    assert f"error: the MLflow store {db} is" in capsys.readouterr().err
+    assert db.stat().st_size == size  # never recreated over
+
+
+def test_store_damaged_during_a_run_fails_it_at_the_end(db_uri: str, tmp_path: Path, monkeypatch):
+    db = tmp_path / "copy" / "mlflow.db"
+    db.parent.mkdir()
+    db.write_bytes(Path(db_uri[len("sqlite:///") :]).read_bytes())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    with (
+        pytest.raises(tracking.StoreError, match="truncated"),
+        Tracker(load_config(CFG, "smoke"), "train") as t,
+    ):
+        assert t.run_id is not None
+        with db.open("r+b") as f:
+            f.truncate(db.stat().st_size // 2)
+
+
+def test_missing_store_is_created(tmp_path: Path) -> None:
+    tracking.check_store(f"sqlite:///{tmp_path / 'absent.db'}")  # nothing to refuse
+    tracking.check_store("http://127.0.0.1:5000")  # a server: not ours to check

@@ -27,7 +27,7 @@ import yaml
 from dnlrepro.core.config import Config, load_config
 from dnlrepro.core.files import file_digest
 from dnlrepro.core.registry import load_published
-from dnlrepro.engine import resume, schedule, train, train_setup
+from dnlrepro.engine import machine, resume, schedule, train, train_setup
 from dnlrepro.engine.resume import ResumeError
 from dnlrepro.engine.train import NonFiniteLossError
 
@@ -180,6 +180,7 @@ def test_summary_and_final_checkpoint(full_run: dict[str, Any]) -> None:
     assert timing["max_memory_gb"] == pytest.approx(timing["max_memory_mb"] / 1024, abs=1e-3)
     assert timing["iterations_run"] == 4 and timing["wall_time_s"] > 0
     assert summary["precision"] == {"amp": "none", "allow_tf32": False, "tf32_in_effect": False}
+    assert summary["machine"] == machine.fingerprint()  # what the smoke verdicts compare
     assert set(summary["final_train_losses"]) >= {"decode.loss_seg", "aux.loss_seg", "loss"}
     val = summary["last_validation"]
     assert (

@@ -7,6 +7,7 @@ Read in this order:
 * :mod:`~dnlrepro.engine.train_setup` -- what a run sets up: process, model, optimizer, resume
   state, data loader;
 * :mod:`~dnlrepro.engine.train_summary` -- what a finished run leaves: summary JSON, MLflow;
+* :mod:`~dnlrepro.engine.machine` -- the machine fingerprint results record (smoke verdicts);
 * :mod:`~dnlrepro.engine.schedule` / :mod:`~dnlrepro.engine.sampler` -- poly lr and SGD; the
   resumable distributed sampler;
 * :mod:`~dnlrepro.engine.resume` -- ``iter_N.pth`` / ``latest.pth`` / ``final.pth``, digest check;

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dnlrepro.core.config import Config
+from dnlrepro.engine import machine
 from dnlrepro.engine.inference import SINGLE_SCALE, checkpoint_label
 
 # Checkpoint meta keys worth recording (mmseg's own plus ours), when they are plain scalars.
@@ -66,6 +67,7 @@ def build_protocol(
         "ms_flip_rule": "mean of softmax over views (§5.3); slide windows larger than the image "
         f"are {_SMALL_WINDOW_RULES[t.small_window]} (§5.2)",
         "small_window": t.small_window,
+        "machine": machine.fingerprint(),  # the smoke verdicts compare it with the baseline's
     }
 
 

@@ -31,6 +31,7 @@ from dnlrepro.engine import distributed, eval_artifacts
 from dnlrepro.engine.inference import infer_image_modes, load_model, other_small_window, unwrap
 from dnlrepro.engine.metrics import IoUAccumulator
 from dnlrepro.engine.precision import precision_record
+from dnlrepro.track import tracking
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +217,8 @@ def evaluate(
     if data_root is not None:
         cfg = cfg.replace({"data.data_root": str(data_root)})
     rank, world = distributed.rank_world()
+    if track and rank == 0:  # a damaged MLflow store fails the evaluation now, not after it
+        tracking.check_store(tracking.tracking_uri())
     result = evaluate_model(model, cfg, split, ms_flip, max_images, None, device, small_window_alt)
     protocol = eval_artifacts.build_protocol(
         cfg, checkpoint, file_digest(local) if rank == 0 else None, resolve_split(cfg, split),
@@ -230,6 +233,8 @@ def evaluate(
         if track:
             try:
                 eval_artifacts.log_to_mlflow(cfg, payload, started)
+            except tracking.StoreError:
+                raise  # the record is lost: the stage must not count as done
             except Exception as e:  # MLflow is a view of the JSON: never fail the evaluation
                 logger.warning("MLflow logging failed (%s: %s)", type(e).__name__, e)
     return payload

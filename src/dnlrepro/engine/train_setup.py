@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dnlrepro.core.config import Config, ConfigError
-from dnlrepro.engine import distributed, precision, schedule
+from dnlrepro.engine import distributed, precision, schedule, work_lock
 from dnlrepro.engine.distributed import DistInfo
 from dnlrepro.engine.resume import find_resume, load_resume
 from dnlrepro.engine.sampler import InfiniteDistributedSampler
@@ -44,24 +44,27 @@ class TrainState:
 
 @contextlib.contextmanager
 def process_scope(work_dir: Path, device: str | None) -> Iterator[DistInfo]:
-    """This process's part of the run: its process group (torchrun) or none, the work dir, the
-    ``train.log`` copy of the log (rank 0); all undone on exit, also on errors."""
+    """This process's part of the run: its process group (torchrun) or none, the work dir and
+    its lock, the ``train.log`` copy of the log (rank 0); all undone on exit, also on errors.
+
+    Raises:
+        AlreadyRunningError: another live trainer holds the work dir (rank 0 checks; the other
+            ranks wait for rank 0 at the barrier, as for every set-up step of rank 0).
+    """
     info = distributed.init_distributed(device)
-    if info.is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-    distributed.barrier(info)
-    log_handler = _add_file_log(work_dir, info)
-    previous_determinism = torch.get_deterministic_debug_mode()
-    previous_tf32 = precision.tf32_flags()
-    try:
-        yield info
-    finally:
-        torch.set_deterministic_debug_mode(previous_determinism)
-        precision.set_tf32_flags(*previous_tf32)
+    with contextlib.ExitStack() as undo:  # undone in reverse order
+        undo.callback(distributed.cleanup, info)
+        if info.is_main:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            undo.enter_context(work_lock.hold(work_dir))
+        distributed.barrier(info)
+        log_handler = _add_file_log(work_dir, info)
         if log_handler is not None:
-            logging.getLogger("dnlrepro").removeHandler(log_handler)
-            log_handler.close()
-        distributed.cleanup(info)
+            undo.callback(log_handler.close)
+            undo.callback(logging.getLogger("dnlrepro").removeHandler, log_handler)
+        undo.callback(torch.set_deterministic_debug_mode, torch.get_deterministic_debug_mode())
+        undo.callback(precision.set_tf32_flags, *precision.tf32_flags())
+        yield info
 
 
 def set_determinism(cfg: Config, dev: torch.device) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from dnlrepro.core import workspace
 from dnlrepro.core.config import Config
 from dnlrepro.core.files import file_digest
+from dnlrepro.engine import machine
 from dnlrepro.engine.distributed import DistInfo
 from dnlrepro.engine.precision import precision_record
 
@@ -33,8 +34,10 @@ def build_summary(
 ) -> dict[str, Any]:
     """The summary dict; ``checkpoint`` is ``final`` relative to the workspace when inside it.
 
-    Everything in it is a function of the configuration, the data and the code, so a re-run on
-    the same machine writes the same bytes; time and memory go to :func:`build_timing`.
+    Everything in it is a function of the configuration, the data, the code and the machine
+    (``machine``: :func:`dnlrepro.engine.machine.fingerprint`, which the smoke verdicts compare),
+    so a re-run on the same machine writes the same bytes; time and memory go to
+    :func:`build_timing`.
     """
     effective_batch = info.world_size * cfg.data.samples_per_gpu
     return {
@@ -51,6 +54,7 @@ def build_summary(
         "device": info.device.type,
         "amp": cfg.runtime.amp,
         "precision": precision_record(cfg, info.device, cfg.runtime.amp),  # TF32 (§5.7)
+        "machine": machine.fingerprint(),
         "final_train_losses": last_losses(history),
         "last_validation": last_val,
         "checkpoint": workspace.find().relative(final),

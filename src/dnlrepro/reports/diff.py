@@ -4,15 +4,18 @@ References:
 
 * profiles ``paper`` / ``published``: the published README numbers (``params/published.yaml``),
   with the per-metric tolerance (0.5 mIoU points by default, §7) or a documented wider one.
-* profile ``smoke``: the recorded smoke baseline (``params/smoke_baseline.json``; deterministic
-  CPU runs, regenerated only by ``dnlrepro diff --update-baseline``). The published numbers are
-  listed too, as ``not comparable`` (random weights, a few iterations, synthetic data).
+* profile ``smoke``: the recorded smoke baseline (``params/smoke_baseline.json``, regenerated
+  only by ``dnlrepro diff --update-baseline``): the exact band on the machine that recorded it,
+  else learned and within the recorded seed spread (:mod:`dnlrepro.reports.smoke_reference`).
+  The published numbers are listed too, as ``not comparable`` (random weights, a few
+  iterations, synthetic data).
 
 A row trained with several seeds (:mod:`dnlrepro.core.runs`) is judged by its seeds' mean: with
 n >= 2 seeds a published number passes when |mean - published| <= max(tolerance, K_STD x std)
 (:mod:`dnlrepro.reports.seeds`); the smoke baseline is checked per run.
 
-Verdicts: ``pass`` (|delta| <= tolerance), ``fail``, ``missing`` (we have no number where one is
+Every row names the ``rule`` it was judged by. Verdicts: ``pass`` (|delta| <= tolerance),
+``fail``, ``missing`` (we have no number where one is
 expected), ``not comparable`` (nothing published, or hardware-dependent). A configuration without
 a published entry is an error, never a skip. The stage writes ``reports/diff.md`` and
 ``reports/diff.json`` and succeeds; ``dnlrepro check`` turns failed verdicts into an exit code.
@@ -27,15 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from dnlrepro.core import workspace
-from dnlrepro.core.files import write_json
 from dnlrepro.core.profile import load_profile, read_params
 from dnlrepro.core.registry import METRICS, Published, load_published
 from dnlrepro.core.runs import of_rows, plan
+from dnlrepro.reports.outputs import json_bytes, write_all
 from dnlrepro.reports.results import Measured, aggregate, load_measured
 from dnlrepro.reports.seeds import (
     SEED_RULE,
     allowed,
     reproduced_text,
+    rule_text,
     seed_fields,
     tolerance_text,
 )
@@ -228,7 +232,8 @@ def build_diff(
         meas = measured[name]
         if profile == "smoke":
             for run in (per_run or {}).get(name, [meas]):
-                rows += baseline_rows(run.name, baseline, run, run.run.get("config_digest"), name)
+                digest = run.run.get("config_digest")
+                rows += baseline_rows(run.name, baseline, run, digest, name, learned_factor)
         if learned_factor is not None:
             rows.append(learned_row(name, meas, learned_factor))
         published_rows = _published_rows(name, published, meas, profile)
@@ -273,6 +278,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "reproduced_s": reproduced_text(r),
             "delta_s": _cell(r["delta"], signed=True),
             "tolerance_s": tolerance_text(r),
+            "rule_s": rule_text(r),
         }
         for r in report["rows"]
     ]
@@ -291,11 +297,8 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def write_diff(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "diff.json", out_dir / "diff.md"
-    write_json(json_path, report)
-    md_path.write_text(render_markdown(report), encoding="utf-8")
+    json_path, md_path = Path(out_dir) / "diff.json", Path(out_dir) / "diff.md"
+    write_all({json_path: json_bytes(report), md_path: render_markdown(report).encode("utf-8")})
     logger.info("wrote %s and %s: %s", md_path, json_path, report["summary"])
     return md_path, json_path
 
@@ -340,11 +343,12 @@ def run(
     rows = of_rows(plan(load_profile(profile, ws), ws), names)
     per_run = {n: [load_measured(r.key, results) for r in rows[n]] for n in names}
     measured = {n: aggregate(n, per_run[n], [r.seed for r in rows[n]]) for n in names}
+    groups = {n: [r.key for r in rows[n]] for n in names}
     if update:
         if profile != "smoke":
             raise ValueError(f"--update-baseline records smoke results; the profile is {profile!r}")
-        update_baseline([m for n in names for m in per_run[n]], baseline_file)
-    baseline = load_baseline(baseline_file) if profile == "smoke" else None
+        update_baseline([m for n in names for m in per_run[n]], baseline_file, groups)
+    baseline = load_baseline(baseline_file, groups) if profile == "smoke" else None
     report = build_diff(names, published, measured, profile, baseline, learned_factor, per_run)
     write_diff(report, paths.get("out") or ws.reports)
     return report

@@ -24,14 +24,14 @@ import jinja2
 from markupsafe import Markup
 
 from dnlrepro.core import workspace
-from dnlrepro.core.files import write_bytes_atomic
 from dnlrepro.core.profile import Profile, load_profile, read_params
 from dnlrepro.core.registry import METRICS, Published, PublishedEntry, load_published
 from dnlrepro.reports import charts
 from dnlrepro.reports.diff import LABELS, VERDICTS
 from dnlrepro.reports.diff import our_protocol as protocol_fields
+from dnlrepro.reports.outputs import write_all
 from dnlrepro.reports.results import Measured, device_of, load_rows, read_json, with_spread
-from dnlrepro.reports.seeds import reproduced_text, tolerance_text
+from dnlrepro.reports.seeds import reproduced_text, rule_text, tolerance_text
 from dnlrepro.reports.tables import TEMPLATES, TITLES
 
 logger = logging.getLogger(__name__)
@@ -269,6 +269,7 @@ def diff_context(diff: dict[str, Any] | None) -> dict[str, Any] | None:
             "delta": num(r.get("delta"), signed=True),
             "tolerance": tolerance_text(r),
             "tolerance_reason": r.get("tolerance_reason", ""),
+            "rule": rule_text(r),
             "verdict": r["verdict"],
             "note": r.get("note", ""),
         }
@@ -333,7 +334,7 @@ def write_report(out: str | Path | None = None, profile: Profile | None = None) 
     out = Path(out) if out is not None else ws.reports / "index.html"
     profile = profile or read_params(ws)
     data = render_page(ws, profile, out.resolve()).encode("utf-8")
-    write_bytes_atomic(out, data)
+    write_all({out: data})
     logger.info("wrote %s (%d bytes, profile %s)", out, len(data), profile.name)
     return out
 

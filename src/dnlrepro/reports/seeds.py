@@ -62,3 +62,11 @@ def reproduced_text(row: dict[str, Any]) -> str:
         seeds = ", ".join(f"seed {s}: {v:.2f}" for s, v in row["seeds"].items())
         text += f" (mean; {seeds})"
     return text
+
+
+def rule_text(row: dict[str, Any]) -> str:
+    """The rule a verdict applied, as diff.md and the page show it (the seed rule in short)."""
+    rule = row.get("rule")
+    if rule == SEED_RULE:
+        return f"n >= 2 seeds: |mean - published| <= max(tolerance, {K_STD:g} x std)"
+    return str(rule) if rule else "-"

@@ -18,9 +18,9 @@ import jinja2
 
 from dnlrepro.core import workspace
 from dnlrepro.core.config import load_config
-from dnlrepro.core.files import write_bytes_atomic
 from dnlrepro.core.profile import Profile, load_profile, read_params
 from dnlrepro.core.registry import Published, load_published
+from dnlrepro.reports.outputs import write_all
 from dnlrepro.reports.results import Measured, device_of, load_rows, with_spread
 
 logger = logging.getLogger(__name__)
@@ -192,21 +192,19 @@ def write_tables(
     ws = ws or workspace.find()
     description = " ".join(profile.description.split())
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written, rows = [], []
+    files, rows = {}, []
     for dataset in TITLES:
         names = [n for n, row in published.configs.items() if row.dataset == dataset]
         measured = load_rows(names, profile, results_dir, ws)
         ran = {n: ran_as(n, profile, ws) for n in names}
         text = render(dataset, names, published, measured, profile.name, description, ran)
         rows += comparison_rows(dataset, names, published, measured)
-        path = out_dir / f"{dataset}.md"
-        path.write_text(text, encoding="utf-8")
-        logger.info("wrote %s (%d rows)", path, len(names))
-        written.append(path)
-    path = out_dir / "published_vs_reproduced.csv"
-    write_bytes_atomic(path, ("\n".join(",".join(r) for r in rows) + "\n").encode())
-    return [*written, path]
+        files[out_dir / f"{dataset}.md"] = text.encode("utf-8")
+    csv = ("\n".join(",".join(r) for r in rows) + "\n").encode()
+    files[out_dir / "published_vs_reproduced.csv"] = csv
+    written = write_all(files)  # all three, or none
+    logger.info("wrote %s", ", ".join(map(str, written)))
+    return written
 
 
 def comparison_rows(

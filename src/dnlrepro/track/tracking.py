@@ -9,9 +9,14 @@ Behaviour verified on this machine (MLflow 3.17.2, DVC 3.67.1):
   every experiment writes to the one shared store (:mod:`dnlrepro.core.workspace`);
 * a fresh sqlite DB must be created and migrated once before parallel stages start (concurrent
   first use races in Alembic): ``dnlrepro mlflow-init`` does that;
+* only a *missing* DB is ever created: an existing one that is empty, truncated or otherwise
+  damaged fails the stage (:class:`StoreError`, :func:`check_store`), because sqlite would take
+  an empty file for a new DB and MLflow would migrate it, and a truncated one would only cost a
+  WARNING: either way every run recorded so far would be gone without a word;
 * artifacts are stored next to the DB (``<db dir>/mlruns``), never in the current directory;
 * MLflow is a view, not the source of truth: every call here catches its exception and logs a
-  WARNING once per kind of call, so a tracking failure never ends a multi-day training run;
+  WARNING once per kind of call, so a tracking failure never ends a multi-day training run
+  (a damaged store is checked before the run starts and when it ends, and does fail it);
 * ``import mlflow`` takes seconds, so it happens only when a :class:`Tracker` starts.
 """
 
@@ -21,6 +26,7 @@ import argparse
 import logging
 import os
 import re
+import sqlite3
 import subprocess
 from pathlib import Path
 from types import TracebackType
@@ -55,6 +61,55 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :])
 
 
+class StoreError(RuntimeError):
+    """The sqlite tracking store exists but is damaged; it is never recreated over."""
+
+
+def check_store(uri: str) -> None:
+    """Refuse a sqlite store that exists but is empty, truncated or otherwise not a database.
+
+    A missing file is fine (:func:`init_db` creates it); other stores (servers) are not checked.
+
+    Raises:
+        StoreError: naming the file and how to recover.
+    """
+    db = _sqlite_path(uri)
+    if db is None or not db.exists():
+        return
+    problem = _damage(db)
+    if problem is not None:
+        raise StoreError(
+            f"the MLflow store {db} is {problem}; it is never recreated over, so that the runs "
+            f"it recorded are not lost silently. Restore it from a backup, or move it away "
+            f"(mv {db} {db}.broken) and run `dnlrepro mlflow-init` to start a new, empty store"
+        )
+
+
+def _damage(db: Path) -> str | None:
+    """What is wrong with the existing file ``db``, or None when sqlite reads it intact."""
+    if not db.is_file():
+        return "not a file"
+    if db.stat().st_size == 0:
+        return "empty (0 bytes)"
+    try:
+        # mode=rw: never creates the file, and lets sqlite roll back a crashed writer's journal
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True, timeout=60)
+        try:
+            found = con.execute("PRAGMA quick_check").fetchall()
+        finally:
+            con.close()
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e):  # a writer held it for a minute: busy, not damaged
+            logger.warning("could not check the MLflow store %s: %s", db, e)
+            return None
+        return f"unreadable ({e}; {db.stat().st_size} bytes)"
+    except sqlite3.DatabaseError as e:
+        return f"damaged or truncated ({e}; {db.stat().st_size} bytes)"
+    if found != [("ok",)]:
+        return f"damaged (sqlite quick_check: {found[0][0]})"
+    return None
+
+
 def artifact_location(uri: str) -> str | None:
     """Where new experiments keep artifacts: ``mlruns/`` next to a sqlite DB (absolute)."""
     db = _sqlite_path(uri)
@@ -67,9 +122,11 @@ def init_db(uri: str | None = None) -> str:
     """Create (or migrate) the tracking store once; returns the URI used.
 
     Raises:
+        StoreError: the sqlite file exists but is empty or damaged (:func:`check_store`).
         RuntimeError: when MLflow cannot open the store (the message names the URI).
     """
     uri = uri or tracking_uri()
+    check_store(uri)  # an existing store is migrated, never replaced
     db = _sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +202,9 @@ class Tracker:
         enabled: False on every rank but 0, or when the user turns tracking off.
 
     Every method swallows its exception and logs one WARNING per method name, so tracking never
-    ends a run. When the run cannot be started at all, the tracker disables itself.
+    ends a run. When the run cannot be started at all, the tracker disables itself. The one
+    exception: a damaged sqlite store (:func:`check_store`), on entry and on a clean exit,
+    raises :class:`StoreError`, so the stage fails instead of losing the record.
     """
 
     def __init__(
@@ -163,6 +222,7 @@ class Tracker:
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> Tracker:
         if self.enabled:
+            check_store(self.uri)
             self._guard("start", self._start)
             if self.run_id is None:
                 self.enabled = False
@@ -183,6 +243,8 @@ class Tracker:
         else:
             status = "FAILED"
         self._guard("end", lambda: self._client.set_terminated(self.run_id, status=status))
+        if exc_type is None:
+            check_store(self.uri)  # damaged while the run was logging: its record is gone
 
     def _start(self) -> None:
         from mlflow.tracking import MlflowClient
@@ -318,8 +380,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 __all__ = [
+    "StoreError",
     "Tracker",
     "artifact_location",
+    "check_store",
     "git_state",
     "init_db",
     "metric_key",
