@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "extract, convert and validate a dataset; write a manifest",
     ),
     "train": ("dnlrepro.engine.train", "train one configuration (single process or torchrun)"),
-    "evaluate": ("dnlrepro.engine.evaluate", "mIoU/mAcc/aAcc, single-scale and ms+flip"),
+    "evaluate": ("dnlrepro.tools.evaluate", "mIoU/mAcc/aAcc, single-scale and ms+flip"),
     "predict": ("dnlrepro.tools.predict", "label maps (and colour overlays) for images"),
     "benchmark": (
         "dnlrepro.bench.benchmark",

@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from dnlrepro.core import workspace
 from dnlrepro.core.files import file_digest, write_json
+from dnlrepro.core.registry import PRETRAINED_URLS  # §2.2, shared with training
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +63,6 @@ CITYSCAPES_PACKAGES: dict[str, int] = {  # archive name -> packageID (§3.1)
 }
 CITYSCAPES_ARCHIVES: tuple[str, ...] = tuple(CITYSCAPES_PACKAGES)
 
-# §2.2: mmcv v1.7.2 model_zoo/open_mmlab.json (the v1.1.1 host was openmmlab.oss-accelerate).
-PRETRAINED_URLS: dict[str, str] = {
-    "resnet50_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth",
-    "resnet101_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
-}
 
 _NAME_HASH = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt)$")
 

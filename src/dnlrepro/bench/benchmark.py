@@ -190,7 +190,10 @@ def _timing_model(
     from dnlrepro import models
 
     if checkpoint is not None:
-        model, _, local = load_model(cfg, checkpoint, device)
+        from dnlrepro.tools.checkpoints import fetched
+
+        with fetched(checkpoint) as local:  # a URL is downloaded first
+            model, _, local = load_model(cfg, local, device)
         return model, file_digest(local)
     torch.manual_seed(0)
     model = models.build_segmentor(cfg)

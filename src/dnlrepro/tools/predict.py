@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from dnlrepro.core.config import Config
 from dnlrepro.engine.inference import infer_image, load_model
+from dnlrepro.tools.checkpoints import fetched
 from dnlrepro.tools.predict_outputs import (
     IMAGE_SUFFIXES,
     MANIFEST,
@@ -184,7 +185,8 @@ def predict(
         read_image(item.source)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, _, _ = load_model(cfg, checkpoint, device)
+    with fetched(checkpoint) as local:  # a URL is downloaded; nothing runs code
+        model, _, _ = load_model(cfg, local, device)
     palette = classes.PALETTE[dataset]
     out.mkdir(parents=True, exist_ok=True)
     header = {"config": cfg.name, "profile": cfg.profile, "dataset": dataset}
