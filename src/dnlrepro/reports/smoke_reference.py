@@ -33,6 +33,7 @@ def _verdict(
 
 
 BASELINE_METRICS: tuple[str, ...] = ("mIoU", "mIoU_ms_flip", "mAcc", "aAcc")
+BASELINE_REFERENCE = "smoke baseline"  # the rows' ``reference``
 # Seeded single-process CPU runs repeat bit for bit on one machine; another CPU or BLAS can sum
 # in another order and flip the argmax of a few pixels of the tiny synthetic val set.
 BASELINE_TOLERANCE = 0.1
@@ -77,7 +78,7 @@ def baseline_rows(
                 "run": name,
                 "dataset": "cityscapes" if config.endswith("cityscapes") else "ade20k",
                 "metric": metric,
-                "reference": "smoke baseline",
+                "reference": BASELINE_REFERENCE,
                 "published": value,
                 "reproduced": meas.metrics[metric],
                 "delta": delta,
@@ -88,6 +89,11 @@ def baseline_rows(
             }
         )
     return rows
+
+
+def learned_reference(factor: float) -> str:
+    """The ``reference`` of the learned-check rows: ``2 x majority baseline``."""
+    return f"{factor:g} x majority baseline"
 
 
 def learned_row(name: str, meas: Measured, factor: float) -> dict:
@@ -107,7 +113,7 @@ def learned_row(name: str, meas: Measured, factor: float) -> dict:
         "config": name,
         "dataset": "cityscapes" if name.endswith("cityscapes") else "ade20k",
         "metric": "mIoU",
-        "reference": f"{factor:g} x majority baseline",
+        "reference": learned_reference(factor),
         "published": None if const is None else round(factor * const, 2),
         "reproduced": ours,
         "delta": delta,
