@@ -82,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     if known.workspace is not None:
         from dnlrepro.core import workspace
 
-        workspace.use(known.workspace)  # exported, so torchrun workers and stages agree
+        try:
+            workspace.use(known.workspace)  # exported, so torchrun workers and stages agree
+        except workspace.WorkspaceError as e:
+            print(f"dnlrepro: error: {e}", file=sys.stderr)
+            return 1
     module_name, help_text = COMMANDS[known.command]
     module = importlib.import_module(module_name)
     sub = argparse.ArgumentParser(prog=f"dnlrepro {known.command}", description=help_text)
