@@ -167,8 +167,9 @@ def predict(
 
     Raises:
         FileNotFoundError: missing inputs or checkpoint. ValueError: an output path is an input
-        image or an existing file predict did not write (:func:`check_outputs`; nothing is
-        written); two images map to one output path. DataError (a ValueError): an image cannot be
+        image or an existing file predict did not write, or lies behind a symbolic link that
+        leads outside ``out_dir`` (:func:`check_outputs`; nothing is written); two images map to
+        one output path. DataError (a ValueError): an image cannot be
         decoded (checked for every image before the model is built). ValueError / RuntimeError:
         a checkpoint that does not match the config (from the model's ``load_checkpoint``).
     """
