@@ -34,7 +34,7 @@ from dnlrepro.core.profile import Profile, read_params
 from dnlrepro.core.registry import names_of
 from dnlrepro.core.workspace import Workspace
 
-NOT_ARCHIVES = (".part", ".verified.json")
+NOT_ARCHIVES = (".part",)
 
 
 def source(ws: Workspace, profile: Profile, dataset: str, folder: Path) -> Path | None:

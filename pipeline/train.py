@@ -26,6 +26,7 @@ from dnlrepro.core import resolve
 from dnlrepro.core.config import Config
 from dnlrepro.core.files import file_digest, write_json
 from dnlrepro.core.resolve import RunPlan
+from dnlrepro.core.runs import stage
 from dnlrepro.core.workspace import Workspace
 from dnlrepro.engine.launcher import run_training
 from dnlrepro.engine.train_summary import write_curves
@@ -36,7 +37,7 @@ def copy_published(ws: Workspace, plan: RunPlan, final: Path, summary: Path) -> 
     if not source.is_file():
         raise FileNotFoundError(
             f"{source}: the published checkpoint of {plan.config} is missing; "
-            f"`dvc repro download@{plan.dataset}` fetches and verifies it"
+            f"`dvc repro {stage('download', plan.dataset)}` fetches and verifies it"
         )
     shutil.copyfile(source, final)
     # The stage's timing output: nothing was trained here (the README has the run's Mem).

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,73 @@ def test_config_is_frozen():
     cfg = load_config(BASE)
     with pytest.raises(AttributeError):
         cfg.schedule.lr = 0.1  # type: ignore[misc]
+
+
+def test_every_config_loads_under_every_profile():
+    """The range checks accept every committed value, with each profile's overrides."""
+    for profile in ("paper", "smoke", "published"):
+        for name in CONFIG_NAMES:
+            assert load_config(name, profile).profile == profile
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shown", "allowed"),
+    [
+        ("schedule.max_iters", -1, "schedule.max_iters", "x >= 1"),
+        ("schedule.max_iters", 0, "schedule.max_iters", "x >= 1"),
+        ("schedule.checkpoint_interval", 0, "schedule.checkpoint_interval", "x >= 1"),
+        ("schedule.eval_interval", -5, "schedule.eval_interval", "x >= 1"),
+        ("schedule.lr", 0, "schedule.lr", "x > 0"),
+        ("schedule.momentum", 1.0, "schedule.momentum", "0 <= x < 1"),
+        ("schedule.weight_decay", -1e-4, "schedule.weight_decay", "x >= 0"),
+        ("data.crop_size", [-32, 64], "data.crop_size[0]", "x >= 1"),
+        ("data.img_scale", [2048, 0], "data.img_scale[1]", "x >= 1"),
+        ("data.ratio_range", [0.0, 2.0], "data.ratio_range[0]", "x > 0"),
+        ("data.cat_max_ratio", 0, "data.cat_max_ratio", "0 < x <= 1"),
+        ("data.flip_prob", 1.5, "data.flip_prob", "0 <= x <= 1"),
+        ("data.samples_per_gpu", 0, "data.samples_per_gpu", "x >= 1"),
+        ("data.workers_per_gpu", -1, "data.workers_per_gpu", "x >= 0"),
+        ("data.std", [58.4, 0, 57.4], "data.std[1]", "x > 0"),
+        ("runtime.gpus", 0, "runtime.gpus", "x >= 1"),
+        ("model.num_classes", 0, "model.num_classes", "x >= 1"),
+        ("model.decode_head.channels", -512, "model.decode_head.channels", "x >= 1"),
+        ("model.decode_head.dropout_ratio", 1.0, "model.decode_head.dropout_ratio", "0 <= x < 1"),
+        ("model.decode_head.temperature", 0, "model.decode_head.temperature", "x > 0"),
+        ("model.decode_head.loss_weight", -1, "model.decode_head.loss_weight", "x > 0"),
+        ("model.auxiliary_head.loss_weight", -0.4, "model.auxiliary_head.loss_weight", "x >= 0"),
+        ("model.backbone.strides", [1, 2, 0, 1], "model.backbone.strides[2]", "x >= 1"),
+        ("test.ms_ratios", [0.5, -1.0], "test.ms_ratios[1]", "x > 0"),
+        ("test.stride", [0, 513], "test.stride[0]", "x >= 1"),
+    ],
+)
+def test_out_of_range_values_name_file_key_value_and_range(tmp_path, key, value, shown, allowed):
+    raw = _raw("dnl_r50-d8_769x769_40k_cityscapes")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    path = _write(tmp_path, raw)
+    bad = value[int(shown[-2])] if shown.endswith("]") else value
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: key {shown!r} is {bad!r}; allowed: {allowed}"
+    # The same value as an override is refused naming the override, before anything runs.
+    with pytest.raises(ConfigError, match=rf"^overrides \(--set\): key '{re.escape(shown)}'"):
+        load_config("dnl_r50-d8_769x769_40k_cityscapes", overrides={key: value})
+
+
+def test_profile_overrides_and_set_go_through_the_range_check(capsys):
+    import dataclasses
+
+    from dnlrepro import cli
+    from dnlrepro.core.profile import OverrideBlock, load_profile
+
+    smoke = load_profile("smoke")
+    bad = dataclasses.replace(smoke, overrides=[OverrideBlock("*", {"data.crop_size": [-1, 64]})])
+    with pytest.raises(ConfigError, match=r"smoke\.overrides\[0\]: key 'data\.crop_size\[0\]'"):
+        load_config(BASE, bad)
+    argv = ["show-config", "--config", BASE, "--set", "schedule.max_iters=-1"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "key 'schedule.max_iters' is -1; allowed: x >= 1" in err and "Traceback" not in err

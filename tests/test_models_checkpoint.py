@@ -15,8 +15,9 @@ from torch import nn
 
 from dnlrepro.acquire.download import sha256_prefix_from_name
 from dnlrepro.core.config import load_config
+from dnlrepro.core.registry import PRETRAINED_URLS
 from dnlrepro.models import (
-    PRETRAINED_URLS,
+    CheckpointError,
     EncoderDecoder,
     build_segmentor,
     convert_sync_batchnorm,
@@ -75,10 +76,31 @@ def test_mmseg_round_trip(model: EncoderDecoder, other: EncoderDecoder, tmp_path
     img = torch.randn(1, 3, 24, 40)
     torch.testing.assert_close(model.inference(img, (24, 40)), other.inference(img, (24, 40)))
     assert read_checkpoint(path)["iter"] == 4
-    # Training checkpoints may carry non-tensor state (numpy RNG): still loadable.
+    # Anything but tensors and plain data is refused, never unpickled: the file and the global.
     rng_path = save_checkpoint(tmp_path / "rng.pth", model, rng=np.random.default_rng(0))
-    assert isinstance(read_checkpoint(rng_path)["rng"], np.random.Generator)
-    load_checkpoint(other, rng_path)
+    with pytest.raises(CheckpointError, match=r"rng\.pth: refused: .*global numpy\."):
+        load_checkpoint(other, rng_path)
+
+
+def test_mmcv_layout_loads_without_any_extra_allowed_global(
+    model: EncoderDecoder, other: EncoderDecoder, tmp_path: Path
+) -> None:
+    """What mmcv 1.x save_checkpoint + mmseg 0.x write (an OrderedDict state dict with
+    ``_metadata``, meta of str/int/tuple/list/None), also in torch's legacy (pre-1.6) format."""
+    state = model.state_dict()  # an OrderedDict carrying _metadata, as mmcv's weights_to_cpu
+    meta = {
+        "mmseg_version": "0.5.0+1234567", "mmcv_version": "1.0.4", "time": "Mon Jul 20 2020",
+        "config": "model = dict(...)\n", "CLASSES": ("road", "sidewalk"),
+        "PALETTE": [[128, 64, 128], [244, 35, 232]], "env_info": "sys.platform: linux",
+        "seed": None, "exp_name": "dnl.py", "epoch": 1, "iter": 40000,
+        "hook_msgs": {"last_ckpt": "work_dirs/iter_40000.pth"},
+    }  # fmt: skip
+    for legacy in (False, True):
+        path = tmp_path / f"mmseg_{legacy}.pth"
+        torch.save({"meta": meta, "state_dict": state}, path,
+                   _use_new_zipfile_serialization=not legacy)  # fmt: skip
+        assert load_checkpoint(other, path) == meta
+        assert_same_state(model, other)
 
 
 def test_bare_and_ddp_state_dicts(model: EncoderDecoder, other: EncoderDecoder, tmp_path: Path):
@@ -143,11 +165,16 @@ def fake_v1c_file(model: EncoderDecoder, folder: Path, seed: int = 5) -> tuple[P
 
 
 def test_pretrained_backbone_from_url(other: EncoderDecoder, http_dir, tmp_path: Path) -> None:
+    from dnlrepro.tools.checkpoints import fetched
+
     root, base = http_dir
     path, sd = fake_v1c_file(other, root)
     head_before = other.decode_head.conv_cat.conv.weight.clone()
     url = f"{base}/{path.name}"
-    missing, unexpected = load_pretrained_backbone(other, url, download_dir=tmp_path / "dl")
+    with pytest.raises(FileNotFoundError, match=r"not a local file.*dnlrepro download"):
+        load_pretrained_backbone(other, url)  # the model package never downloads
+    with fetched(url, tmp_path / "dl") as local:
+        missing, unexpected = load_pretrained_backbone(other, local)
     assert missing == [] and sorted(unexpected) == ["fc.bias", "fc.weight"]
     assert (tmp_path / "dl" / path.name).is_file()
     for k, v in other.backbone.state_dict().items():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dnlrepro.launch import local as launch
+from dnlrepro.launch import stages
 
 TINY_DAG = """\
 vars:
@@ -116,14 +117,21 @@ def test_failed_stage_is_reported_and_skips_the_reports(tiny_repo: Path):
     assert not (tiny_repo / "table.txt").exists()
 
 
-def test_shared_stages_are_the_launched_datasets_prepare():
+def test_shared_stages_are_the_launched_datasets_prepare_and_runs_resolve():
     from dnlrepro.core.registry import names_of
 
     ade, city = names_of("ade20k"), names_of("cityscapes")
-    assert launch.shared_stages(ade[:2]) == ["prepare@ade20k"]  # no Cityscapes login needed
-    assert launch.shared_stages([city[0], ade[0]]) == ["prepare@cityscapes", "prepare@ade20k"]
-    assert launch.is_shared("download@cityscapes") and launch.is_shared("prepare")
-    assert not launch.is_shared("train@x") and not launch.is_shared("report")
+    resolve = [f"resolve@{r}" for r in ade[:2]]
+    assert stages.shared_stages(ade[:2]) == ["prepare@ade20k", *resolve]  # no Cityscapes login
+    assert stages.shared_stages([city[0], ade[0]]) == [
+        "prepare@cityscapes",
+        "prepare@ade20k",
+        f"resolve@{city[0]}",
+        f"resolve@{ade[0]}",
+    ]
+    assert stages.is_shared("download@cityscapes") and stages.is_shared("prepare")
+    assert stages.is_shared("resolve@x")
+    assert not stages.is_shared("train@x") and not stages.is_shared("report")
 
 
 def test_a_row_launches_with_all_its_seeds():
@@ -136,4 +144,7 @@ def test_a_row_launches_with_all_its_seeds():
     assert launch._configs(argparse.Namespace(configs=[two]), ws) == [two, f"{two}-seed1"]
     assert launch._configs(argparse.Namespace(configs=[f"{two}-seed1"]), ws) == [f"{two}-seed1"]
     assert len(launch._configs(argparse.Namespace(configs=None), ws)) == 13  # 12 rows + 1 seed
-    assert launch.shared_stages([f"{two}-seed1"], ws) == ["prepare@cityscapes"]
+    assert stages.shared_stages([f"{two}-seed1"], ws) == [
+        "prepare@cityscapes",
+        f"resolve@{two}-seed1",
+    ]

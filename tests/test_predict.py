@@ -177,6 +177,28 @@ def test_foreign_file_at_an_output_path_is_refused_with_nothing_written(setup, t
     assert _snapshot(out) == {MANIFEST: b'{"files": {}}'}
 
 
+def test_a_symlinked_sub_folder_leading_outside_out_is_refused(setup, tmp_path):
+    cfg, _, ckpt, images, _ = setup
+    val = tmp_path / "val"
+    (val / "aachen").mkdir(parents=True)
+    shutil.copy2(images / "a.png", val / "aachen" / "a.png")
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "aachen").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ValueError) as err:
+        predict(cfg, ckpt, [val], out, device="cpu")
+    link = out / "aachen"
+    assert f"{link} is a symbolic link to {elsewhere}, outside --out {out}" in str(err.value)
+    assert not list(elsewhere.iterdir()) and sorted(out.iterdir()) == [link]  # nothing written
+    # A link that stays inside --out is written through as before.
+    link.unlink()
+    (out / "inside").mkdir()
+    link.symlink_to(out / "inside", target_is_directory=True)
+    assert predict(cfg, ckpt, [val], out, device="cpu") == [link / "a.png"]
+    assert (out / "inside" / "a.png").is_file()
+
+
 def test_rerun_into_same_out_overwrites_only_own_outputs(setup, tmp_path):
     cfg, _, ckpt, images, _ = setup
     out = tmp_path / "out"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -140,6 +141,18 @@ def test_no_workspace_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv(workspace.ENV_VAR, str(tmp_path))
     with pytest.raises(workspace.WorkspaceError, match=r"has no dvc\.yaml"):
         workspace.find()
+
+
+@pytest.mark.parametrize(("folder", "why"), [("nonexistent", "does not exist"), ("", "has no")])
+def test_bad_workspace_option_is_one_line(tmp_path, monkeypatch, capsys, folder, why):
+    from dnlrepro import cli
+
+    monkeypatch.delenv(workspace.ENV_VAR, raising=False)
+    path = tmp_path / folder
+    assert cli.main(["--workspace", str(path), "show-config", "--config", BASE]) == 1
+    (line,) = capsys.readouterr().err.splitlines()  # one line, no traceback
+    assert line.startswith(f"dnlrepro: error: --workspace names {path.resolve()}, which {why}")
+    assert workspace.ENV_VAR not in os.environ  # nothing exported for a refused folder
 
 
 def test_workspace_option_beats_the_current_directory(tmp_path, monkeypatch):

@@ -318,12 +318,22 @@ def test_run_dvc_times_stages_kills_the_victim_and_reports_the_failure(tmp_path:
 
 
 def _diff(root: Path, verdicts: list[str]) -> None:
-    rows = [
-        {"config": "c", "metric": f"m{i}", "reference": "published", "published": 1.0,
-         "reproduced": 0.0, "delta": -1.0, "tolerance": 0.5, "note": "", "verdict": v}
-        for i, v in enumerate(verdicts)
-    ]  # fmt: skip
-    summary = {v: verdicts.count(v) for v in ("pass", "fail", "missing", "not comparable")}
+    """A paper diff of every registry row (``dnlrepro check`` wants them all): the judged numbers
+    get ``verdicts`` in turn, then ``pass``; the others are ``not comparable``."""
+    from dnlrepro.core.registry import METRICS, load_published
+    from dnlrepro.reports.diff import VERDICTS
+
+    registry = load_published(WS.registry_file)
+    todo, rows = list(verdicts), []
+    for name, entry in registry.configs.items():
+        for metric in METRICS:
+            pub, tol = entry.metrics[metric], registry.tolerance(name, metric, "paper").value
+            judged = pub is not None and tol is not None
+            verdict = (todo.pop(0) if todo else "pass") if judged else "not comparable"
+            rows.append({"config": name, "metric": metric, "reference": "published",
+                         "published": pub, "reproduced": 0.0, "delta": None, "tolerance": tol,
+                         "note": "", "verdict": verdict})  # fmt: skip
+    summary = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
     (root / "reports").mkdir(exist_ok=True)
     report_ = {"profile": "paper", "summary": summary, "rows": rows}
     (root / "reports" / "diff.json").write_text(json.dumps(report_))
@@ -332,6 +342,7 @@ def _diff(root: Path, verdicts: list[str]) -> None:
 def test_verdict_checks_want_fails_not_missing(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params").symlink_to(WS.params_dir)  # the registry check judges against
     _diff(tmp_path, ["fail", "fail", "pass"])
     assert checks.verdicts(tmp_path).ok
     got = checks.check_command(tmp_path, env)

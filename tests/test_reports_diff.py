@@ -214,36 +214,102 @@ def run_check(path: Path, allow_missing: bool = False) -> int:
     return check.main(argparse.Namespace(report=str(path), allow_missing=allow_missing))
 
 
-def test_check_exit_codes(tmp_path: Path, capsys):
-    def report(*verdicts: str) -> Path:
-        rows = [
-            {
-                "config": NAME,
-                "metric": "mIoU",
-                "reference": "published",
-                "published": 1.0,
-                "reproduced": 1.0,
-                "delta": 0.0,
-                "tolerance": 0.5,
-                "note": "",
-                "verdict": v,
-            }
-            for v in verdicts
-        ]
-        path = tmp_path / "diff.json"
-        summary = {v: verdicts.count(v) for v in diff.VERDICTS}
-        path.write_text(json.dumps({"profile": "paper", "summary": summary, "rows": rows}))
-        return path
+def save(path: Path, report: dict) -> Path:
+    """Write ``report`` with its summary recounted, as ``dnlrepro diff`` would."""
+    summary = {v: sum(r["verdict"] == v for r in report["rows"]) for v in diff.VERDICTS}
+    path.write_text(json.dumps({**report, "summary": summary}))
+    return path
 
-    assert run_check(report("pass", "not comparable")) == 0
-    assert run_check(report("pass", "fail")) == 1
-    assert "FAIL: " + NAME in capsys.readouterr().out
-    assert run_check(report("pass", "missing")) == 1
-    assert run_check(report("pass", "missing"), allow_missing=True) == 0
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"rows": [{"verdict": "maybe"}]}))
-    with pytest.raises(ValueError, match="rows\\[0\\]"):
-        run_check(bad)
+
+COMMITTED = Path(__file__).resolve().parents[1] / "reports" / "diff.json"
+SEEDED = "dnl_r50-d8_512x1024_40k_cityscapes"  # the smoke profile trains it with seeds 0 and 1
+
+
+@pytest.fixture(scope="module")
+def paper_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A paper-profile diff of every registry row, each reproducing its published numbers."""
+    results = tmp_path_factory.mktemp("paper") / "results"
+    published = load_published()
+    for name, entry in published.configs.items():
+        write_results(results, name, entry.metrics["mIoU"], entry.metrics["mIoU_ms_flip"])
+    names = list(published.configs)
+    measured = {n: load_measured(n, results) for n in names}
+    return diff.build_diff(names, published, measured, "paper")
+
+
+def test_check_passes_the_committed_smoke_report(capsys):
+    assert run_check(COMMITTED) == 0, capsys.readouterr().out
+
+
+def test_check_fails_rows_absent_from_the_report(tmp_path: Path, capsys):
+    """Every registry row and every judged metric must be in the report; failures name runs."""
+    report = json.loads(COMMITTED.read_text())
+    without = [r for r in report["rows"] if r["config"] != SEEDED]
+    path = save(tmp_path / "diff.json", {**report, "rows": without})
+    assert run_check(path) == 1
+    out = capsys.readouterr().out
+    assert f"MISSING: {SEEDED} seeds 0, 1 mIoU vs published: absent from the report" in out
+    assert f"MISSING: {SEEDED} seed 1 (run {SEEDED}-seed1) aAcc vs smoke baseline: absent" in out
+    assert "13 expected row(s) absent" in out
+    assert run_check(path, allow_missing=True) == 0
+    one_less = [r for r in report["rows"] if (r["config"], r["metric"]) != (NAME, "fps")]
+    assert run_check(save(path, {**report, "rows": one_less})) == 1
+    assert f"MISSING: {NAME} seed 0 fps vs published" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("profile", ["paper", "published"])
+def test_check_judges_paper_and_published_against_the_registry(
+    profile: str, paper_report: dict, tmp_path: Path, capsys
+):
+    report = {**paper_report, "profile": profile}
+    assert run_check(save(tmp_path / "diff.json", report)) == 0
+    rows = [dict(r) for r in report["rows"]]
+    (row,) = [r for r in rows if (r["config"], r["metric"]) == (NAME, "mIoU")]
+    row.update(verdict="fail", reproduced=70.0, delta=-8.44)
+    assert run_check(save(tmp_path / "diff.json", {**report, "rows": rows})) == 1
+    assert f"FAIL: {NAME} seed 0 mIoU vs published: reference 78.44" in capsys.readouterr().out
+    row.update(verdict="missing", reproduced=None, delta=None)
+    assert run_check(save(tmp_path / "diff.json", {**report, "rows": rows})) == 1
+    assert run_check(tmp_path / "diff.json", allow_missing=True) == 0
+    # a published number with a tolerance left 'not comparable' is no pass
+    row.update(verdict="not comparable")
+    assert run_check(save(tmp_path / "diff.json", {**report, "rows": rows})) == 1
+    assert f"NOT JUDGED: {NAME} seed 0 mIoU vs published" in capsys.readouterr().out
+
+
+def without_metric(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "metric"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda r: {"rows": [], "summary": {}}, "rows"),
+        (lambda r: {**r, "rows": []}, "rows"),
+        (lambda r: [r], "not a diff report"),
+        (lambda r: {**r, "profile": "fast"}, "profile"),
+        (lambda r: {**r, "summary": []}, "summary"),
+        (lambda r: {**r, "summary": {**r["summary"], "pass": 0}}, "summary"),
+        (lambda r: {**r, "rows": [{"verdict": "pass"}, *r["rows"][1:]]}, r"rows\[0\]\.config"),
+        (lambda r: {**r, "rows": [without_metric(x) for x in r["rows"]]}, r"rows\[0\]\.metric"),
+        (lambda r: {**r, "rows": [{**r["rows"][0], "verdict": "maybe"}]}, r"rows\[0\]"),
+        (lambda r: {**r, "rows": [{**r["rows"][0], "config": 7}]}, r"rows\[0\]\.config"),
+        (lambda r: {**r, "rows": ["pass"]}, r"rows\[0\]"),
+    ],
+)
+def test_check_malformed_reports_are_errors_naming_file_and_key(tmp_path: Path, edit, key):
+    path = tmp_path / "diff.json"
+    path.write_text(json.dumps(edit(json.loads(COMMITTED.read_text()))))
+    with pytest.raises(check.ReportError, match=key) as err:
+        run_check(path)
+    assert str(path) in str(err.value)
+
+
+def test_check_refuses_a_stale_report_and_an_absent_file(tmp_path: Path):
+    report = json.loads(COMMITTED.read_text())
+    report["rows"][0] = {**report["rows"][0], "config": "dnl_r18-d8_512x1024_40k_cityscapes"}
+    with pytest.raises(check.ReportError, match="not in the registry"):
+        run_check(save(tmp_path / "diff.json", report))
     with pytest.raises(FileNotFoundError, match="dvc repro diff"):
         run_check(tmp_path / "absent.json")
 

@@ -330,42 +330,48 @@ def test_two_process_gloo_run_under_torchrun(cityscapes_root: Path, tmp_path: Pa
     assert len(ckpt["rng"]) == 2  # every rank's dropout RNG, for an exact resume
 
 
-def test_pretrained_backbone_is_downloaded_and_loaded(
-    http_dir: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_pretrained_backbone_is_found_in_downloads_and_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """cfg.model.backbone.pretrained -> PRETRAINED_URLS -> download -> backbone weights (§2.2)."""
+    """cfg.model.backbone.pretrained -> downloads/<file of PRETRAINED_URLS> -> backbone (§2.2).
+
+    Training never downloads: a missing backbone names the file and the command that fetches it.
+    """
     from dnlrepro import models
     from dnlrepro.core import workspace
+    from dnlrepro.core.registry import pretrained_file
     from dnlrepro.engine.distributed import DistInfo
 
-    root, url = http_dir
     cfg = load_config(CFG, "smoke", overrides={"model.backbone.pretrained": "resnet50_v1c"})
     torch.manual_seed(123)
     source = models.build_segmentor(cfg).backbone.state_dict()
-    torch.save({"state_dict": source}, root / "resnet50_v1c.pth")
-    monkeypatch.setitem(models.PRETRAINED_URLS, "resnet50_v1c", f"{url}/resnet50_v1c.pth")
-    # Downloads go to <workspace>/downloads: a scratch workspace that shares the real params/.
+    # A scratch workspace that shares the real params/: its downloads/ is where training looks.
     scratch = tmp_path / "ws"
     scratch.mkdir()
     (scratch / "dvc.yaml").write_text("stages: {}\n")
     (scratch / "params").symlink_to(workspace.find().params_dir)
     monkeypatch.setenv(workspace.ENV_VAR, str(scratch))
-    # The URL has no hash in its name: it is pinned on first use, here and not in the real params/
-    monkeypatch.setenv("DNLREPRO_PINS", str(tmp_path / "download_pins.json"))
     info = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
+    expected = scratch / "downloads" / "resnet50_v1c-2cccc1ad.pth"
+    with pytest.raises(FileNotFoundError) as err:
+        train_setup.build_model(cfg, info, None)
+    assert str(expected) in str(err.value)
+    assert f"dnlrepro download --what pretrained --config {CFG}" in str(err.value)
+    assert "dvc repro download@cityscapes" in str(err.value)
+    assert pretrained_file("resnet50_v1c") == expected
+    expected.parent.mkdir()
+    torch.save({"state_dict": source}, expected)
 
     def backbone_matches(model: torch.nn.Module) -> bool:
         got = model.backbone.state_dict()
         return all(torch.equal(got[k], v) for k, v in source.items())
 
     torch.manual_seed(0)
-    assert backbone_matches(train_setup.build_model(cfg, info, None))  # the config's URL
-    assert (scratch / "downloads" / "resnet50_v1c.pth").is_file()
-    assert "resnet50_v1c.pth" in (tmp_path / "download_pins.json").read_text()
+    assert backbone_matches(train_setup.build_model(cfg, info, None))  # the config's name
     torch.manual_seed(0)
     assert not backbone_matches(train_setup.build_model(cfg, info, "none"))  # random init
     torch.manual_seed(0)
-    assert backbone_matches(train_setup.build_model(cfg, info, str(root / "resnet50_v1c.pth")))
+    assert backbone_matches(train_setup.build_model(cfg, info, str(expected)))
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

@@ -37,10 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "extract, convert and validate a dataset; write a manifest",
     ),
     "train": ("dnlrepro.engine.train", "train one configuration (single process or torchrun)"),
-    "evaluate": ("dnlrepro.engine.evaluate", "mIoU/mAcc/aAcc, single-scale and ms+flip"),
+    "evaluate": ("dnlrepro.tools.evaluate", "mIoU/mAcc/aAcc, single-scale and ms+flip"),
     "predict": ("dnlrepro.tools.predict", "label maps (and colour overlays) for images"),
     "benchmark": (
-        "dnlrepro.bench.benchmark",
+        "dnlrepro.tools.benchmark",
         "inference fps and training memory as mmseg defines them",
     ),
     "mlflow-init": ("dnlrepro.track.tracking", "create/migrate the MLflow database once"),
@@ -83,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     if known.workspace is not None:
         from dnlrepro.core import workspace
 
-        workspace.use(known.workspace)  # exported, so torchrun workers and stages agree
+        try:
+            workspace.use(known.workspace)  # exported, so torchrun workers and stages agree
+        except workspace.WorkspaceError as e:
+            print(f"dnlrepro: error: {e}", file=sys.stderr)
+            return 1
     module_name, help_text = COMMANDS[known.command]
     module = importlib.import_module(module_name)
     sub = argparse.ArgumentParser(prog=f"dnlrepro {known.command}", description=help_text)

@@ -61,6 +61,7 @@ from dnlrepro.acquire.verify import sha256_prefix_from_name as sha256_prefix_fro
 from dnlrepro.acquire.verify import verify_file as verify_file
 from dnlrepro.core import workspace
 from dnlrepro.core.files import file_digest as file_digest
+from dnlrepro.core.registry import PRETRAINED_URLS  # §2.2, shared with training
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +78,6 @@ CITYSCAPES_PACKAGES: dict[str, int] = {  # archive name -> packageID (§3.1)
 }
 CITYSCAPES_ARCHIVES: tuple[str, ...] = tuple(CITYSCAPES_PACKAGES)
 
-# §2.2: mmcv v1.7.2 model_zoo/open_mmlab.json (the v1.1.1 host was openmmlab.oss-accelerate).
-PRETRAINED_URLS: dict[str, str] = {
-    "resnet50_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth",
-    "resnet101_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
-}
 
 MIRROR_ENV = "DNLREPRO_MIRROR"
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)

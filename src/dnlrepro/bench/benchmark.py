@@ -29,9 +29,7 @@ the output); the weights do not change the timing, so ``--checkpoint`` is option
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import logging
 import platform
 from collections.abc import Iterator
@@ -53,11 +51,9 @@ from dnlrepro.engine.precision import precision_record, tf32_scope
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "add_arguments",
     "benchmark",
     "benchmark_inference",
     "benchmark_train_memory",
-    "main",
     "random_image_shape",
 ]
 
@@ -189,7 +185,7 @@ def _timing_model(
     """The checkpoint's model and sha256, or random weights (the timing does not depend on them)."""
     from dnlrepro import models
 
-    if checkpoint is not None:
+    if checkpoint is not None:  # a local file: `dnlrepro benchmark` downloads a URL first
         model, _, local = load_model(cfg, checkpoint, device)
         return model, file_digest(local)
     torch.manual_seed(0)
@@ -236,47 +232,3 @@ def _result(
         "train": mem,
         "notes": notes,
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.core.config import add_config_arguments
-
-    add_config_arguments(parser)
-    parser.add_argument("--checkpoint", default=None, help=".pth or URL (default: random init)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: auto")
-    parser.add_argument("--num-images", type=int, default=200, help="images timed (mmseg: 200)")
-    parser.add_argument("--warmup", type=int, default=5, help="warm-up images excluded (5)")
-    parser.add_argument("--data-root", default=None, help="time real images (default: random)")
-    parser.add_argument("--split", default="val", help="split for --data-root (default val)")
-    parser.add_argument(
-        "--train-iters", type=int, default=5, help="training iterations for Mem (0: skip)"
-    )
-    parser.add_argument(
-        "--no-mmseg-comparable",
-        action="store_true",
-        help="skip the second measurement with mmseg's explicit attention (§5.6)",
-    )
-    parser.add_argument("--out", default=None, help="JSON path")
-
-
-def main(args: argparse.Namespace) -> int:
-    from dnlrepro.core.config import config_from_args
-
-    cfg, _ = config_from_args(args)
-    result = benchmark(
-        cfg,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        num_images=args.num_images,
-        warmup=args.warmup,
-        data_root=args.data_root,
-        split=args.split,
-        train_iters=args.train_iters,
-        out=args.out,
-        mmseg_comparable=not args.no_mmseg_comparable,
-    )
-    comparable = result["mmseg_comparable"] or {}
-    summary = {k: result[k] for k in ("config", "device", "fps", "mem_gb")}
-    summary["mmseg_comparable"] = {k: comparable.get(k) for k in ("fps", "mem_gb")}
-    print(json.dumps(summary))
-    return 0

@@ -8,12 +8,14 @@ and refuses anything it does not understand:
 
 * an unknown key        -> ``ConfigError`` naming the file, the dotted key and the allowed keys;
 * a missing key         -> ``ConfigError`` naming the file and the dotted key;
-* a wrong type          -> ``ConfigError`` naming the file, the dotted key, the expected type.
+* a wrong type          -> ``ConfigError`` naming the file, the dotted key, the expected type;
+* a value out of range  -> ``ConfigError`` naming the file, the dotted key, the value and the
+  allowed range (:data:`RANGES`: a negative crop or iteration count, a zero lr, ...).
 
 Profiles (:mod:`dnlrepro.core.profile`, ``params/profiles.yaml``) are documented sets of dotted-key
 overrides applied on top of the paper values. They go through the same checks, so a typo in a
-profile fails exactly like a typo in a config. Files are looked up in the workspace
-(:mod:`dnlrepro.core.workspace`), never next to the installed package.
+profile fails exactly like a typo in a config, naming the profile block (or ``--set``). Files are
+looked up in the workspace (:mod:`dnlrepro.core.workspace`), never next to the installed package.
 """
 
 from __future__ import annotations
@@ -33,7 +35,15 @@ import yaml
 from dnlrepro.core import workspace
 from dnlrepro.core.files import write_bytes_atomic
 from dnlrepro.core.profile import DEFAULT_PROFILE, PROFILES, Profile, load_profile
-from dnlrepro.core.schema import ConfigError, build, field_types, flatten, read_yaml, to_plain
+from dnlrepro.core.schema import (
+    ConfigError,
+    build,
+    check_value,
+    field_types,
+    flatten,
+    read_yaml,
+    to_plain,
+)
 from dnlrepro.core.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -204,7 +214,80 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "test.small_window": ("unpadded", "pad"),
     "runtime.amp": ("none", "bf16", "fp16"),
 }
-_STRICT: dict[str, Any] = {"choices": CHOICES, "hint": _HINT}
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a key allows: ``lo <= x <= hi``, with ``<`` on an open end; None: unbounded."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        above = self.lo is None or (x > self.lo if self.lo_open else x >= self.lo)
+        below = self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
+        return above and below
+
+    def __str__(self) -> str:  # "x >= 1", "x > 0", "0 <= x < 1"
+        if self.hi is None:
+            return f"x {'>' if self.lo_open else '>='} {self.lo:g}"
+        low = "" if self.lo is None else f"{self.lo:g} {'<' if self.lo_open else '<='} "
+        return f"{low}x {'<' if self.hi_open else '<='} {self.hi:g}"
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_1 = Range(0, lo_open=True), Range(0), Range(1)
+FRACTION = Range(0, 1)  # a probability or ratio, both ends allowed
+# Numeric ranges, checked where the types are: any value where a sign or zero is meaningless. A
+# list-valued key (crop_size, ratios, ...) is checked element by element (``data.crop_size[0]``).
+RANGES: dict[str, Range] = {
+    "model.num_classes": AT_LEAST_1,
+    "model.ignore_index": Range(0, 255),  # labels are uint8 PNGs
+    "model.backbone.strides": AT_LEAST_1,
+    "model.backbone.dilations": AT_LEAST_1,
+    "model.decode_head.in_channels": AT_LEAST_1,
+    "model.decode_head.in_index": Range(0, 3),  # the four ResNet stages
+    "model.decode_head.channels": AT_LEAST_1,
+    "model.decode_head.dropout_ratio": Range(0, 1, hi_open=True),
+    "model.decode_head.reduction": AT_LEAST_1,
+    "model.decode_head.temperature": POSITIVE,
+    "model.decode_head.loss_weight": POSITIVE,  # the head whose output is the prediction
+    "model.auxiliary_head.in_channels": AT_LEAST_1,
+    "model.auxiliary_head.in_index": Range(0, 3),
+    "model.auxiliary_head.channels": AT_LEAST_1,
+    "model.auxiliary_head.num_convs": AT_LEAST_1,
+    "model.auxiliary_head.dropout_ratio": Range(0, 1, hi_open=True),
+    "model.auxiliary_head.loss_weight": NON_NEGATIVE,  # 0: no auxiliary loss
+    "data.img_scale": AT_LEAST_1,
+    "data.ratio_range": POSITIVE,
+    "data.crop_size": AT_LEAST_1,
+    "data.cat_max_ratio": Range(0, 1, lo_open=True),
+    "data.flip_prob": FRACTION,
+    "data.photometric.brightness_delta": Range(0, 255),
+    "data.photometric.contrast_range": NON_NEGATIVE,
+    "data.photometric.saturation_range": NON_NEGATIVE,
+    "data.photometric.hue_delta": Range(0, 180),  # OpenCV hue: 0..179
+    "data.std": POSITIVE,
+    "data.samples_per_gpu": AT_LEAST_1,
+    "data.workers_per_gpu": NON_NEGATIVE,
+    "schedule.max_iters": AT_LEAST_1,
+    "schedule.lr": POSITIVE,
+    "schedule.momentum": Range(0, 1, hi_open=True),
+    "schedule.weight_decay": NON_NEGATIVE,
+    "schedule.power": NON_NEGATIVE,
+    "schedule.min_lr": NON_NEGATIVE,
+    "schedule.checkpoint_interval": AT_LEAST_1,
+    "schedule.eval_interval": AT_LEAST_1,
+    "schedule.log_interval": AT_LEAST_1,
+    "schedule.seed": NON_NEGATIVE,
+    "test.crop_size": AT_LEAST_1,
+    "test.stride": AT_LEAST_1,
+    "test.img_scale": AT_LEAST_1,
+    "test.ms_ratios": POSITIVE,
+    "runtime.gpus": AT_LEAST_1,
+}
+_STRICT: dict[str, Any] = {"choices": CHOICES, "ranges": RANGES, "hint": _HINT}
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,7 +352,7 @@ def load_config(
         for source, ov in prof.overrides_for(str(raw.get("name")), raw):
             _apply_overrides(raw, ov, source)
     if overrides:
-        _apply_overrides(raw, overrides, "<overrides>")
+        _apply_overrides(raw, overrides, "overrides (--set)")
     cfg = build(Config, raw, str(path), prefix="", extra={"profile": name}, **_STRICT)
     if path.parent == ws.params_dir and cfg.name != path.stem:
         raise ConfigError(f"{path}: key 'name' is {cfg.name!r} but the file is named {path.stem!r}")
@@ -315,6 +398,8 @@ def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], source: 
                     f"{', '.join(fields)}"
                 )
             if depth == len(parts) - 1:
+                if not dataclasses.is_dataclass(fields[key]):  # an error names the override
+                    check_value(fields[key], value, source, dotted, **_STRICT)
                 node[key] = value
             else:
                 node = node.setdefault(key, {})

@@ -35,6 +35,14 @@ METRICS: tuple[str, ...] = ("mIoU", "mIoU_ms_flip", "mem_gb", "fps")
 # Per-configuration descriptive keys (the table's first columns).
 ROW_KEYS: tuple[str, ...] = ("dataset", "method", "backbone", "crop_size", "lr_schd")
 
+# §2.2: the ImageNet backbones of ``model.backbone.pretrained`` (mmcv v1.7.2
+# model_zoo/open_mmlab.json; the v1.1.1 host was openmmlab.oss-accelerate). ``dnlrepro download
+# --what pretrained`` fetches them into ``downloads/``, where training looks (pretrained_file).
+PRETRAINED_URLS: dict[str, str] = {
+    "resnet50_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth",
+    "resnet101_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
+}
+
 
 class PublishedError(ValueError):
     """``params/published.yaml`` is malformed or lacks an entry; the message says where."""
@@ -188,6 +196,15 @@ def load_published(path: str | Path | None = None) -> Published:
         tolerances=tolerances,
         configs=configs,
     )
+
+
+def pretrained_file(name: str, ws: Workspace | None = None) -> Path:
+    """Where the download stage keeps backbone ``name``: ``downloads/resnet50_v1c-2cccc1ad.pth``."""
+    if name not in PRETRAINED_URLS:
+        raise PublishedError(
+            f"unknown pretrained backbone {name!r}; known: {', '.join(PRETRAINED_URLS)}"
+        )
+    return (ws or workspace.find()).downloads / PRETRAINED_URLS[name].rsplit("/", 1)[-1]
 
 
 def config_names(ws: Workspace | None = None) -> tuple[str, ...]:

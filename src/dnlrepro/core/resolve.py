@@ -32,7 +32,7 @@ from dnlrepro.core.files import write_bytes_atomic
 from dnlrepro.core.miniature import check_structure
 from dnlrepro.core.profile import Benchmark, Profile
 from dnlrepro.core.registry import load_published
-from dnlrepro.core.runs import Run
+from dnlrepro.core.runs import Run, stage
 from dnlrepro.core.schema import ConfigError, build, read_yaml
 from dnlrepro.core.workspace import Workspace
 
@@ -113,8 +113,8 @@ def write(ws: Workspace, profile: Profile, run: Run) -> list[str]:
     after = {p: p.read_bytes() for p in before}
     if before and before == after:
         notes.append(
-            f"the resolved configuration and plan of {run.key} are unchanged: train@{run.key} "
-            f"and evaluate@{run.key} stay up to date"
+            f"the resolved configuration and plan of {run.key} are unchanged: "
+            f"{stage('train', run.key)} and {stage('evaluate', run.key)} stay up to date"
         )
     return notes
 
@@ -152,7 +152,7 @@ def read(ws: Workspace, key: str) -> tuple[Config, RunPlan]:
     if not path.is_file() or not (folder / CONFIG_FILE).is_file():
         raise ConfigError(
             f"{folder}: no resolved {CONFIG_FILE} / {PLAN_FILE}; "
-            f"`dvc repro resolve@{key}` writes them"
+            f"`dvc repro {stage('resolve', key)}` writes them"
         )
     plan = build(RunPlan, read_yaml(path), str(path), prefix="", hint="rewrite it: dvc repro")
     if plan.run != key:
@@ -161,6 +161,7 @@ def read(ws: Workspace, key: str) -> tuple[Config, RunPlan]:
     if cfg.name != plan.config or cfg.schedule.seed != plan.seed:
         raise ConfigError(
             f"{folder}: {CONFIG_FILE} ({cfg.name}, seed {cfg.schedule.seed}) does not match "
-            f"{PLAN_FILE} ({plan.config}, seed {plan.seed}); rewrite both: dvc repro resolve@{key}"
+            f"{PLAN_FILE} ({plan.config}, seed {plan.seed}); rewrite both: "
+            f"dvc repro {stage('resolve', key)}"
         )
     return cfg, plan

@@ -9,6 +9,7 @@ profiles (:mod:`dnlrepro.core.profile`) both go through it, so a typo in either 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -30,6 +31,9 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
 
 
+_INDEX = re.compile(r"\[\d+\]$")  # "data.crop_size[0]" -> the range of "data.crop_size"
+
+
 def field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "profile"}
@@ -43,6 +47,7 @@ def build(
     extra: dict | None = None,
     choices: Mapping[str, tuple[Any, ...]] | None = None,
     hint: str = "",
+    ranges: Mapping[str, Any] | None = None,
 ) -> Any:
     """``cls(**raw)`` after checking every key and type (recursively); errors name the key."""
     where = prefix.rstrip(".") or "<top level>"
@@ -64,7 +69,7 @@ def build(
     if missing:
         raise ConfigError(f"{source}: missing key {prefix + missing[0]!r} ({hint})")
     kwargs = {
-        k: _check(tp, raw[k], source, prefix + k, choices, hint)
+        k: check_value(tp, raw[k], source, prefix + k, choices, hint, ranges)
         for k, tp in fields.items()
         if k in raw
     }
@@ -76,19 +81,23 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _check(
+def check_value(
     tp: Any,
     value: Any,
     source: str,
     key: str,
     choices: Mapping[str, tuple[Any, ...]] | None = None,
     hint: str = "",
+    ranges: Mapping[str, Any] | None = None,
 ) -> Any:
+    """``value`` checked against type ``tp`` and, for dotted ``key``, its choices and its range
+    (``ranges[key]`` supports ``in`` and ``str``; a list is checked element by element)."""
+
     def fail(expected: str) -> ConfigError:
         return ConfigError(f"{source}: key {key!r} must be {expected}, got {value!r}")
 
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, source, key + ".", choices=choices, hint=hint)
+        return build(tp, value, source, key + ".", choices=choices, hint=hint, ranges=ranges)
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
         args = typing.get_args(tp)
@@ -96,21 +105,21 @@ def _check(
             out = None
         else:
             inner = [a for a in args if a is not type(None)]
-            out = _check(inner[0], value, source, key, choices, hint)
+            out = check_value(inner[0], value, source, key, choices, hint, ranges)
     elif origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, list | tuple):
             raise fail(f"a list of {_type_name(args[0])}")
         if len(args) == 2 and args[1] is Ellipsis:
             out = tuple(
-                _check(args[0], v, source, f"{key}[{i}]", choices, hint)
+                check_value(args[0], v, source, f"{key}[{i}]", choices, hint, ranges)
                 for i, v in enumerate(value)
             )
         else:
             if len(value) != len(args):
                 raise fail(f"a list of {len(args)} values")
             out = tuple(
-                _check(a, v, source, f"{key}[{i}]", choices, hint)
+                check_value(a, v, source, f"{key}[{i}]", choices, hint, ranges)
                 for i, (a, v) in enumerate(zip(args, value, strict=True))
             )
     elif tp is bool:
@@ -141,6 +150,9 @@ def _check(
             f"{source}: key {key!r} is {value!r}; choose one of "
             f"{', '.join(repr(c) for c in allowed)}"
         )
+    bounds = (ranges or {}).get(_INDEX.sub("", key))
+    if bounds is not None and isinstance(out, int | float) and out not in bounds:
+        raise ConfigError(f"{source}: key {key!r} is {value!r}; allowed: {bounds}")
     return out
 
 

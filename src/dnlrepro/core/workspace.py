@@ -109,13 +109,7 @@ def find(start: str | Path | None = None) -> Workspace:
     """
     named = os.environ.get(ENV_VAR)
     if named:
-        root = Path(named).resolve()
-        if not (root / MARKER).is_file():
-            raise WorkspaceError(
-                f"${ENV_VAR} / --workspace names {root}, which has no {MARKER}; point it at a "
-                "clone of the dnlrepro repository"
-            )
-        return Workspace(root)
+        return Workspace(_checked_root(named, f"${ENV_VAR} / --workspace"))
     here = Path(start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / MARKER).is_file():
@@ -127,6 +121,21 @@ def find(start: str | Path | None = None) -> Workspace:
 
 
 def use(root: str | Path) -> Workspace:
-    """Make ``root`` the workspace of this process and of the processes it starts."""
-    os.environ[ENV_VAR] = str(Path(root).resolve())
-    return find()
+    """Make ``root`` the workspace of this process and of the processes it starts.
+
+    Raises:
+        WorkspaceError: ``root`` does not exist or has no ``dvc.yaml`` (nothing is exported).
+    """
+    checked = _checked_root(root, "--workspace")
+    os.environ[ENV_VAR] = str(checked)
+    return Workspace(checked)
+
+
+def _checked_root(named: str | Path, how: str) -> Path:
+    root = Path(named).expanduser().resolve()
+    if not (root / MARKER).is_file():
+        what = f"has no {MARKER}" if root.is_dir() else "does not exist or is not a folder"
+        raise WorkspaceError(
+            f"{how} names {root}, which {what}; point it at a clone of the dnlrepro repository"
+        )
+    return root

@@ -14,7 +14,8 @@ Read in this order:
 * :mod:`~dnlrepro.engine.distributed` -- torchrun process group and the few collectives used;
 * :mod:`~dnlrepro.engine.inference` -- load a checkpoint; softmax of one image (single scale,
   ms+flip);
-* :mod:`~dnlrepro.engine.evaluate` -- ``dnlrepro evaluate``: the dataset loop and its CLI;
+* :mod:`~dnlrepro.engine.evaluate` -- the evaluation dataset loop (``dnlrepro evaluate`` is
+  :mod:`~dnlrepro.tools.evaluate`, which also fetches a URL checkpoint);
 * :mod:`~dnlrepro.engine.metrics` -- mIoU / mAcc / aAcc from class histograms;
 * :mod:`~dnlrepro.engine.eval_artifacts` -- protocol block, per-class tables, chart, MLflow run;
 * :mod:`~dnlrepro.tools.predict` -- ``dnlrepro predict``: label maps and overlays;

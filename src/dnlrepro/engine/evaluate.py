@@ -1,4 +1,4 @@
-"""``dnlrepro evaluate``: mIoU / mAcc / aAcc as mmseg 0.x reports them (docs/reference.md §5).
+"""Evaluation: mIoU / mAcc / aAcc as mmseg 0.x reports them (docs/reference.md §5).
 
 § numbers refer to docs/reference.md.
 
@@ -9,14 +9,13 @@ protocol survive (§5.1, :mod:`dnlrepro.engine.metrics`).
 
 Under ``torchrun`` each rank takes a strided shard of the images (``rank::world_size``) and the
 histograms are summed with ``all_reduce``; only rank 0 shows progress, writes files and logs to
-MLflow (:mod:`dnlrepro.engine.eval_artifacts`).
+MLflow (:mod:`dnlrepro.engine.eval_artifacts`). The ``dnlrepro evaluate`` command, which also
+fetches a URL checkpoint, is :mod:`dnlrepro.tools.evaluate`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from dnlrepro.track import tracking
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_arguments", "evaluate", "evaluate_model", "main", "resolve_split"]
+__all__ = ["evaluate", "evaluate_model", "resolve_split"]
 
 
 def resolve_split(cfg: Config, split: str | None) -> str:
@@ -189,12 +188,13 @@ def evaluate(
     device: torch.device | str | None = None,
     track: bool = True,
     small_window_alt: bool = False,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Build the model, load ``checkpoint``, evaluate, write ``out`` JSON and log to MLflow.
 
     Args:
         cfg: the resolved config.
-        checkpoint: a local ``.pth`` (mmseg layout or bare state dict) or a URL.
+        checkpoint: a local ``.pth`` (mmseg layout or bare state dict).
         data_root: overrides ``cfg.data.data_root``.
         split: ``"val"`` (default) / ``"train"`` / a literal split name.
         ms_flip: also compute ms+flip (§5.3).
@@ -204,6 +204,8 @@ def evaluate(
         track: log an MLflow run (rank 0 only).
         small_window_alt: also ms+flip with the other ``test.small_window`` mode (§5.2), as
             ``ms_flip_alt`` (see :func:`evaluate_model`).
+        source: how the JSON names the checkpoint, e.g. the URL it was downloaded from
+            (default: the file).
 
     Returns:
         ``{"single_scale": ..., "ms_flip": ... | None, "ms_flip_alt": ... | None, "protocol":
@@ -221,7 +223,8 @@ def evaluate(
         tracking.check_store(tracking.tracking_uri())
     result = evaluate_model(model, cfg, split, ms_flip, max_images, None, device, small_window_alt)
     protocol = eval_artifacts.build_protocol(
-        cfg, checkpoint, file_digest(local) if rank == 0 else None, resolve_split(cfg, split),
+        cfg, source or checkpoint, file_digest(local) if rank == 0 else None,
+        resolve_split(cfg, split),
         ms_flip, result["image_count"], world, meta,
     )  # fmt: skip
     payload = {"single_scale": result["single_scale"], "ms_flip": result["ms_flip"],
@@ -238,72 +241,3 @@ def evaluate(
             except Exception as e:  # MLflow is a view of the JSON: never fail the evaluation
                 logger.warning("MLflow logging failed (%s: %s)", type(e).__name__, e)
     return payload
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.core.config import add_config_arguments
-
-    add_config_arguments(parser)
-    parser.add_argument("--checkpoint", required=True, help=".pth file or published URL")
-    parser.add_argument("--data-root", default=None, help="default: the config's data.data_root")
-    parser.add_argument(
-        "--split", default="val", help="val (Cityscapes val / ADE20K validation), train, or a name"
-    )
-    parser.add_argument("--ms-flip", action="store_true", help="also 6 ratios x flip (§5.3)")
-    parser.add_argument(
-        "--small-window-alt",
-        action="store_true",
-        help="with --ms-flip on a slide config: also ms+flip with the other test.small_window "
-        "mode (unpadded/pad, §5.2), written as ms_flip_alt",
-    )
-    parser.add_argument("--out", default=None, help="metrics JSON path")
-    parser.add_argument("--max-images", type=_positive_int, default=None, help="first N images")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: auto")
-    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def main(args: argparse.Namespace) -> int:
-    from dnlrepro.core.config import config_from_args
-
-    cfg, _ = config_from_args(args)
-    info = distributed.init_distributed(args.device)
-    try:
-        payload = evaluate(
-            cfg,
-            args.checkpoint,
-            data_root=args.data_root,
-            split=args.split,
-            ms_flip=args.ms_flip,
-            out=args.out,
-            max_images=args.max_images,
-            device=info.device,
-            track=not args.no_track,
-            small_window_alt=args.small_window_alt,
-        )
-    finally:
-        distributed.cleanup(info)
-    if info.is_main:
-        ss, ms = payload["single_scale"], payload["ms_flip"]
-        line = (
-            f"{cfg.name}: mIoU {_fmt(ss['mIoU'])} mAcc {_fmt(ss['mAcc'])} aAcc {_fmt(ss['aAcc'])}"
-        )
-        if ms:
-            line += f" | ms+flip mIoU {_fmt(ms['mIoU'])}"
-        print(line)
-    return 0
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"

@@ -58,32 +58,30 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def load_model(
     cfg: Config, checkpoint: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[torch.nn.Module, dict[str, Any], Path]:
-    """Build the segmentor, load a checkpoint strictly, move it to ``device`` in eval mode.
+    """Build the segmentor, load a local checkpoint strictly, move it to ``device`` in eval mode.
 
-    ``checkpoint`` is a local file or a URL, downloaded once; mmseg's published file names end in
-    ``-<first 8 hex of sha256>.pth`` (§6.1) and that prefix is verified.
+    URLs are fetched by the commands before they get here (:mod:`dnlrepro.tools.checkpoints`).
 
     Returns:
         ``(model, meta, local_checkpoint_path)``.
 
     Raises:
-        FileNotFoundError: missing checkpoint. ``ValueError``/``RuntimeError`` from
-        :func:`dnlrepro.models.load_checkpoint` when keys or shapes do not match the config.
+        FileNotFoundError: missing checkpoint. ``CheckpointError``: an unreadable or unsafe file.
+        ``ValueError``/``RuntimeError`` from :func:`dnlrepro.models.load_checkpoint` when keys or
+        shapes do not match the config.
     """
     from dnlrepro import models
     from dnlrepro.engine.precision import apply_tf32
-    from dnlrepro.models.checkpoint import resolve_path
 
     # Every inference entry point (evaluate, predict, benchmark) loads here: the config's TF32
     # setting is in force before the model runs (§5.7).
     apply_tf32(cfg)
-    local = resolve_path(checkpoint)
     model = models.build_segmentor(cfg)
-    meta = models.load_checkpoint(model, local)
+    meta = models.load_checkpoint(model, checkpoint)
     # Evaluation never needs BN statistics synchronised; plain BN avoids any collective.
     model = models.revert_sync_batchnorm(model)
     model.to(device).eval()
-    return model, meta, local
+    return model, meta, Path(checkpoint)
 
 
 def checkpoint_label(checkpoint: str | Path) -> str:

@@ -135,13 +135,14 @@ def load_resume(path: Path, cfg: Config) -> dict[str, Any]:
     Raises:
         ResumeError: the file is unreadable, not a training checkpoint, or from another config.
     """
+    from dnlrepro.models import CheckpointError, read_checkpoint
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+        ckpt = read_checkpoint(path)  # weights only: a file that could run code is refused
+    except (OSError, CheckpointError) as e:
         raise ResumeError(
-            f"cannot read checkpoint {path} ({type(e).__name__}: {e}); delete it, pass a new "
-            "--work-dir, or --resume never"
-        ) from e
+            f"cannot resume from {path}: {e}; delete it, pass a new --work-dir, or --resume never"
+        ) from None
     if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "iter" not in ckpt:
         raise ResumeError(
             f"{path} is not a training checkpoint (no optimizer/iter); pass a new --work-dir or "

@@ -66,7 +66,8 @@ def train(
         cfg: the resolved configuration.
         work_dir: where ``iter_N.pth``, ``latest.pth`` and ``train.log`` go (the resume state).
         pretrained: backbone weights: ``None`` = as configured (``cfg.model.backbone.pretrained``),
-            ``"none"`` = random init, else a path or URL.
+            ``"none"`` = random init, else a local file or a backbone name (its file in
+            ``downloads/``; training never downloads).
         resume: ``"auto"`` continues from ``work_dir/latest.pth`` when it exists (same config
             digest only); ``"never"`` starts from scratch and overwrites.
         summary_out: the summary JSON (default: ``work_dir/train_summary.json``).
@@ -329,7 +330,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pretrained",
         default=None,
-        help="backbone weights: path or URL, or 'none' for random init (default: the config's)",
+        help="backbone weights: a local file, a name (resnet50_v1c: its file in downloads/, "
+        "fetched by `dnlrepro download --what pretrained`), or 'none' for random init "
+        "(default: the config's model.backbone.pretrained)",
     )
     parser.add_argument(
         "--resume",

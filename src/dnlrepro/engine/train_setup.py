@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnlrepro.core.config import Config, ConfigError
+from dnlrepro.core.config import Config
+from dnlrepro.core.registry import PRETRAINED_URLS, pretrained_file
 from dnlrepro.engine import distributed, precision, schedule, work_lock
 from dnlrepro.engine.distributed import DistInfo
 from dnlrepro.engine.resume import find_resume, load_resume
@@ -163,26 +164,35 @@ def build_model(cfg: Config, info: DistInfo, pretrained: str | None) -> nn.Modul
     return model
 
 
-def pretrained_source(cfg: Config, pretrained: str | None) -> str | None:
-    """``pretrained`` as given (``"none"``: random init), else the config's backbone URL (§2.2).
+def pretrained_source(cfg: Config, pretrained: str | None) -> Path | None:
+    """The local backbone file: ``pretrained`` as given (``"none"``: random init; a backbone name:
+    its file in ``downloads/``), else the config's ``model.backbone.pretrained`` (§2.2).
+
+    Training never downloads: the download stage (``dvc repro download@<dataset>``) or
+    ``dnlrepro download --what pretrained`` puts the backbones in ``downloads/``.
 
     Raises:
-        ConfigError: ``model.backbone.pretrained`` names weights without a download URL.
+        FileNotFoundError: the named backbone is not in ``downloads/``; the message names the file
+            and the command that fetches it.
     """
-    if pretrained is not None:
-        return None if pretrained.lower() == "none" else pretrained
-    name = cfg.model.backbone.pretrained
+    if pretrained is not None and pretrained.lower() == "none":
+        return None
+    name = cfg.model.backbone.pretrained if pretrained is None else pretrained
     if name is None:
         logger.info("no pretrained backbone (model.backbone.pretrained is null): random init")
         return None
-    from dnlrepro.models import PRETRAINED_URLS
-
+    name = name.removeprefix("open-mmlab://")
     if name not in PRETRAINED_URLS:
-        raise ConfigError(
-            f"model.backbone.pretrained {name!r} has no download URL; known: "
-            f"{', '.join(PRETRAINED_URLS)}"
+        return Path(name)  # a file given with --pretrained
+    path = pretrained_file(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained backbone {name} (model.backbone.pretrained of {cfg.name}) is not "
+            f"downloaded: {path} does not exist. Fetch it with `dnlrepro download --what "
+            f"pretrained --config {cfg.name}` (the pipeline: `dvc repro "
+            f"download@{cfg.data.dataset}`), or pass --pretrained PATH / --pretrained none"
         )
-    return PRETRAINED_URLS[name]
+    return path
 
 
 def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:

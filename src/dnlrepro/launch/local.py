@@ -30,7 +30,6 @@ import os
 import queue
 import shlex
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -39,14 +38,12 @@ from pathlib import Path
 
 from dnlrepro.core import workspace
 from dnlrepro.core.profile import read_params
-from dnlrepro.core.registry import load_published
-from dnlrepro.core.runs import config_of, plan, select
+from dnlrepro.core.runs import plan, select, stage
+from dnlrepro.launch.stages import dvc_command, final_stages, shared_stages
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("train", "evaluate", "all")
-# the per-dataset stages (download@<dataset>, prepare@<dataset>) every configuration builds on
-SHARED = ("download", "prepare")
 BACKENDS = ("local", "slurm")
 
 
@@ -82,13 +79,8 @@ def parse_gpus(text: str) -> list[str]:
     return groups
 
 
-def dvc_command(*args: str) -> list[str]:
-    # The dvc of this interpreter: `dvc` on PATH may belong to another environment.
-    return [sys.executable, "-m", "dvc", *args]
-
-
 def stage_commands(job: Job) -> list[list[str]]:
-    return [dvc_command("--wait-for-lock", "repro", "-s", f"{s}@{job.config}") for s in job.stages]
+    return [dvc_command("--wait-for-lock", "repro", "-s", stage(s, job.config)) for s in job.stages]
 
 
 def _run(cmd: list[str], repo: Path, env: dict[str, str] | None = None) -> int:
@@ -125,32 +117,6 @@ def _worker(
             "done" if job.returncode == 0 else f"FAILED ({job.returncode})",
             job.seconds,
         )
-
-
-def final_stages(repo: Path) -> list[str]:
-    """The stages after the configurations' (tables, diff, report), in dvc.yaml's order."""
-    result = subprocess.run(
-        dvc_command("stage", "list", "--name-only"),
-        cwd=repo, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise RuntimeError(f"`dvc stage list` failed in {repo}: {result.stderr.strip()[-2000:]}")
-    names = result.stdout.split()
-    return [n for n in names if not is_shared(n) and not n.startswith(("train@", "evaluate@"))]
-
-
-def is_shared(stage: str) -> bool:
-    """``download@ade20k`` / ``prepare@cityscapes`` (or a group name): a shared stage."""
-    return stage.split("@", 1)[0] in SHARED
-
-
-def shared_stages(configs: Sequence[str], ws: workspace.Workspace | None = None) -> list[str]:
-    """``prepare@<dataset>`` for the datasets of ``configs`` (runs or rows; registry order of
-    first use); ``dvc repro`` of them runs their ``download@<dataset>`` too."""
-    rows = load_published((ws or workspace.find()).registry_file).configs
-    names = [config_of(c) for c in configs]
-    datasets = dict.fromkeys(rows[c].dataset for c in names if c in rows)
-    return [f"prepare@{d}" for d in datasets]
 
 
 def launch(

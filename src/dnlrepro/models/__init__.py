@@ -5,8 +5,9 @@
 Public API (docs/architecture.md, "Models"):
 
 * :func:`build_segmentor` -- the random-initialised :class:`EncoderDecoder` for a config (§1.4);
-* :func:`load_checkpoint`, :func:`save_checkpoint`, :func:`read_checkpoint` -- mmseg-format I/O;
-* :func:`load_pretrained_backbone`, :data:`PRETRAINED_URLS` -- ImageNet ``resnet*_v1c`` (§2.2);
+* :func:`load_checkpoint`, :func:`save_checkpoint`, :func:`read_checkpoint` -- mmseg-format I/O
+  of local files, never running code (:class:`CheckpointError` refuses unsafe files);
+* :func:`load_pretrained_backbone` -- ImageNet ``resnet*_v1c`` (§2.2);
 * :func:`convert_sync_batchnorm`, :func:`revert_sync_batchnorm`;
 * :func:`attention_impl` -- run the DNL blocks with SDPA or mmseg's explicit attention (§5.6).
 """
@@ -17,7 +18,7 @@ import logging
 
 from dnlrepro.core.config import Config
 from dnlrepro.models.checkpoint import (
-    PRETRAINED_URLS,
+    CheckpointError,
     convert_sync_batchnorm,
     load_checkpoint,
     load_pretrained_backbone,
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MMSEG_ATTENTION",
-    "PRETRAINED_URLS",
+    "CheckpointError",
     "DNLHead",
     "DisentangledNonLocal2d",
     "EncoderDecoder",
@@ -59,8 +60,8 @@ def build_segmentor(cfg: Config, *, attention: str = "sdpa") -> EncoderDecoder:
             are used).
         attention: DNL pairwise implementation, "sdpa" (default, bounded memory) or "naive".
 
-    The ImageNet backbone is NOT loaded here; call :func:`load_pretrained_backbone` with
-    ``cfg.model.backbone.pretrained`` (the trainer does), or :func:`load_checkpoint`.
+    The ImageNet backbone is NOT loaded here; call :func:`load_pretrained_backbone` with the
+    local file of ``cfg.model.backbone.pretrained`` (the trainer does), or :func:`load_checkpoint`.
     """
     if not isinstance(cfg, Config):
         raise TypeError(f"build_segmentor expects a dnlrepro Config, got {type(cfg).__name__}")

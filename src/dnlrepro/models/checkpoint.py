@@ -6,8 +6,15 @@
   state dicts and DDP keys (``module.`` prefix) are accepted too.
 * The ImageNet ``resnet{50,101}_v1c`` files are loaded into ``model.backbone`` with
   strict=False, as mmcv does (§2.2); only ``fc.*`` is expected to be unexpected (§9 item 3).
-* URLs are fetched through ``dnlrepro.acquire.download.download_url`` and verified against the
-  sha256 prefix that OpenMMLab puts at the end of every file name (``...-2cccc1ad.pth``).
+* Files are local: URLs and pretrained names are fetched by the commands that take them
+  (:mod:`dnlrepro.tools.checkpoints`; training looks in ``downloads/``), never here.
+* Loading never runs code: ``torch.load(weights_only=True)`` only, with no fallback. Its default
+  allow-list already covers everything a checkpoint of ours or of mmseg 0.x holds (tensors,
+  (Ordered)dicts, lists, tuples, str, int, float, bool, None): mmcv 1.x ``save_checkpoint`` writes
+  ``meta`` = ``mmcv_version``, ``time``, ``CLASSES``, plus the runner's and mmseg's ``config`` text,
+  ``PALETTE``, ``env_info``, ``seed``, ``exp_name``, ``epoch``, ``iter``, ``hook_msgs``;
+  ours add the resume state (optimizer, torch RNG bytes, GradScaler and history dicts). A file
+  holding any other global is refused (:class:`CheckpointError`), naming it.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import pickletools
+import re
 import tempfile
 import time
 from collections.abc import Mapping
@@ -25,56 +34,102 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-# PRETRAINED_URLS (§2.2) is re-exported from here; names are also accepted as open-mmlab://NAME.
-from dnlrepro.acquire.download import PRETRAINED_URLS, download_url, sha256_prefix_from_name
 from dnlrepro.models.sync_bn import CPUSyncBatchNorm, swap_batchnorm, to_cpu_sync_bn
 
 logger = logging.getLogger(__name__)
 
 _MAX_LISTED = 10
+# torch's weights-only refusals name the global: "GLOBAL posix.system", "GLOBAL numpy.dtype".
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 
 
-def resolve_path(path_or_url: str | os.PathLike, download_dir: Path | None = None) -> Path:
-    """A local file for a path, an http(s) URL (downloaded, cached) or a pretrained name.
+class CheckpointError(ValueError):
+    """A file is not a checkpoint that can be read safely; the message names it and says why."""
 
-    URLs go to ``download_dir`` (default: ``download_url``'s, ``<repo>/downloads``).
+
+def local_file(path: str | os.PathLike) -> Path:
+    """``path`` as an existing local file (the model package never downloads).
+
+    Raises:
+        FileNotFoundError: no such file; for a URL the message names the commands that fetch it.
     """
-    s = str(path_or_url)
-    if s.startswith("open-mmlab://"):
-        s = s[len("open-mmlab://") :]
-    if s in PRETRAINED_URLS:
-        s = PRETRAINED_URLS[s]
-    if s.startswith(("http://", "https://")):
-        return Path(download_url(s, download_dir, sha256_prefix=sha256_prefix_from_name(s)))
-    p = Path(s)
-    if not p.is_file():
+    p = Path(path)
+    if p.is_file():
+        return p
+    if str(path).startswith(("http://", "https://", "open-mmlab://")):
         raise FileNotFoundError(
-            f"checkpoint {p} does not exist; pass an existing .pth file, an http(s) URL or one "
-            f"of {', '.join(PRETRAINED_URLS)}"
+            f"checkpoint {path} is not a local file; `dnlrepro evaluate`, `predict` and "
+            "`benchmark` fetch URLs and pretrained names, `dnlrepro download --what checkpoints` "
+            "or `--what pretrained` fetches them into downloads/"
         )
-    return p
+    raise FileNotFoundError(f"checkpoint {p} does not exist; pass an existing .pth file")
 
 
-def read_checkpoint(
-    path_or_url: str | os.PathLike, *, download_dir: Path | None = None
-) -> dict[str, Any]:
-    """The raw checkpoint dict (state dict, meta, optimizer, ...) loaded onto the CPU."""
-    path = resolve_path(path_or_url, download_dir)
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw checkpoint dict (state dict, meta, optimizer, ...) loaded onto the CPU.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file is not a PyTorch checkpoint, or it holds objects other than
+            tensors and plain data (a pickle that could run code): refused, never loaded.
+    """
+    path = local_file(path)
     try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            if "weights only" not in str(e).lower():
-                raise
-            # Training checkpoints may hold non-tensor objects (e.g. numpy RNG state); only
-            # files the user points us at are loaded, so fall back to the full unpickler.
-            logger.warning("%s: not loadable with weights_only=True; full unpickler used", path)
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+        raise CheckpointError(_refusal(path, str(e))) from None
+    except Exception as e:  # torch.load on arbitrary bytes: KeyError, RuntimeError, EOFError ...
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (torch.load: {type(e).__name__}: {e}); pass a "
+            ".pth file written by torch.save (mmseg / mmcv or dnlrepro)"
+        ) from None
     if not isinstance(ckpt, Mapping):
-        raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     return dict(ckpt)
+
+
+def _refusal(path: Path, torch_message: str) -> str:
+    found = _GLOBAL_RE.search(torch_message)
+    names = [found.group(1)] if found else _pickled_globals(path)
+    what = (
+        f"the global {', '.join(dict.fromkeys(names))}"
+        if names
+        else f"pickle content the safe loader cannot read ({_last_reason(torch_message)})"
+    )
+    return (
+        f"{path}: refused: the file holds {what}, which is neither tensor data nor checkpoint "
+        "metadata, and loading it could run code. It is not a checkpoint we can trust: do not "
+        "load it elsewhere with weights_only=False; delete it and fetch the checkpoint again "
+        "from its source (published ones: `dnlrepro download --what checkpoints`)"
+    )
+
+
+def _pickled_globals(path: Path) -> list[str]:
+    """The globals a plain pickle file names (torch stops at its protocol-4 framing first),
+    found by parsing its opcodes with :mod:`pickletools`, which never executes anything."""
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # not (or not only) a pickle stream: keep what was seen before
+        pass
+    return names
+
+
+def _last_reason(torch_message: str) -> str:
+    """torch's one-line reason ("Unsupported operand 149") inside its long message."""
+    lines = [ln.strip() for ln in torch_message.splitlines() if ln.strip()]
+    reasons = [ln for ln in lines if ln.lower().startswith(("unsupported", "trying"))]
+    return reasons[0] if reasons else lines[-1] if lines else "no detail"
 
 
 def _state_dict_of(ckpt: Mapping[str, Any], path: Path | str) -> dict[str, torch.Tensor]:
@@ -140,29 +195,25 @@ def _load_into(
 
 
 def load_checkpoint(
-    model: nn.Module,
-    path_or_url: str | os.PathLike,
-    *,
-    strict: bool = True,
-    download_dir: Path | None = None,
+    model: nn.Module, path: str | os.PathLike, *, strict: bool = True
 ) -> dict[str, Any]:
     """Load an mmseg-format (or bare / DDP) checkpoint into ``model``.
 
     Args:
         model: the segmentor (a DDP wrapper is unwrapped).
-        path_or_url: a local ``.pth`` path or an http(s) URL (downloaded and sha256-checked).
+        path: a local ``.pth`` file (URLs are fetched by the commands, :func:`local_file`).
         strict: raise on any missing / unexpected key or shape mismatch.
-        download_dir: where URLs are cached (default ``<repo>/downloads``).
 
     Returns:
         The checkpoint's ``meta`` dict ({} for bare state dicts).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unreadable file, or a mismatch in strict mode; the message names the file and
-            lists the first missing / unexpected keys and shape mismatches.
+        CheckpointError: unreadable or unsafe file (:func:`read_checkpoint`).
+        ValueError: a mismatch in strict mode; the message names the file and lists the first
+            missing / unexpected keys and shape mismatches.
     """
-    path = resolve_path(path_or_url, download_dir)
+    path = local_file(path)
     ckpt = read_checkpoint(path)
     file_sd = _state_dict_of(ckpt, path)
     _load_into(_unwrap(model), file_sd, path, strict)
@@ -172,16 +223,16 @@ def load_checkpoint(
 
 
 def load_pretrained_backbone(
-    model: nn.Module, path_or_url: str | os.PathLike, *, download_dir: Path | None = None
+    model: nn.Module, path: str | os.PathLike
 ) -> tuple[list[str], list[str]]:
     """Load ImageNet weights into ``model.backbone`` with strict=False (§2.2, §9 item 3).
 
-    ``path_or_url`` may be a file, a URL, ``resnet50_v1c`` / ``resnet101_v1c`` or
-    ``open-mmlab://resnet50_v1c``. A full segmentor checkpoint also works (its ``backbone.*`` keys
-    are used). Returns ``(missing, unexpected)`` key lists and logs them as a warning; shape
-    mismatches are skipped with a warning. Raises ValueError when no key matches at all.
+    ``path`` is a local file, e.g. ``downloads/resnet50_v1c-2cccc1ad.pth``. A full segmentor
+    checkpoint also works (its ``backbone.*`` keys are used). Returns ``(missing, unexpected)`` key
+    lists and logs them as a warning; shape mismatches are skipped with a warning. Raises
+    ValueError when no key matches at all.
     """
-    path = resolve_path(path_or_url, download_dir)
+    path = local_file(path)
     file_sd = _state_dict_of(read_checkpoint(path), path)
     if any(k.startswith("backbone.") for k in file_sd):
         file_sd = {

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dnlrepro.core.runs import parse_stage
 from dnlrepro.rehearse.mirror import Mirror, MirrorFile
 from dnlrepro.rehearse.stages import StageRun
 
@@ -73,7 +74,7 @@ def resumed(victim: str, killed: bool, rerun: list[StageRun]) -> Check:
 
 def sync_bn(runs: list[StageRun], nproc: int) -> Check:
     """Every training stage ran SyncBN across ``nproc`` torchrun processes."""
-    trains = {r.stage: r for r in runs if r.stage.startswith("train@") and r.status == "ok"}
+    trains = {r.stage: r for r in runs if parse_stage(r.stage)[0] == "train" and r.status == "ok"}
     needle = f"SyncBN across {nproc} processes"
     bad = [s for s, r in trains.items() if not any(needle in line for line in r.log)]
     return Check(

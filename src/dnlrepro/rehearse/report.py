@@ -16,6 +16,7 @@ from typing import Any
 from dnlrepro.core.config import Config, load_config
 from dnlrepro.core.miniature import REAL_COUNTS, image_size
 from dnlrepro.core.profile import load_profile
+from dnlrepro.core.runs import parse_stage
 from dnlrepro.core.workspace import Workspace
 from dnlrepro.rehearse import cost, shrink
 from dnlrepro.rehearse.checks import Check
@@ -150,7 +151,7 @@ def add_costs(rec: Receipt, ws: Workspace, sws: Workspace, configs: list[str]) -
     gpus = real_profile.settings.nproc_per_node * real_profile.settings.nnodes  # training rows
     flops = cost.Flops()
     for row in rec.rows:
-        kind, _, name = row["stage"].partition("@")
+        kind, name = parse_stage(row["stage"])
         if name not in configs or row["status"] != "ok":
             continue
         if kind == "train" and rec.profile == "published":  # fetches the published weights

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from dnlrepro.core import workspace
 from dnlrepro.core.files import write_json
+from dnlrepro.core.runs import parse_stage, stage
 from dnlrepro.core.workspace import Workspace
 from dnlrepro.rehearse import checks, mirror, report, shrink, stages
 
@@ -179,7 +180,7 @@ def _run(
         env = stage_env(root, served, rec.stage_device)
         rec.mirror_url, rec.environment = served.url, report.env_differences(env)
         expected = stages.stage_list(root, env)
-        configs = [s.split("@", 1)[1] for s in expected if s.startswith("evaluate@")]
+        configs = [k for kind, k in map(parse_stage, expected) if kind == "evaluate"]
         kill = _kill_plan(root, plan.victim) if plan.victim else None
         runs = [stages.run_dvc(root, env, out / "dvc-repro-1.log", 1, kill, timeout)]
         if kill is not None and kill.done:
@@ -213,7 +214,7 @@ def _corrupt(files: list[mirror.MirrorFile], names: tuple[str, ...]) -> None:
 def _kill_plan(root: Path, config: str) -> stages.Kill:
     """Kill ``train@config`` as soon as its first checkpoint (``iter_1.pth``) exists."""
     scratch = root / "work_dirs" / config / "scratch"
-    return stages.Kill(f"train@{config}", lambda: any(scratch.glob("*/iter_1.pth")))
+    return stages.Kill(stage("train", config), lambda: any(scratch.glob("*/iter_1.pth")))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from dnlrepro.reports.seeds import (
     rule_text,
     seed_fields,
     tolerance_text,
+    verdict,
 )
 from dnlrepro.reports.smoke_reference import (
     baseline_rows,
@@ -87,19 +88,6 @@ LABELS = {
     "mem_gb": "Mem (GB)",
     "fps": "fps",
 }
-
-
-def verdict(
-    published: float | None, reproduced: float | None, tolerance: float | None
-) -> tuple[str, float | None]:
-    """(verdict, delta) for one number. ``published``/``tolerance`` None -> not comparable."""
-    if published is None or tolerance is None:
-        return "not comparable", None
-    if reproduced is None:
-        return "missing", None
-    delta = round(reproduced - published, 4)
-    # Numbers are rounded to 2 decimals on both sides; 1e-9 absorbs float noise of the subtraction.
-    return ("pass" if abs(delta) <= tolerance + 1e-9 else "fail"), delta
 
 
 def _published_rows(name: str, pub: Published, meas: Measured, profile: str) -> list[dict]:

@@ -70,3 +70,16 @@ def rule_text(row: dict[str, Any]) -> str:
     if rule == SEED_RULE:
         return f"n >= 2 seeds: |mean - published| <= max(tolerance, {K_STD:g} x std)"
     return str(rule) if rule else "-"
+
+
+def verdict(
+    published: float | None, reproduced: float | None, tolerance: float | None
+) -> tuple[str, float | None]:
+    """(verdict, delta) for one number. ``published``/``tolerance`` None -> not comparable."""
+    if published is None or tolerance is None:
+        return "not comparable", None
+    if reproduced is None:
+        return "missing", None
+    delta = round(reproduced - published, 4)
+    # Numbers are rounded to 2 decimals on both sides; 1e-9 absorbs float noise of the subtraction.
+    return ("pass" if abs(delta) <= tolerance + 1e-9 else "fail"), delta

@@ -36,19 +36,13 @@ from typing import Any
 
 from dnlrepro.core.files import write_json
 from dnlrepro.reports.results import Measured, read_json
+from dnlrepro.reports.seeds import verdict
 
 logger = logging.getLogger(__name__)
 
 
-def _verdict(
-    reference: float | None, value: float | None, tolerance: float
-) -> tuple[str, float | None]:
-    from dnlrepro.reports.diff import verdict  # diff imports this module: resolve at call time
-
-    return verdict(reference, value, tolerance)
-
-
 BASELINE_METRICS: tuple[str, ...] = ("mIoU", "mIoU_ms_flip", "mAcc", "aAcc")
+BASELINE_REFERENCE = "smoke baseline"  # the rows' ``reference``
 # Seeded single-process CPU runs repeat bit for bit on one machine; another CPU or BLAS can sum
 # in another order and flip the argmax of a few pixels of the tiny synthetic val set.
 BASELINE_TOLERANCE = 0.1
@@ -122,7 +116,7 @@ def _learned_delta(meas: Measured, factor: float) -> float | None:
 
 def _same_machine(baseline: Mapping[str, Any], value: float | None, ours: float | None) -> dict:
     tol = float(baseline.get("tolerance", BASELINE_TOLERANCE))
-    result, delta = _verdict(value, ours, tol)
+    result, delta = verdict(value, ours, tol)
     return {
         "delta": delta,
         "tolerance": tol,
@@ -157,7 +151,7 @@ def _other_machine(
     }
     if band is None:
         return out
-    out["verdict"], out["delta"] = _verdict(value, meas.metrics[metric], band)
+    out["verdict"], out["delta"] = verdict(value, meas.metrics[metric], band)
     out["note"] = ""
     gap = None if factor is None else _learned_delta(meas, factor)
     if factor is not None and gap is None and out["verdict"] == "pass":
@@ -226,13 +220,18 @@ def baseline_rows(
             "run": name,
             "dataset": "cityscapes" if config.endswith("cityscapes") else "ade20k",
             "metric": metric,
-            "reference": "smoke baseline",
+            "reference": BASELINE_REFERENCE,
             "published": None if recorded is None else recorded.get(metric),
             "reproduced": meas.metrics[metric],
             **_check(baseline, recorded, metric, meas, digest, factor),
         }
         for metric in BASELINE_METRICS
     ]
+
+
+def learned_reference(factor: float) -> str:
+    """The ``reference`` of the learned-check rows: ``2 x majority baseline``."""
+    return f"{factor:g} x majority baseline"
 
 
 def learned_row(name: str, meas: Measured, factor: float) -> dict:
@@ -249,7 +248,7 @@ def learned_row(name: str, meas: Measured, factor: float) -> dict:
         "config": name,
         "dataset": "cityscapes" if name.endswith("cityscapes") else "ade20k",
         "metric": "mIoU",
-        "reference": f"{factor:g} x majority baseline",
+        "reference": learned_reference(factor),
         "published": None if const is None else round(factor * const, 2),
         "reproduced": ours,
         "delta": delta,

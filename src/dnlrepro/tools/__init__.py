@@ -1,1 +1,1 @@
-"""Commands outside the DAG: predict, show-config."""
+"""Commands around the engine: evaluate, predict, show-config, and their checkpoint fetch."""

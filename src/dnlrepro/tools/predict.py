@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from dnlrepro.core.config import Config
 from dnlrepro.engine.inference import infer_image, load_model
+from dnlrepro.tools.checkpoints import fetched
 from dnlrepro.tools.predict_outputs import (
     IMAGE_SUFFIXES,
     MANIFEST,
@@ -166,8 +167,9 @@ def predict(
 
     Raises:
         FileNotFoundError: missing inputs or checkpoint. ValueError: an output path is an input
-        image or an existing file predict did not write (:func:`check_outputs`; nothing is
-        written); two images map to one output path. DataError (a ValueError): an image cannot be
+        image or an existing file predict did not write, or lies behind a symbolic link that
+        leads outside ``out_dir`` (:func:`check_outputs`; nothing is written); two images map to
+        one output path. DataError (a ValueError): an image cannot be
         decoded (checked for every image before the model is built). ValueError / RuntimeError:
         a checkpoint that does not match the config (from the model's ``load_checkpoint``).
     """
@@ -184,7 +186,8 @@ def predict(
         read_image(item.source)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, _, _ = load_model(cfg, checkpoint, device)
+    with fetched(checkpoint) as local:  # a URL is downloaded; nothing runs code
+        model, _, _ = load_model(cfg, local, device)
     palette = classes.PALETTE[dataset]
     out.mkdir(parents=True, exist_ok=True)
     header = {"config": cfg.name, "profile": cfg.profile, "dataset": dataset}

@@ -3,8 +3,9 @@
 The output folder holds a manifest, ``predict.json``, listing every file predict wrote there with
 its sha256. Before anything is written, every planned output path is checked: it may replace only
 a file the manifest lists with its current sha256 (predict's own earlier output), never an input
-image or any other existing file. Folder scans skip the output folder and files a manifest lists,
-so predicting into (a sub-folder of) the input folder never turns earlier label maps into inputs.
+image or any other existing file, and never through a symlinked sub-folder leading outside the
+output folder. Folder scans skip the output folder and files a manifest lists, so predicting into
+(a sub-folder of) the input folder never turns earlier label maps into inputs.
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ def check_outputs(plan: Sequence[Planned], out_dir: str | Path) -> None:
     for p in plan:
         outputs = [(p.label, "label map")] + ([(p.overlay, "overlay")] if p.overlay else [])
         for dest, kind in outputs:
+            _refuse_escaping_link(dest, out)
             res = dest.resolve()
             if res in sources:
                 raise ValueError(
@@ -184,6 +186,19 @@ def check_outputs(plan: Sequence[Planned], out_dir: str | Path) -> None:
                 )
             targets[res] = (p.source, kind)
     _check_existing(plan, out, set(sources))
+
+
+def _refuse_escaping_link(dest: Path, out: Path) -> None:
+    """Refuse a sub-folder of ``out`` that is a symbolic link leading outside ``out``: writing
+    through it would put outputs (and replace files) where --out does not point."""
+    root = out.resolve()
+    for parent in reversed(dest.relative_to(out).parents[:-1]):  # out/a, out/a/b, ...
+        link = out / parent
+        if link.is_symlink() and not link.resolve().is_relative_to(root):
+            raise ValueError(
+                f"refusing to write {dest}: {link} is a symbolic link to {link.resolve()}, "
+                f"outside --out {out} -- {_HOW} or remove the link"
+            )
 
 
 def _check_existing(plan: Sequence[Planned], out: Path, sources: set[Path]) -> None:

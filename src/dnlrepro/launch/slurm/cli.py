@@ -19,9 +19,9 @@ from typing import Any
 
 from dnlrepro.core.profile import Profile, read_params
 from dnlrepro.core.workspace import Workspace
-from dnlrepro.launch.local import final_stages, shared_stages
 from dnlrepro.launch.slurm import plan, queue
 from dnlrepro.launch.slurm.scripts import write_scripts
+from dnlrepro.launch.stages import final_stages, shared_stages
 
 logger = logging.getLogger(__name__)
 

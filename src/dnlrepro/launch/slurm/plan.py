@@ -2,8 +2,8 @@
 
 DVC decides what is done: ``dvc status`` lists the stale stages, and only those become jobs, so
 running the same launch command again resubmits exactly what did not finish. Each job runs the
-local launcher's command (:func:`dnlrepro.launch.local.dvc_command`), which skips a stage that turns
-out to be up to date, so submitting one job too many costs only queue time.
+local launcher's command (:func:`dnlrepro.launch.stages.dvc_command`), which skips a stage that
+turns out to be up to date, so submitting one job too many costs only queue time.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dnlrepro.launch.local import dvc_command, is_shared
+from dnlrepro.core import runs
+from dnlrepro.core.runs import parse_stage
+from dnlrepro.launch.stages import dvc_command, is_shared
 
 CPUS_PER_GPU = 5  # mmseg's tools/slurm_train.sh default (CPUS_PER_TASK=5 per GPU task)
 
@@ -96,24 +98,22 @@ def plan_jobs(
 ) -> tuple[list[JobSpec], list[str]]:
     """The jobs to submit, in submission order, and the stages left out as up to date.
 
-    A stale shared stage (``download@*``, ``prepare@*``) makes every configuration's jobs run
-    after a ``prepare`` job that runs ``dvc repro`` of ``prepare`` (the launched datasets'
-    ``prepare@<dataset>``, :func:`dnlrepro.launch.local.shared_stages`; their outputs may change the
-    rows); evaluation follows a training of this launch; ``reports`` (the ``final`` stages:
-    tables, diff, report) follows every other job, with ``stage="all"`` only.
+    A stale shared stage (``download@*``, ``prepare@*``, ``resolve@*``) makes every
+    configuration's jobs run after a ``prepare`` job that runs ``dvc repro`` of ``prepare`` (the
+    launched datasets' ``prepare@<dataset>`` and runs' ``resolve@<run>``,
+    :func:`dnlrepro.launch.stages.shared_stages`; their outputs may change the rows);
+    evaluation follows a training of this launch; ``reports`` (the ``final`` stages: tables,
+    diff, report) follows every other job, with ``stage="all"`` only.
     """
     jobs: list[JobSpec] = []
     skipped: list[str] = []
-    datasets = {p.split("@", 1)[1] for p in prepare if "@" in p}  # empty: every dataset
-    shared = bool(prepare) and any(
-        is_shared(s) and (not datasets or s.split("@", 1)[-1] in datasets) for s in stale
-    )
+    shared = bool(prepare) and any(_needed(s, prepare) for s in stale)
     first = ["prepare"] if shared else []
     if shared:
         command = dvc_command("--wait-for-lock", "repro", *prepare)
         jobs.append(JobSpec("prepare", command, options("prepare", res)))
     for config in configs:
-        train, evaluate = f"train@{config}", f"evaluate@{config}"
+        train, evaluate = runs.stage("train", config), runs.stage("evaluate", config)
         run_train = stage in ("train", "all") and (shared or train in stale)
         run_eval = stage in ("evaluate", "all") and (run_train or shared or evaluate in stale)
         if run_train:
@@ -133,6 +133,18 @@ def plan_jobs(
         after = [j.name for j in jobs]
         jobs.append(JobSpec("reports", stage_command(*final), options("reports", res), after))
     return jobs, skipped
+
+
+def _needed(name: str, prepare: Sequence[str]) -> bool:
+    """Is stale shared stage ``name`` one the ``prepare`` job runs? (A group name such as
+    ``prepare`` stands for every shared stage.)"""
+    kind, key = parse_stage(name)
+    if not is_shared(name):
+        return False
+    if any(parse_stage(p)[1] is None for p in prepare):
+        return True
+    datasets = {k for p in prepare for g, k in [parse_stage(p)] if g == "prepare"}
+    return name in prepare or (kind == "download" and key in datasets)
 
 
 def stage_command(*stages: str) -> list[str]:
