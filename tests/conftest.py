@@ -122,10 +122,10 @@ def shrink_smoke():
         smoke["overrides"].append({"match": "*", "set": one_iteration})
         for dataset, batch in (("cityscapes", 2), ("ade20k", 4)):
             # the loader drops an epoch's last partial batch, as mmseg's (needs >= one batch)
-            smoke["settings"]["synthetic"][dataset].update(train=max(train, batch), val=val)
+            smoke["miniature"]["counts"][dataset] = [max(train, batch), val]
         smoke["settings"]["benchmark"] = {"num_images": 3, "warmup": 1, "train_iters": 0}
         smoke["settings"]["learned_factor"] = None  # one iteration learns nothing
-        smoke["settings"]["seeds"] = [{"match": "*", "seeds": [0]}]
+        smoke["seeds"] = [{"match": "*", "seeds": [0]}]
         path.write_text(yaml.safe_dump(profiles, sort_keys=False))
         write_runs(root)
 
@@ -141,3 +141,18 @@ def write_runs(root: Path) -> None:
 
     ws = Workspace(root.resolve())
     runs.write(ws, read_params(ws))
+
+
+def keep_rows(repo: Path, names: tuple[str, ...]) -> None:
+    """The copy's registry lists only ``names`` of the checkout's rows (in README order); the
+    rest of the file stays."""
+    import yaml
+
+    path = repo / "params" / "published.yaml"
+    registry = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / path.relative_to(repo)).read_text()
+    )
+    assert set(names) <= set(registry["configs"])
+    registry["configs"] = {n: row for n, row in registry["configs"].items() if n in names}
+    path.write_text(yaml.safe_dump(registry, sort_keys=False))
+    write_runs(repo)  # as `dnlrepro profile smoke` would

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import write_runs
+from conftest import keep_rows
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = ("dnl_r50-d8_769x769_40k_cityscapes", "dnl_r50-d8_512x512_80k_ade20k")
@@ -38,22 +38,12 @@ def shrink(repo: Path, shrink_smoke) -> None:
     shrink_smoke(repo, train=2, val=1)
     path = repo / "params" / "profiles.yaml"  # two seeds for the ADE20K row (dnlrepro.core.runs)
     profiles = yaml.safe_load(path.read_text())
-    profiles["smoke"]["settings"]["seeds"].append({"match": RUN[1], "seeds": [0, 1]})
+    profiles["smoke"]["seeds"].append({"match": RUN[1], "seeds": [0, 1]})
     path.write_text(yaml.safe_dump(profiles, sort_keys=False))
     keep_rows(repo, RUN)
     baseline = json.loads((repo / "params" / "smoke_baseline.json").read_text())
     baseline["configs"] = {}
     (repo / "params" / "smoke_baseline.json").write_text(json.dumps(baseline))
-
-
-def keep_rows(repo: Path, names: tuple[str, ...]) -> None:
-    """The copy's registry lists only ``names`` (in README order); the rest of the file stays."""
-    path = repo / "params" / "published.yaml"
-    registry = yaml.safe_load((REPO / "params" / "published.yaml").read_text())
-    assert set(names) <= set(registry["configs"])
-    registry["configs"] = {n: row for n, row in registry["configs"].items() if n in names}
-    path.write_text(yaml.safe_dump(registry, sort_keys=False))
-    write_runs(repo)  # as `dnlrepro profile smoke` would
 
 
 @pytest.fixture(scope="module")
