@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dnlrepro.core import workspace
 from dnlrepro.core.errors import run_reporting
+from dnlrepro.core.profile import Profile, read_params
 from dnlrepro.core.runs import DATASETS
 from dnlrepro.core.workspace import Workspace
 
@@ -25,15 +26,27 @@ logger = logging.getLogger("pipeline")
 
 
 def setup() -> Workspace:
-    """Logging and the workspace (the current directory)."""
+    """Logging and the workspace (the current directory), named in the log."""
+    ws = _workspace()
+    logger.info("workspace %s", ws.root)
+    return ws
+
+
+def setup_with_profile() -> tuple[Workspace, Profile]:
+    """Logging, the workspace and the profile ``params.yaml`` selects (the stages that read it)."""
+    ws = _workspace()
+    profile = read_params(ws)
+    logger.info("workspace %s, profile %s (params.yaml)", ws.root, profile.name)
+    return ws, profile
+
+
+def _workspace() -> Workspace:
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    ws = workspace.find()
-    logger.info("workspace %s", ws.root)
-    return ws
+    return workspace.find()
 
 
 def run_stage(main: Callable[[], int]) -> int:

@@ -26,11 +26,11 @@ import os
 import shutil
 from pathlib import Path
 
-from common import dataset_arg, run_stage, setup
+from common import dataset_arg, run_stage, setup_with_profile
 from dnlrepro.acquire import download, synth
 from dnlrepro.core.config import load_config
 from dnlrepro.core.files import file_digest, write_json
-from dnlrepro.core.profile import Profile, read_params
+from dnlrepro.core.profile import Profile
 from dnlrepro.core.registry import names_of
 from dnlrepro.core.workspace import Workspace
 
@@ -81,8 +81,7 @@ def fetch_all(ws: Workspace, profile: Profile, dataset: str, folder: Path) -> li
 
 def main() -> int:
     dataset = dataset_arg()
-    ws = setup()
-    profile = read_params(ws)
+    ws, profile = setup_with_profile()
     synthetic = profile.settings.data_source == "synthetic"
     folder = download.archive_folder(dataset, ws, synthetic)
     weights = fetch_all(ws, profile, dataset, folder)

@@ -17,21 +17,19 @@ import hashlib
 import json
 import os
 
-from common import dataset_arg, run_stage, setup
+from common import dataset_arg, run_stage, setup_with_profile
 from dnlrepro.acquire.download import archive_folder
 from dnlrepro.acquire.prepare import prepare
 from dnlrepro.core.config import load_config
 from dnlrepro.core.files import write_json
 from dnlrepro.core.miniature import REAL_COUNTS
-from dnlrepro.core.profile import read_params
 from dnlrepro.core.registry import names_of
 from dnlrepro.track.tracking import init_db
 
 
 def main() -> int:
     dataset = dataset_arg()
-    ws = setup()
-    profile = read_params(ws)
+    ws, profile = setup_with_profile()
     # Every configuration of a dataset shares its data root (test_config checks it).
     root = ws.path(load_config(names_of(dataset, ws)[0], profile, ws=ws).data.data_root)
     expect = profile.expected_counts(dataset) or REAL_COUNTS[dataset]

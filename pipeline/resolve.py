@@ -10,15 +10,13 @@ configuration file the profile overrides (an edit there changes nothing).
 
 from __future__ import annotations
 
-from common import logger, run_stage, setup, stage_arg
+from common import logger, run_stage, setup_with_profile, stage_arg
 from dnlrepro.core import resolve, runs
-from dnlrepro.core.profile import read_params
 
 
 def main() -> int:
     key = stage_arg()
-    ws = setup()
-    profile = read_params(ws)
+    ws, profile = setup_with_profile()
     run = runs.resolve(ws, profile, key)
     for note in resolve.write(ws, profile, run):
         logger.info("%s", note)

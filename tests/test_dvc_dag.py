@@ -281,6 +281,7 @@ def test_adding_a_seed_to_one_row_adds_exactly_its_run(locked_copy: Path):
     finally:
         profiles.write_text(original)
         runs_file.write_text(before)
+        shutil.rmtree(locked_copy / "results" / f"{ONE}-seed1", ignore_errors=True)
     assert changed_stages(locked_copy) == set()
 
 
@@ -387,8 +388,11 @@ def test_a_13th_configuration_is_one_params_file_and_one_registry_entry(
             if p.is_file() and ".dvc" not in p.parts
         }
         changed = {p for p in untouched if now.get(p) != untouched[p]} | (set(now) - set(untouched))
-        assert changed == {new_file, registry, runs_file}
+        # (and what `dnlrepro profile` generates: the new run's resolved files)
+        resolved = {locked_copy / "results" / NEW / n for n in ("config.yaml", "run.yaml")}
+        assert changed == {new_file, registry, runs_file, *resolved}
     finally:
+        shutil.rmtree(locked_copy / "results" / NEW, ignore_errors=True)
         new_file.unlink(missing_ok=True)
         registry.write_text(original)
         runs_file.write_text(runs_text)

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 # The fewest rows the DAG runs with: `prepare` reads each dataset's data root from a row of it.
 ROWS = ("dnl_r50-d8_512x1024_40k_cityscapes", "dnl_r50-d8_512x512_80k_ade20k")
-PER_ROW = {f"{stage}@{row}" for stage in ("train", "evaluate") for row in ROWS}
+PER_ROW = {f"{stage}@{row}" for stage in ("resolve", "train", "evaluate") for row in ROWS}
 SHARED = {f"{stage}@{d}" for stage in ("download", "prepare") for d in ("cityscapes", "ade20k")}
 # What git tracks and the pipeline writes: a teammate's clone must keep these byte-identical.
 COMMITTED = ("dvc.lock", "results", "timings", "reports")

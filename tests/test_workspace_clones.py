@@ -159,12 +159,12 @@ def test_dvc_exp_run_temp_records_the_experiment_and_leaves_the_parent_alone(
         repo, "-m", "dvc", "exp", "run", "--temp", "-n", "one-image", "-S", setting, target
     )
     dataset = CFG.rsplit("_", 1)[1]  # only this row's dataset is downloaded and prepared
-    assert stages_run(result) == [
-        f"download@{dataset}",
-        f"prepare@{dataset}",
-        f"train@{CFG}",
-        target,
-    ]
+    ran = stages_run(result)
+    assert sorted(ran) == sorted(
+        [f"resolve@{CFG}", f"download@{dataset}", f"prepare@{dataset}", f"train@{CFG}", target]
+    )
+    assert ran.index(f"download@{dataset}") < ran.index(f"prepare@{dataset}")
+    assert ran[-2:] == [f"train@{CFG}", target]  # the setting reaches both through resolve@
     temp = re.search(r"workspace (\S+), profile smoke", result.stdout + result.stderr)
     assert temp, result.stdout[-3000:]
     assert Path(temp.group(1)).is_relative_to(repo / ".dvc" / "tmp" / "exps")

@@ -17,8 +17,8 @@ from dnlrepro.core.errors import run_reporting
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "profile": (
-        "dnlrepro.core.runs",
-        "switch the pipeline's profile (params.yaml + params/runs.yaml)",
+        "dnlrepro.tools.profile",
+        "switch the pipeline's profile (params.yaml, params/runs.yaml, each run's resolved files)",
     ),
     "show-config": (
         "dnlrepro.tools.show_config",

@@ -20,7 +20,6 @@ written to ``params/runs.yaml`` by ``dnlrepro profile NAME`` (which also sets ``
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import logging
 import re
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from dnlrepro.core import workspace
 from dnlrepro.core.files import write_bytes_atomic
-from dnlrepro.core.profile import PROFILES, Profile, load_profile, read_params
+from dnlrepro.core.profile import Profile, load_profile
 from dnlrepro.core.registry import load_published
 from dnlrepro.core.schema import ConfigError, read_yaml
 from dnlrepro.core.workspace import Workspace
@@ -205,24 +204,3 @@ def _params_text(ws: Workspace, name: str) -> str:
     if not any(ln.startswith("profile:") for ln in lines):
         out.append(f"profile: {name}")
     return "\n".join(out) + "\n"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "name",
-        nargs="?",
-        choices=PROFILES,
-        help="the profile to switch to (default: show the active one and check params/runs.yaml)",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    ws = workspace.find()
-    if args.name:
-        runs = switch(ws, args.name)
-        logger.info("params.yaml: profile %s; %s: %d runs", args.name, ws.runs_file, len(runs))
-    else:
-        runs = check(ws, read_params(ws))
-    for run in runs.values():
-        print(f"{run.key}\tseed {run.seed}")
-    return 0
