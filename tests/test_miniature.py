@@ -65,7 +65,8 @@ def test_the_smoke_profile_is_the_miniature_plus_its_overrides() -> None:
                 None if real is None else tuple(miniature.shrink_length(v, factor) for v in real)
             )
             assert small == expect, (name, key)
-        assert smoke.schedule.max_iters == SMOKE.miniature.iterations
+        ade = paper.data.dataset == "ade20k"  # 30: an override of the ADE20K rows (why: there)
+        assert smoke.schedule.max_iters == (30 if ade else SMOKE.miniature.iterations)
 
 
 def test_synthetic_archives_are_the_real_frames_divided_by_the_factors() -> None:
