@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from dnlrepro.acquire import download as dl
-from dnlrepro.core import miniature, workspace
+from dnlrepro.core import miniature, resolve, runs, workspace
 from dnlrepro.core.config import load_config
 from dnlrepro.core.profile import load_profile
 from dnlrepro.core.registry import config_names, names_of
@@ -95,6 +95,10 @@ def test_apply_writes_a_profile_the_strict_loader_accepts(clone_repo, tmp_path: 
     assert (victim.max_iters, victim.checkpoint_interval, victim.eval_interval) == (2, 1, 2)
     lines = shrink.summary(plan)
     assert any("769 -> 25" in line for line in lines) and any("4 -> 3" in line for line in lines)
+    # resolve@ of every run accepts it: the structure check shrinks the file's values, once
+    for one in runs.check(ws, profile).values():
+        cfg, _ = resolve.resolve_run(ws, profile, one)
+        assert cfg.data.crop_size[0] in (16, 25, 32), (one.key, cfg.data.crop_size)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ whose unchanged output DVC then recognises. docs/pipeline.md, "What re-runs when
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,8 @@ def resolve_run(ws: Workspace, profile: Profile, run: Run) -> tuple[Config, RunP
     """
     cfg = load_config(run.config, profile, {"schedule.seed": run.seed}, ws=ws)
     if profile.miniature is not None:
-        paper = load_config(run.config, "paper", ws=ws)
+        # the file's own values: not "paper", whose block a rehearsal gives a miniature too
+        paper = load_config(run.config, replace(profile, overrides=(), miniature=None), ws=ws)
         mini = paper.replace(profile.miniature.overrides(paper.to_dict()), "miniature")
         problems = check_structure(paper, mini, profile.miniature.factors.of(cfg.data.dataset))
         if problems:

@@ -2,7 +2,7 @@
 
 The published rows are single runs, and 40k attention-head rows vary by about +-1 mIoU from run
 to run (docs/reference.md §8), so a profile lists the seeds each row trains
-(``settings.seeds`` in ``params/profiles.yaml``: blocks of ``match`` (fnmatch over configuration
+(``seeds`` of its block in ``params/profiles.yaml``: blocks of ``match`` (fnmatch over configuration
 names) and ``seeds``; the last matching block wins). Each seed is one run with its own
 ``train@<run>`` / ``evaluate@<run>`` stages, work dir and results folder; the tables and the
 diff aggregate a row's runs (mean, std, n).

@@ -147,7 +147,7 @@ def _other_machine(
         "rule": f"{where}: {learned}{within} (seed spread)",
         "verdict": "not comparable",
         "note": "no seed spread in the baseline: record one with >= 2 seeds of a row "
-        "(settings.seeds), `dnlrepro diff --update-baseline`",
+        "(the profile's `seeds`), `dnlrepro diff --update-baseline`",
     }
     if band is None:
         return out

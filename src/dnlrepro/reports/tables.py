@@ -152,7 +152,7 @@ def render(
     if any(measured[n].spread.get("mIoU") and measured[n].spread["mIoU"].n > 1 for n in names):
         notes.append(
             "`a ± s (n=k)`: mean and sample standard deviation over the row's k seeds "
-            "(the profile's `settings.seeds`; per-seed numbers in diff.md and `results/<run>/`)."
+            "(the profile's `seeds`; per-seed numbers in diff.md and `results/<run>/`)."
         )
     if any(r and r.baseline for r in ran.values()):
         notes.append(
