@@ -22,7 +22,6 @@ from dnlrepro.acquire.download import archive_folder
 from dnlrepro.acquire.prepare import prepare
 from dnlrepro.core.config import load_config
 from dnlrepro.core.files import write_json
-from dnlrepro.core.miniature import REAL_COUNTS
 from dnlrepro.core.registry import names_of
 from dnlrepro.track.tracking import init_db
 
@@ -32,7 +31,7 @@ def main() -> int:
     ws, profile = setup_with_profile()
     # Every configuration of a dataset shares its data root (test_config checks it).
     root = ws.path(load_config(names_of(dataset, ws)[0], profile, ws=ws).data.data_root)
-    expect = profile.expected_counts(dataset) or REAL_COUNTS[dataset]
+    expect = profile.expected_counts(dataset)  # None: prepare() checks the real counts
     archives = archive_folder(dataset, ws, profile.settings.data_source == "synthetic")
     nproc = min(8, os.cpu_count() or 1)
     manifest = prepare(dataset, archives, root, expect, nproc=nproc)
