@@ -197,8 +197,8 @@ def test_run_names_tags_and_metric_names(runs: dict[str, dict], tracked: Tracked
         assert {"mIoU", "mAcc", "aAcc"} <= set(run["metrics"])
         assert not [k for k in run["metrics"] if k.startswith("IoU")]  # per-class: an artifact
     train, evaluate = runs["train"], runs["evaluate"]
-    assert train["tags"]["published_batch"] == "8"  # params/published.yaml: 4 GPUs x 2
-    assert train["tags"]["effective_batch"] == "2"  # the smoke run's own: 1 process x 2
+    # the layout and protocol that ran (core/layout.py): smoke's 1 x 2, BN over both images
+    assert (train["tags"]["layout"], train["tags"]["bn_group"]) == ("1x2", "2")
     assert {"train/loss", "train/lr", "train_s", "cpu_max_rss_gb"} <= set(train["metrics"])
     assert "mem_gb" not in train["metrics"]  # CUDA max_memory_allocated only (§5.5)
     ms_flip = {"mIoU_ms_flip", "mAcc_ms_flip", "aAcc_ms_flip", "baseline_mIoU"}

@@ -57,7 +57,7 @@ def test_plan_keeps_every_structural_property(profile: str) -> None:
             "match": plan.victim,
             "set": {"schedule.max_iters": 2, "schedule.eval_interval": 2},
         }
-        assert plan.settings["nproc_per_node"] == 2
+        assert plan.settings["gpus"] == 2
     else:
         assert plan.victim is None and plan.miniature.iterations is None and not plan.overrides
     # 769: windows larger than the image at ms ratios 0.5 and 0.75 only, in both sizes
@@ -86,7 +86,7 @@ def test_apply_writes_a_profile_the_strict_loader_accepts(clone_repo, tmp_path: 
     shrink.apply(ws, plan)
     assert (root / "params.yaml").read_text() == "profile: paper\n"
     profile = load_profile("paper", ws)
-    assert profile.settings.nproc_per_node == 3
+    assert profile.settings.gpus == 3
     assert profile.expected_counts("ade20k") == shrink.COUNTS.ade20k
     cfg = load_config("dnl_r101-d8_512x512_160k_ade20k", profile, ws=ws)
     assert cfg.data.crop_size == (32, 32) and cfg.schedule.max_iters == 1

@@ -148,7 +148,7 @@ def _error_lines(log: list[str], limit: int = 8) -> list[str]:
 def add_costs(rec: Receipt, ws: Workspace, sws: Workspace, configs: list[str]) -> None:
     """Fill each train/evaluate row's ``cost`` (CPU: FLOP-scaled estimate; CUDA: measured)."""
     real_profile = load_profile(rec.profile, ws)
-    gpus = real_profile.settings.nproc_per_node * real_profile.settings.nnodes  # training rows
+    gpus = real_profile.settings.gpus  # training rows
     flops = cost.Flops()
     for row in rec.rows:
         kind, name = parse_stage(row["stage"])

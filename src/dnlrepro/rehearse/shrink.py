@@ -38,9 +38,10 @@ from dnlrepro.core.registry import config_names
 from dnlrepro.core.workspace import Workspace
 
 FACTORS = Factors(cityscapes=32, ade20k=16)
-# (train, val) miniature images: one batch per rank of 2 (2 x 2 and 2 x 4 images per GPU); one
-# val image, as the 769 rows' ms+flip slide windows cost the same per image as at full size.
-COUNTS = Counts(cityscapes=(4, 1), ade20k=(8, 1))
+# (train, val) miniature images: one global batch (4 published ranks x 2 or x 4 images: every
+# GPU count trains the published layout's stream, core/layout.py); one val image, as the 769
+# rows' ms+flip slide windows cost the same per image as at full size.
+COUNTS = Counts(cityscapes=(8, 1), ade20k=(16, 1))
 BENCHMARK = {"num_images": 2, "warmup": 1, "train_iters": 1}
 REAL_BENCHMARK = {"num_images": 200, "warmup": 5, "train_iters": 5}  # §5.4, §5.5
 # Checkpoints after every iteration (what a killed run resumes), evaluation at the end.
@@ -112,8 +113,8 @@ def _settings(base: Any, nproc: int | None, changes: list[tuple[str, Any, Any]])
     for dataset in ("cityscapes", "ade20k"):
         changes.append((f"{dataset} (train, val) images", REAL_COUNTS[dataset], COUNTS.of(dataset)))
     if nproc is not None:
-        changes.append(("torchrun processes (nproc_per_node)", settings["nproc_per_node"], nproc))
-        settings["nproc_per_node"] = nproc
+        changes.append(("GPUs, torchrun processes (gpus)", settings["gpus"], nproc))
+        settings["gpus"] = nproc
     return settings
 
 
