@@ -26,7 +26,6 @@ import yaml
 
 from dnlrepro.core.config import Config, load_config
 from dnlrepro.core.files import file_digest
-from dnlrepro.core.registry import load_published
 from dnlrepro.engine import machine, resume, schedule, train, train_setup
 from dnlrepro.engine.resume import ResumeError
 from dnlrepro.engine.train import NonFiniteLossError
@@ -229,7 +228,7 @@ def test_run_is_tracked_in_mlflow(full_run: dict[str, Any]) -> None:
     )
     assert run.data.params["schedule.max_iters"] == "4"
     assert run.data.params["data.data_root"] == cfg.data.data_root
-    assert run.data.tags["effective_batch"] == "2" and run.data.tags["world_size"] == "1"
+    assert run.data.tags["layout"] == "1x2" and run.data.tags["gpus"] == "1"
     # lr logged at every iteration equals mmcv's poly formula evaluated before it (it from 0).
     lrs = client.get_metric_history(run.info.run_id, "train/lr")
     assert [m.step for m in lrs] == [1, 2, 3, 4]

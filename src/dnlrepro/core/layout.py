@@ -14,7 +14,7 @@ layout"; tests/test_layout_equivalence.py checks it on CPU with gloo):
   biased variance for normalising, same unbiased variance over the global count for the running
   estimate);
 * mmseg 0.x's decode and aux losses are a mean over every pixel of equal-sized crops (ignored
-  pixels count in the denominator, docs/reference.md §4.1), and DDP averages the gradients over
+  pixels count in the denominator, docs/reference.md §1.6), and DDP averages the gradients over
   the ranks, so the mean of the per-rank means is the mean over the whole batch;
 * iteration ``i`` trains on the same images with the same augmentation seeds whatever the count
   (:mod:`dnlrepro.engine.sampler`). Only the dropout masks of the decode head differ (drawn per

@@ -72,13 +72,13 @@ def resumed(victim: str, killed: bool, rerun: list[StageRun]) -> Check:
     return Check("killed training stage resumed", killed and hit is not None, detail)
 
 
-def sync_bn(runs: list[StageRun], nproc: int) -> Check:
-    """Every training stage ran SyncBN across ``nproc`` torchrun processes."""
+def sync_bn(runs: list[StageRun], gpus: int) -> Check:
+    """Every training stage ran SyncBN across ``gpus`` torchrun processes."""
     trains = {r.stage: r for r in runs if parse_stage(r.stage)[0] == "train" and r.status == "ok"}
-    needle = f"SyncBN across {nproc} processes"
+    needle = f"SyncBN across {gpus} processes"
     bad = [s for s, r in trains.items() if not any(needle in line for line in r.log)]
     return Check(
-        f"SyncBN across {nproc} ranks",
+        f"SyncBN across {gpus} ranks",
         bool(trains) and not bad,
         f"{len(trains) - len(bad)}/{len(trains)} training stages logged '{needle}'"
         + (f"; not: {', '.join(bad)}" if bad else ""),
