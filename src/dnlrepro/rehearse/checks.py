@@ -19,17 +19,12 @@ from dnlrepro.core.runs import parse_stage
 from dnlrepro.rehearse.mirror import Mirror, MirrorFile
 from dnlrepro.rehearse.stages import StageRun
 
-JUDGED = ("pass", "fail")
-
 
 @dataclass
 class Check:
     name: str
     ok: bool
     detail: str
-
-    def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail}
 
 
 def all_stages_ran(expected: list[str], runs: list[StageRun]) -> Check:
@@ -47,10 +42,10 @@ def all_stages_ran(expected: list[str], runs: list[StageRun]) -> Check:
     )
 
 
-def mirror_served(mirror: Mirror, files: list[MirrorFile], cityscapes: bool = True) -> Check:
+def mirror_served(mirror: Mirror, files: list[MirrorFile]) -> Check:
     """Every miniature went through the mirror (Cityscapes after a login)."""
     missing = [f.name for f in files if f.name not in mirror.served]
-    ok = not missing and (mirror.logins > 0 or not cityscapes)
+    ok = not missing and mirror.logins > 0
     detail = f"{len(files) - len(missing)}/{len(files)} files served, {mirror.logins} login(s)"
     if missing:
         detail += f"; never requested: {', '.join(missing)}"

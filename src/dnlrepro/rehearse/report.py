@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,7 @@ class Receipt:
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("logs", "checks")}
         out["ok"] = self.ok
-        out["checks"] = [c.to_dict() for c in self.checks]
+        out["checks"] = [asdict(c) for c in self.checks]
         out["changes"] = [{"what": w, "real": r, "rehearsal": m} for w, r, m in self.changes]
         return out
 

@@ -91,7 +91,7 @@ def plan(ws: Workspace, profile: str, nproc: int) -> Plan:
             shrunk.update({**SCHEDULE, "schedule.max_iters": iterations})
             shrunk["schedule.eval_interval"] = iterations
         problems += check_structure(real, real.replace(shrunk), FACTORS.of(real.data.dataset))
-        changes += [(f"{name}: {k}", _plain(_get(real, k)), v) for k, v in shrunk.items()]
+        changes += [(f"{name}: {k}", real.flat()[k], v) for k, v in shrunk.items()]
     if problems:
         raise ShrinkError("; ".join(problems))
     settings = _settings(base.settings, nproc if train else None, changes)
@@ -115,15 +115,6 @@ def _settings(base: Any, nproc: int | None, changes: list[tuple[str, Any, Any]])
         changes.append(("torchrun processes (nproc_per_node)", settings["nproc_per_node"], nproc))
         settings["nproc_per_node"] = nproc
     return settings
-
-
-def _get(cfg: Any, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
 
 
 def apply(ws: Workspace, p: Plan) -> None:
