@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dnlrepro.bench.measure import sync
 from dnlrepro.core.config import Config
 from dnlrepro.data.transforms import rescale_size
 
@@ -168,11 +169,6 @@ def cpu_evaluate(
     )  # fmt: skip
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_train(
     cfg: Config, device: str = "cuda", iters: int = 3, per_gpu_batch: int | None = None
 ) -> tuple[float, float | None]:
@@ -193,10 +189,10 @@ def time_train(
     for it in range(iters + 1):  # the first step allocates gradients and momentum: not timed
         img = torch.randn(n, 3, h, w, device=dev)
         gt = torch.randint(0, cfg.model.num_classes, (n, h, w), device=dev)
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         train_step(model, img, gt, opt, iteration=it, max_iters=iters + 1)
-        _sync(dev)
+        sync(dev)
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
     del model, opt
@@ -214,9 +210,9 @@ def time_evaluate(cfg: Config, image_hw: tuple[int, int], device: str = "cuda") 
     img = np.random.default_rng(0).integers(0, 256, (*image_hw, 3), dtype=np.uint8)
     with torch.no_grad():
         infer_image(model, img, cfg, False, dev)  # warm-up (kernel selection, allocations)
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         infer_image(model, img, cfg, True, dev)
-        _sync(dev)
+        sync(dev)
     del model
     return time.perf_counter() - t0

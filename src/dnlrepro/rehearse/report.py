@@ -22,7 +22,7 @@ from dnlrepro.core.workspace import Workspace
 from dnlrepro.rehearse import cost, fit, shrink
 from dnlrepro.rehearse.checks import Check
 from dnlrepro.rehearse.mirror import MirrorFile
-from dnlrepro.rehearse.stages import DvcRun, StageRun
+from dnlrepro.rehearse.stages import DvcRun
 
 _RUN_SH = "sh pipeline/run.sh "
 _ENV_SHOWN = (
@@ -82,14 +82,15 @@ class Receipt:
                 if s.status == "skipped":
                     continue
                 status = "killed (planned)" if s.status == "killed" else s.status
-                self.rows.append(_row(s.stage, s.run, _what(s), s.seconds, status))
+                what = s.command.removeprefix(_RUN_SH) or "-"
+                self.rows.append(_row(s.stage, s.run, what, s.seconds, status))
                 if s.status == "ok":
                     self.logs[s.stage] = s.log
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("logs", "checks")}
         out["ok"] = self.ok
-        out["checks"] = [c.to_dict() for c in self.checks]
+        out["checks"] = [asdict(c) for c in self.checks]
         out["changes"] = [{"what": w, "real": r, "rehearsal": m} for w, r, m in self.changes]
         out["fits"] = [asdict(f) for f in self.fits]
         return out
@@ -98,10 +99,6 @@ class Receipt:
 def _row(stage: str, run: int, what: str, seconds: float, status: str) -> dict[str, Any]:
     return {"stage": stage, "run": run, "what": what, "seconds": round(seconds, 1),
             "status": status, "cost": None, "cost_text": "-"}  # fmt: skip
-
-
-def _what(s: StageRun) -> str:
-    return s.command.removeprefix(_RUN_SH) or "-"
 
 
 def file_entry(f: MirrorFile) -> dict[str, Any]:

@@ -99,7 +99,7 @@ def plan(ws: Workspace, profile: str, gpus: int) -> Plan:
                 f"--gpus {gpus} does not divide the global batch {real.global_batch} of {name} "
                 f"(core/layout.py); use one of {counts}"
             )
-        changes += [(f"{name}: {k}", _plain(_get(real, k)), v) for k, v in shrunk.items()]
+        changes += [(f"{name}: {k}", real.flat()[k], v) for k, v in shrunk.items()]
     if problems:
         raise ShrinkError("; ".join(problems))
     settings = _settings(base.settings, gpus if train else None, changes)
@@ -123,15 +123,6 @@ def _settings(base: Any, gpus: int | None, changes: list[tuple[str, Any, Any]]) 
         changes.append(("GPUs, torchrun processes (gpus)", settings["gpus"], gpus))
         settings["gpus"] = gpus
     return settings
-
-
-def _get(cfg: Any, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
 
 
 def apply(ws: Workspace, p: Plan) -> None:
