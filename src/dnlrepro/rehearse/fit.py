@@ -76,9 +76,8 @@ def estimate(cfg: Config, published: Published, capacity_gb: float = DEFAULT_GPU
         return Fit(cfg.name, "estimate", capacity_gb, _layouts(cfg, lambda b: None, 0, set()), note)
     fit = Fit(cfg.name, "estimate", capacity_gb)
     fit.layouts = _layouts(cfg, lambda b: round(mem * b / b_published, 1), capacity_gb, set())
-    fit.note = (
-        f"published Mem {mem} GB of {source_name} at {b_published} per GPU, x b / {b_published}"
-    )
+    of = "" if source_name == cfg.name else f" of {source_name}"
+    fit.note = f"published Mem {mem} GB{of} at {b_published} per GPU, x b / {b_published}"
     return fit
 
 
