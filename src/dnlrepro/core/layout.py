@@ -38,10 +38,6 @@ class Layout:
     per_gpu_batch: int  # global batch / gpus
     nnodes: int = 1  # torchrun --nnodes; gpus / nnodes processes per node
 
-    @property
-    def nproc_per_node(self) -> int:
-        return self.gpus // self.nnodes
-
     def __str__(self) -> str:
         return f"{self.gpus} GPU{'s' if self.gpus > 1 else ''} x {self.per_gpu_batch}"
 
