@@ -13,7 +13,9 @@ One path for every profile: fetch -> verify -> link into ``downloads/<dataset>``
 
 Weights: the ImageNet backbones the dataset's configurations start from (none when a profile
 trains from random weights) into ``downloads/``, or, for a profile that does not train, the
-rows' published checkpoints into ``downloads/checkpoints``. One stage per dataset, so ADE20K
+rows' published checkpoints into ``downloads/checkpoints``; with real data also the rows'
+published training logs into ``downloads/reference_logs`` (the reference trajectories that
+training compares itself with, pinned by sha256 on first download). One stage per dataset, so ADE20K
 (public) is fetched and its rows run without Cityscapes credentials (``dvc repro
 --keep-going``). ``downloads/<dataset>`` is ``cache: false`` (no second copy of 11 GB) and
 ``persist: true`` (a re-run resumes/verifies instead of deleting); the receipt
@@ -65,6 +67,8 @@ def fetch_all(ws: Workspace, profile: Profile, dataset: str, folder: Path) -> li
     if rows:
         local_weights = None if profile.settings.data_source == "synthetic" else local
         steps.append((what, download.default_dest(what, ws), rows, local_weights))
+    if profile.settings.data_source == "real":  # the published training logs (small, pinned)
+        steps.append(("logs", download.default_dest("logs", ws), list(names_of(dataset, ws)), None))
     failed, weights = [], []
     for step, dest, configs, linked_from in steps:
         try:
@@ -72,11 +76,19 @@ def fetch_all(ws: Workspace, profile: Profile, dataset: str, folder: Path) -> li
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             failed.append(f"{step}: {e}")
             continue
-        weights += got if step == what else []
+        weights += got if step in (what, "logs") else []
     if failed:
         hint = " (the ADE20K rows do not need it: `dvc repro --keep-going`)"
         raise RuntimeError("; ".join(failed) + (hint if dataset == "cityscapes" else ""))
     return weights
+
+
+def _weight(path: Path) -> dict:
+    """Size of a weight file; a (small) log also with its sha256, so that train@, which depends
+    on this receipt, re-runs when a reference trajectory changes."""
+    if path.name.endswith(".log.json"):
+        return {"bytes": path.stat().st_size, "sha256": file_digest(path)}
+    return {"bytes": path.stat().st_size}
 
 
 def main() -> int:
@@ -93,7 +105,7 @@ def main() -> int:
         "dataset": dataset,
         "folder": ws.relative(folder),
         "files": {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in files},
-        "weights": {ws.relative(p): {"bytes": p.stat().st_size} for p in weights},
+        "weights": {ws.relative(p): _weight(p) for p in weights},
     }
     write_json(ws.results / "data" / "downloads" / f"{dataset}.json", receipt, sort_keys=True)
     return 0
