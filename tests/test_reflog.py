@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dnlrepro.core import reflog
+from dnlrepro.engine import reflog
 from dnlrepro.engine.trajectory import OffTrackError, Trajectory
 
 ENV = (

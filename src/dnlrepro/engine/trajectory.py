@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from dnlrepro.core.reflog import RefLog, mmcv_round
+from dnlrepro.engine import reflog
+from dnlrepro.engine.reflog import RefLog, mmcv_round
 
 logger = logging.getLogger(__name__)
 
 LR_RTOL = 1e-6
+LOG_FILE = "log.json"  # results/<run>/: our run in mmseg 0.x's log.json format
+TRAJECTORY_FILE = "trajectory.json"  # results/<run>/: the comparison (Trajectory.record)
 
 
 class OffTrackError(RuntimeError):
@@ -46,6 +50,7 @@ class Trajectory:
     miou_tolerance: float  # mIoU points below the published value before we warn (or stop)
     loss_band: float  # relative band around the published loss
     stop_if_off_track: bool = False
+    quiet: bool = False  # a replay of points the loop already reported: no warnings
     train_points: list[dict[str, Any]] = field(default_factory=list)
     val_points: list[dict[str, Any]] = field(default_factory=list)
 
@@ -80,7 +85,7 @@ class Trajectory:
                 f"{LR_RTOL:g}); the schedule differs (schedule.lr, max_iters, poly power, min_lr): "
                 "check the resolved config against the published one"
             )
-        if not in_band:
+        if not in_band and not self.quiet:
             logger.warning(
                 "iteration %d: loss %.4f is %.2fx the published %.4f, outside the band +-%.0f%% "
                 "(%s)", it, loss, ratio, ref.loss, 100 * self.loss_band, self.ref.path.name,
@@ -109,7 +114,8 @@ class Trajectory:
         )
         if self.stop_if_off_track:
             raise OffTrackError(f"{why}; stopping (--stop-if-off-track)")
-        logger.warning("%s; the run continues (--stop-if-off-track would stop it)", why)
+        if not self.quiet:
+            logger.warning("%s; the run continues (--stop-if-off-track would stop it)", why)
 
     def record(self) -> dict[str, Any]:
         """The comparison as ``trajectory.json`` holds it (plus both curves for the plots)."""
@@ -142,3 +148,95 @@ def _loss_verdict(compared: int, outside: list[int]) -> str:
 def empty_record(reason: str) -> dict[str, Any]:
     """``trajectory.json`` of a run without a comparison (no reference, or switched off)."""
     return {"reference": None, "reason": reason}
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring: what engine/train.py calls
+# ---------------------------------------------------------------------------------------------
+
+
+class Off:
+    """No reference (``settings.reference.source: off``, or not recorded yet): compares nothing."""
+
+    def on_train(self, point: dict[str, Any], tracker: Any = None) -> None:
+        pass
+
+    def on_val(self, result: dict[str, Any], tracker: Any = None) -> None:
+        pass
+
+
+def live(reference: dict[str, Any] | None) -> Trajectory | Off:
+    """The comparison that runs with the loop. ``reference``: ``log`` (path), ``miou_tolerance``,
+    ``loss_band``, ``stop_if_off_track``; None: :class:`Off`."""
+    if not reference:
+        return Off()
+    log = reflog.read(reference["log"])
+    stop = bool(reference.get("stop_if_off_track", False))
+    logger.info(
+        "comparing with %s: lr exact (rel. %g after mmcv's rounding), loss within +-%.0f%%, "
+        "mIoU at most %g below at %d published evaluations%s",
+        log.path, LR_RTOL, 100 * reference["loss_band"], reference["miou_tolerance"],
+        len(log.val), " (stops when below)" if stop else "",
+    )  # fmt: skip
+    return Trajectory(log, reference["miou_tolerance"], reference["loss_band"], stop)
+
+
+def write_outputs(
+    reference: dict[str, Any] | None, history: dict[str, Any], meta: dict[str, Any], out_dir: Path
+) -> None:
+    """``log.json`` (our run in mmseg 0.x's format, the smoke references are recorded from it) and
+    ``trajectory.json`` (the comparison replayed over the whole history, so a resumed run's record
+    covers the iterations before the resume too; replaying never stops)."""
+    from dnlrepro.core.files import write_json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reflog.write(out_dir / LOG_FILE, reflog.lines_from_history(meta, history))
+    if not reference:
+        write_json(out_dir / TRAJECTORY_FILE, empty_record("no reference trajectory"))
+        return
+    log = reflog.read(reference["log"])
+    replay = Trajectory(log, reference["miou_tolerance"], reference["loss_band"], quiet=True)
+    try:
+        for point in history.get("train", []):
+            replay.on_train(point)
+        for result in history.get("val", []):
+            replay.on_val(result)
+    except OffTrackError as e:  # an lr mismatch in a resumed history: recorded, not raised
+        logger.error("%s", e)
+    write_json(out_dir / TRAJECTORY_FILE, replay.record())
+
+
+def run_meta(cfg: Any, world_size: int, device: str) -> dict[str, Any]:
+    """The first line of our ``log.json``: mmseg's keys (``env_info``, ``seed``, ``exp_name``)
+    with what we know; nothing time- or host-dependent, so a re-run writes the same bytes."""
+    import torch
+
+    env = f"PyTorch: {torch.__version__}\nDevice: {device}\nWorld size: {world_size}"
+    return {"env_info": env, "seed": cfg.schedule.seed, "exp_name": f"{cfg.name}.py"}
+
+
+def add_arguments(parser: Any) -> None:
+    """``dnlrepro train``'s reference options (train@ passes the run plan's)."""
+    parser.add_argument(
+        "--reference-log",
+        default=None,
+        help="an mmseg 0.x log.json to compare with while training (docs/reference.md §6.4)",
+    )
+    parser.add_argument("--miou-tolerance", type=float, default=0.5, help="mIoU points")
+    parser.add_argument("--loss-band", type=float, default=0.3, help="relative, e.g. 0.3")
+    parser.add_argument(
+        "--stop-if-off-track",
+        action="store_true",
+        help="stop when the mIoU at a published evaluation is below it by more than the tolerance",
+    )
+
+
+def from_args(args: Any) -> dict[str, Any] | None:
+    if not args.reference_log:
+        return None
+    return {
+        "log": args.reference_log,
+        "miou_tolerance": args.miou_tolerance,
+        "loss_band": args.loss_band,
+        "stop_if_off_track": args.stop_if_off_track,
+    }

@@ -18,9 +18,9 @@ from typing import Any
 from dnlrepro.core.config import load_config
 from dnlrepro.core.files import file_digest
 from dnlrepro.core.profile import read_params
-from dnlrepro.core.reflog import mmcv_round, write
 from dnlrepro.core.registry import load_published
 from dnlrepro.core.workspace import Workspace
+from dnlrepro.engine.reflog import mmcv_round, write
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,111 @@
+"""The reference comparison inside real (tiny) training runs, and where runs find their reference.
+
+Every run is the real R50 DNLNet at the smoke sizes on synthetic Cityscapes, 4 iterations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from dnlrepro.core import resolve, runs
+from dnlrepro.core.config import Config, load_config
+from dnlrepro.core.profile import load_profile
+from dnlrepro.core.workspace import find
+from dnlrepro.engine import reflog, train
+from dnlrepro.engine.trajectory import OffTrackError
+
+CFG = "dnl_r50-d8_512x1024_40k_cityscapes"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 4-iteration run without a reference: its log.json becomes the reference."""
+    from dnlrepro.acquire import prepare, synth
+
+    base = tmp_path_factory.mktemp("traj")
+    synth.write_cityscapes(base / "archives", n_train=8, n_val=2, width=128, height=64, seed=0)
+    prepare.prepare("cityscapes", base / "archives", base / "root", expect=(8, 2))
+    cfg = _cfg(base / "root")
+    train.train(cfg, base / "a", track=False, summary_out=base / "a" / "summary.json")
+    return {"cfg": cfg, "base": base, "log": base / "a" / "log.json"}
+
+
+def _cfg(root: Path) -> Config:
+    over = {
+        "data.data_root": str(root),
+        "schedule.max_iters": 4,
+        "schedule.checkpoint_interval": 4,
+        "schedule.eval_interval": 2,
+        "schedule.log_interval": 1,
+    }
+    return load_config(CFG, "smoke", overrides=over)
+
+
+def _ref(log: Path, **kw: Any) -> dict[str, Any]:
+    return {"log": str(log), "miou_tolerance": 0.5, "loss_band": 0.5, **kw}
+
+
+def test_training_writes_an_mmseg_log_and_no_comparison(recorded: dict[str, Any]) -> None:
+    log = reflog.read(recorded["log"])
+    assert [p.iter for p in log.train] == [1, 2, 3, 4]
+    assert [p.iter for p in log.val] == [2, 4]
+    assert log.meta["exp_name"] == f"{CFG}.py" and log.meta["seed"] == 0
+    assert "decode.loss_seg" in log.train[0].values
+    traj = json.loads((recorded["base"] / "a" / "trajectory.json").read_text())
+    assert traj["reference"] is None
+
+
+def test_same_run_against_its_recording_is_on_track(recorded: dict[str, Any]) -> None:
+    out = recorded["base"] / "b"
+    ref = _ref(recorded["log"], stop_if_off_track=True)
+    train.train(recorded["cfg"], out, track=False, summary_out=out / "s.json", reference=ref)
+    traj = json.loads((out / "trajectory.json").read_text())
+    assert traj["compared_train_points"] == 4
+    assert traj["max_lr_rel_error"] <= 1e-6
+    assert traj["loss_verdict"] == "in band"
+    assert [v["iter"] for v in traj["val"]] == [2, 4]
+    assert all(v["on_track"] for v in traj["val"])
+    assert [p["iter"] for p in traj["published"]["train"]] == [1, 2, 3, 4]
+
+
+def test_a_wrong_published_lr_stops_the_run(recorded: dict[str, Any], tmp_path: Path) -> None:
+    lines = [json.loads(x) for x in recorded["log"].read_text().splitlines()]
+    for line in lines:
+        if line.get("mode") == "train" and line["iter"] == 2:
+            line["lr"] = round(line["lr"] * 1.01, 5)
+    wrong = reflog.write(tmp_path / "wrong.log.json", lines)
+    with pytest.raises(OffTrackError, match=r"iteration 2: our lr .* published lr"):
+        train.train(recorded["cfg"], tmp_path / "wd", track=False, reference=_ref(wrong))
+    assert not (tmp_path / "wd" / "final.pth").exists()
+
+
+def test_run_plans_name_their_reference() -> None:
+    ws = find()
+    paper = load_profile("paper", ws)
+    run = runs.plan(paper, ws)[CFG]
+    _, plan = resolve.resolve_run(ws, paper, run)
+    ref = plan.train.reference
+    assert ref is not None and ref.source == "published"
+    assert ref.log == f"downloads/reference_logs/{CFG}-20200904_233629.log.json"
+    assert ref.miou_tolerance == 1.0  # the registry's 40k tolerance under profile paper
+    assert ref.how == "dvc repro download@cityscapes"
+    smoke = load_profile("smoke", ws)
+    _, plan = resolve.resolve_run(ws, smoke, runs.plan(smoke, ws)[CFG])
+    assert plan.train.reference.log == f"params/reference_logs/smoke/{CFG}.log.json"
+    published = load_profile("published", ws)
+    _, plan = resolve.resolve_run(ws, published, runs.plan(published, ws)[CFG])
+    assert plan.train.reference is None  # nothing trains
