@@ -109,3 +109,71 @@ def test_run_plans_name_their_reference() -> None:
     published = load_profile("published", ws)
     _, plan = resolve.resolve_run(ws, published, runs.plan(published, ws)[CFG])
     assert plan.train.reference is None  # nothing trains
+
+
+def _workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import shutil
+
+    from dnlrepro.core import workspace
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copytree(find().params_dir, root / "params")
+    monkeypatch.setenv(workspace.ENV_VAR, str(root))
+    return root
+
+
+def test_record_and_facts_commands(
+    recorded: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dnlrepro import cli
+
+    root = _workspace(tmp_path, monkeypatch)
+    run_dir = root / "results" / f"{CFG}-seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "log.json").write_bytes(recorded["log"].read_bytes())
+    (run_dir / "train_summary.json").write_text('{"iterations": 5, "profile": "smoke"}')
+    assert cli.main(["reflog", "record", f"{CFG}-seed1"]) == 1  # incomplete: 4 of 5 iterations
+    (run_dir / "train_summary.json").write_text('{"iterations": 4, "profile": "smoke"}')
+    assert cli.main(["reflog", "record", f"{CFG}-seed1"]) == 0
+    dest = root / "params" / "reference_logs" / "smoke" / f"{CFG}.log.json"
+    assert dest.read_bytes() == recorded["log"].read_bytes()
+    # facts: one downloaded published log, the other rows pending
+    from test_reflog import _lines
+
+    logs = root / "downloads" / "reference_logs"
+    logs.mkdir(parents=True)
+    reflog.write(logs / f"{CFG}-20200904_233629.log.json", _lines())
+    assert cli.main(["reflog", "facts"]) == 0
+    table = json.loads((root / "params" / "published_runs.json").read_text())
+    assert table[CFG]["gpus"] == {"Tesla V100-SXM2-32GB": 4}
+    assert table[CFG]["versions"]["MMCV"] == "1.1.1"
+    assert sum("pending" in row for row in table.values()) == 11
+
+
+def test_train_stage_never_downloads_a_missing_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import importlib.util
+
+    from dnlrepro.core.workspace import Workspace
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "pipeline"))
+    spec = importlib.util.spec_from_file_location("train_stage", "pipeline/train.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    ws = Workspace(tmp_path)
+    paper = load_profile("paper", find())
+    _, plan = resolve.resolve_run(find(), paper, runs.plan(paper, find())[CFG])
+    with pytest.raises(FileNotFoundError, match=r"`dvc repro download@cityscapes` fetches"):
+        stage.reference_args(ws, plan)
+    log = ws.path(plan.train.reference.log)
+    log.parent.mkdir(parents=True)
+    log.write_text("{}\n")
+    argv = stage.reference_args(ws, plan)
+    assert argv[:2] == ["--reference-log", str(log)] and "--miou-tolerance" in argv
+    smoke = load_profile("smoke", find())
+    _, plan = resolve.resolve_run(find(), smoke, runs.plan(smoke, find())[CFG])
+    assert stage.reference_args(ws, plan) == []  # not recorded yet: a warning, no comparison
+    assert "dnlrepro reflog record" in caplog.text
