@@ -62,6 +62,14 @@ def record(ws: workspace.Workspace, run: str) -> Path:
     return dest
 
 
+def first_seed_runs(ws: workspace.Workspace) -> list[str]:
+    """The active profile's runs whose key is their configuration (each row's first seed)."""
+    from dnlrepro.core.profile import read_params
+    from dnlrepro.core.runs import plan
+
+    return [key for key, run in plan(read_params(ws), ws).items() if key == run.config]
+
+
 def facts(ws: workspace.Workspace) -> dict[str, Any]:
     """Per row: what the published run's log says, or why it is pending."""
     out: dict[str, Any] = {}
@@ -96,7 +104,12 @@ def markdown(table: dict[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     rec = sub.add_parser("record", help="results/RUN/log.json -> params/reference_logs/...")
-    rec.add_argument("run", help="the run key (params/runs.yaml), e.g. a configuration name")
+    rec.add_argument(
+        "run",
+        nargs="?",
+        help="the run key (params/runs.yaml), e.g. a configuration name; default: every "
+        "configuration's first-seed run of the active profile",
+    )
     sub.add_parser("facts", help=f"what the published runs were -> {FACTS_FILE}")
 
 
@@ -105,7 +118,8 @@ def main(args: argparse.Namespace) -> int:
 
     ws = workspace.find()
     if args.action == "record":
-        record(ws, args.run)
+        for run in [args.run] if args.run else first_seed_runs(ws):
+            record(ws, run)
         return 0
     table = facts(ws)
     write_json(ws.path(FACTS_FILE), table, sort_keys=False)
