@@ -42,3 +42,18 @@ def test_unreadable_record_names_the_file_and_the_stage(tmp_path: Path) -> None:
     (tmp_path / "a" / "trajectory.json").write_text("{broken")
     with pytest.raises(ValueError, match=r"a/trajectory.json: not readable JSON.*train@a"):
         trajectory.collect(tmp_path, ["a"])
+
+
+def test_index_overlay_only_for_compared_runs(tmp_path: Path) -> None:
+    from dnlrepro.reports import trajectory_plot
+
+    assert trajectory_plot.plots(tmp_path / "none", "none") == []
+    _record(
+        tmp_path / "a",
+        train=[{"iter": 50, "loss": 1.2, "lr": 0.00999}],
+        published={"train": [{"iter": 50, "loss": 1.1, "lr": 0.00999}],
+                   "val": [{"iter": 4000, "mIoU": 72.0}]},
+    )  # fmt: skip
+    (plot,) = trajectory_plot.plots(tmp_path / "a", "a")
+    assert plot["title"] == "trajectory vs x-20200904_233629.log.json"
+    assert plot["svg"].startswith("<svg") and "reference" in plot["svg"]
