@@ -83,20 +83,13 @@ def fetch_all(ws: Workspace, profile: Profile, dataset: str, folder: Path) -> li
     return weights
 
 
-def _weight(path: Path) -> dict:
-    """Size of a weight file; a (small) log also with its sha256, so that train@, which depends
-    on this receipt, re-runs when a reference trajectory changes."""
-    if path.name.endswith(".log.json"):
-        return {"bytes": path.stat().st_size, "sha256": file_digest(path)}
-    return {"bytes": path.stat().st_size}
-
-
 def main() -> int:
     dataset = dataset_arg()
     ws, profile = setup_with_profile()
     synthetic = profile.settings.data_source == "synthetic"
     folder = download.archive_folder(dataset, ws, synthetic)
     weights = fetch_all(ws, profile, dataset, folder)
+    logs = [p for p in weights if p.name.endswith(".log.json")]  # the reference trajectories
     # This profile's archives only: the real folder's synthetic/ subfolder is another profile's;
     # partial transfers and the verification caches (*.verified.json) are not archives.
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.endswith(NOT_ARCHIVES))
@@ -105,7 +98,11 @@ def main() -> int:
         "dataset": dataset,
         "folder": ws.relative(folder),
         "files": {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in files},
-        "weights": {ws.relative(p): _weight(p) for p in weights},
+        "weights": {ws.relative(p): {"bytes": p.stat().st_size} for p in weights if p not in logs},
+        # sha256 too: train@ depends on this receipt, so it re-runs when a reference log changes
+        "reference_logs": {
+            ws.relative(p): {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in logs
+        },
     }
     write_json(ws.results / "data" / "downloads" / f"{dataset}.json", receipt, sort_keys=True)
     return 0

@@ -177,3 +177,41 @@ def test_train_stage_never_downloads_a_missing_reference(
     _, plan = resolve.resolve_run(find(), smoke, runs.plan(smoke, find())[CFG])
     assert stage.reference_args(ws, plan) == []  # not recorded yet: a warning, no comparison
     assert "dnlrepro reflog record" in caplog.text
+
+
+def test_rehearsal_checks_compared_runs_and_a_wrong_lr(
+    recorded: dict[str, Any], tmp_path: Path
+) -> None:
+    """The paper rehearsal's two checks, on a workspace holding one tiny trained run."""
+    import os
+    import shutil
+
+    from dnlrepro.core.config import write_resolved
+    from dnlrepro.core.registry import load_published
+    from dnlrepro.rehearse import trajectory_checks
+
+    root = tmp_path / "ws"
+    (root / "params").mkdir(parents=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(find().registry_file, root / "params" / "published.yaml")
+    name = load_published(root / "params" / "published.yaml").entry(CFG).log.rsplit("/", 1)[1]
+    (root / "downloads" / "reference_logs").mkdir(parents=True)
+    shutil.copy(recorded["log"], root / "downloads" / "reference_logs" / name)
+    write_resolved(recorded["cfg"], root / "results" / CFG / "config.yaml")
+    good = {"reference": name, "compared_train_points": 4, "max_lr_rel_error": 0.0}
+    (root / "results" / CFG / "trajectory.json").write_text(json.dumps(good))
+    off = root / "results" / "other"
+    off.mkdir()
+    (off / "trajectory.json").write_text('{"reference": null, "reason": "no reference"}')
+    assert trajectory_checks.compared(root, [CFG]).ok
+    check = trajectory_checks.compared(root, [CFG, "other"])
+    assert not check.ok and "other (no reference)" in check.detail
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+        "OMP_NUM_THREADS": "1",
+    }
+    env.pop("DNLREPRO_WORKSPACE", None)
+    check = trajectory_checks.wrong_lr_stops(root, env, CFG, CFG, "cpu")
+    assert check.ok, check.detail
+    assert "iteration 1" in check.detail
