@@ -67,6 +67,7 @@ def test_training_writes_an_mmseg_log_and_no_comparison(recorded: dict[str, Any]
     assert "decode.loss_seg" in log.train[0].values
     traj = json.loads((recorded["base"] / "a" / "trajectory.json").read_text())
     assert traj["reference"] is None
+    assert (recorded["base"] / "a" / "trajectory_loss.csv").read_text() == "iter,curve,loss\n"
 
 
 def test_same_run_against_its_recording_is_on_track(recorded: dict[str, Any]) -> None:
@@ -80,6 +81,10 @@ def test_same_run_against_its_recording_is_on_track(recorded: dict[str, Any]) ->
     assert [v["iter"] for v in traj["val"]] == [2, 4]
     assert all(v["on_track"] for v in traj["val"])
     assert [p["iter"] for p in traj["published"]["train"]] == [1, 2, 3, 4]
+    loss_csv = (out / "trajectory_loss.csv").read_text().splitlines()
+    assert loss_csv[0] == "iter,curve,loss" and len(loss_csv) == 1 + 4 + 4
+    assert {line.split(",")[1] for line in loss_csv[1:]} == {"reference", "ours"}
+    assert (out / "trajectory_val.csv").read_text().startswith("iter,curve,mIoU\n2,reference,")
 
 
 def test_a_wrong_published_lr_stops_the_run(recorded: dict[str, Any], tmp_path: Path) -> None:

@@ -193,6 +193,7 @@ def write_outputs(
     reflog.write(out_dir / LOG_FILE, reflog.lines_from_history(meta, history))
     if not reference:
         write_json(out_dir / TRAJECTORY_FILE, empty_record("no reference trajectory"))
+        write_plots({}, out_dir)
         return
     log = reflog.read(reference["log"])
     replay = Trajectory(log, reference["miou_tolerance"], reference["loss_band"], quiet=True)
@@ -203,7 +204,25 @@ def write_outputs(
             replay.on_val(result)
     except OffTrackError as e:  # an lr mismatch in a resumed history: recorded, not raised
         logger.error("%s", e)
-    write_json(out_dir / TRAJECTORY_FILE, replay.record())
+    record = replay.record()
+    write_json(out_dir / TRAJECTORY_FILE, record)
+    write_plots(record, out_dir)
+
+
+def write_plots(record: dict[str, Any], out_dir: Path) -> None:
+    """``trajectory_loss.csv`` / ``trajectory_val.csv``: ours and the reference in long format
+    (``iter,curve,<value>``), the DVC plots that ``.dvc/plots/overlay.json`` colours by curve."""
+    from dnlrepro.core.files import write_bytes_atomic
+
+    published = record.get("published", {})
+    for name, key, ours, ref in (
+        ("trajectory_loss.csv", "loss", record.get("train", []), published.get("train", [])),
+        ("trajectory_val.csv", "mIoU", record.get("val", []), published.get("val", [])),
+    ):
+        rows = [f"{p['iter']},reference,{p[key]:.6g}" for p in ref]
+        rows += [f"{p['iter']},ours,{p[key]:.6g}" for p in ours]
+        text = "\n".join([f"iter,curve,{key}", *rows]) + "\n"
+        write_bytes_atomic(out_dir / name, text.encode())
 
 
 def run_meta(cfg: Any, world_size: int, device: str) -> dict[str, Any]:
