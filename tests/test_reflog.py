@@ -151,3 +151,26 @@ def test_rehearsal_miniature_log_has_the_schedule_lr(tmp_path: Path) -> None:
         reflog.mmcv_round(schedule.lr_at(p.iter - 1, sched)) for p in log.train
     ]
     assert log.train[-1].iter == sched.max_iters and log.val
+
+
+def test_trajectory_logs_the_reference_next_to_ours_in_mlflow(tmp_path: Path) -> None:
+    logged: list[tuple[dict, int]] = []
+
+    class Tracker:  # the two calls Trajectory makes of dnlrepro.track.tracking.Tracker
+        def log_metrics(self, metrics: dict, step: int) -> None:
+            logged.append((metrics, step))
+
+    traj = Trajectory(_ref(tmp_path), miou_tolerance=1.0, loss_band=0.3)
+    traj.on_train({"iter": 50, "lr": 0.00999, "loss": 2.0}, Tracker())
+    traj.on_val({"iter": 200, "mIoU": 71.0}, Tracker())
+    assert logged == [
+        (
+            {
+                "trajectory/ref_loss": 0.7,
+                "trajectory/ref_lr": 0.00999,
+                "trajectory/loss_in_band": 0.0,
+            },
+            50,
+        ),
+        ({"trajectory/ref_mIoU": pytest.approx(71.23)}, 200),
+    ]
