@@ -54,8 +54,9 @@ def source(ws: Workspace, profile: Profile, dataset: str, folder: Path) -> Path 
 
 
 def fetch_all(ws: Workspace, profile: Profile, dataset: str, folder: Path) -> list[Path]:
-    """The archives, then the weights; returns the weights. Both are attempted even when the
-    first fails, so what can be fetched is there for the next run; the error names both."""
+    """The archives, then the weights (and, with real data, the published training logs);
+    returns the weights and logs. Each is attempted even when one fails, so what can be fetched
+    is there for the next run; the error names every failure."""
     rows = list(names_of(dataset, ws))
     if profile.settings.train:  # the rows that start from ImageNet weights (docs/reference.md §2.2)
         what = "pretrained"
@@ -68,7 +69,11 @@ def fetch_all(ws: Workspace, profile: Profile, dataset: str, folder: Path) -> li
         local_weights = None if profile.settings.data_source == "synthetic" else local
         steps.append((what, download.default_dest(what, ws), rows, local_weights))
     if profile.settings.data_source == "real":  # the published training logs (small, pinned)
-        steps.append(("logs", download.default_dest("logs", ws), list(names_of(dataset, ws)), None))
+        rows_all = list(names_of(dataset, ws))
+        names = [Path(u).name for u in download.log_urls(rows_all).values()]
+        # linked from DNLREPRO_LOCAL_DATA when all are there (offline machines), else downloaded
+        logs_from = local if local and all((local / n).is_file() for n in names) else None
+        steps.append(("logs", download.default_dest("logs", ws), rows_all, logs_from))
     failed, weights = [], []
     for step, dest, configs, linked_from in steps:
         try:
