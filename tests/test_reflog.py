@@ -57,6 +57,7 @@ def test_run_facts_from_metadata(tmp_path: Path) -> None:
     assert facts["versions"]["MMCV"] == "1.1.1"
     assert facts["versions"]["PyTorch"] == "1.5.0"
     assert facts["val"] == {200: 71.23}
+    assert (facts["log_interval"], facts["eval_interval"], facts["eval_iters"]) == (50, 200, [200])
 
 
 @pytest.mark.parametrize(
