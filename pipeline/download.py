@@ -13,7 +13,9 @@ One path for every profile: fetch -> verify -> link into ``downloads/<dataset>``
 
 Weights: the ImageNet backbones the dataset's configurations start from (none when a profile
 trains from random weights) into ``downloads/``, or, for a profile that does not train, the
-rows' published checkpoints into ``downloads/checkpoints``. One stage per dataset, so ADE20K
+rows' published checkpoints into ``downloads/checkpoints``; with real data also the rows'
+published training logs into ``downloads/reference_logs`` (the reference trajectories that
+training compares itself with, pinned by sha256 on first download). One stage per dataset, so ADE20K
 (public) is fetched and its rows run without Cityscapes credentials (``dvc repro
 --keep-going``). ``downloads/<dataset>`` is ``cache: false`` (no second copy of 11 GB) and
 ``persist: true`` (a re-run resumes/verifies instead of deleting); the receipt
@@ -52,8 +54,9 @@ def source(ws: Workspace, profile: Profile, dataset: str, folder: Path) -> Path 
 
 
 def fetch_all(ws: Workspace, profile: Profile, dataset: str, folder: Path) -> list[Path]:
-    """The archives, then the weights; returns the weights. Both are attempted even when the
-    first fails, so what can be fetched is there for the next run; the error names both."""
+    """The archives, then the weights (and, with real data, the published training logs);
+    returns the weights and logs. Each is attempted even when one fails, so what can be fetched
+    is there for the next run; the error names every failure."""
     rows = list(names_of(dataset, ws))
     if profile.settings.train:  # the rows that start from ImageNet weights (docs/reference.md §2.2)
         what = "pretrained"
@@ -65,6 +68,12 @@ def fetch_all(ws: Workspace, profile: Profile, dataset: str, folder: Path) -> li
     if rows:
         local_weights = None if profile.settings.data_source == "synthetic" else local
         steps.append((what, download.default_dest(what, ws), rows, local_weights))
+    if profile.settings.data_source == "real":  # the published training logs (small, pinned)
+        rows_all = list(names_of(dataset, ws))
+        names = [Path(u).name for u in download.log_urls(rows_all).values()]
+        # linked from DNLREPRO_LOCAL_DATA when all are there (offline machines), else downloaded
+        logs_from = local if local and all((local / n).is_file() for n in names) else None
+        steps.append(("logs", download.default_dest("logs", ws), rows_all, logs_from))
     failed, weights = [], []
     for step, dest, configs, linked_from in steps:
         try:
@@ -72,7 +81,7 @@ def fetch_all(ws: Workspace, profile: Profile, dataset: str, folder: Path) -> li
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             failed.append(f"{step}: {e}")
             continue
-        weights += got if step == what else []
+        weights += got if step in (what, "logs") else []
     if failed:
         hint = " (the ADE20K rows do not need it: `dvc repro --keep-going`)"
         raise RuntimeError("; ".join(failed) + (hint if dataset == "cityscapes" else ""))
@@ -85,6 +94,7 @@ def main() -> int:
     synthetic = profile.settings.data_source == "synthetic"
     folder = download.archive_folder(dataset, ws, synthetic)
     weights = fetch_all(ws, profile, dataset, folder)
+    logs = [p for p in weights if p.name.endswith(".log.json")]  # the reference trajectories
     # This profile's archives only: the real folder's synthetic/ subfolder is another profile's;
     # partial transfers and the verification caches (*.verified.json) are not archives.
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.endswith(NOT_ARCHIVES))
@@ -93,7 +103,11 @@ def main() -> int:
         "dataset": dataset,
         "folder": ws.relative(folder),
         "files": {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in files},
-        "weights": {ws.relative(p): {"bytes": p.stat().st_size} for p in weights},
+        "weights": {ws.relative(p): {"bytes": p.stat().st_size} for p in weights if p not in logs},
+        # sha256 too: train@ depends on this receipt, so it re-runs when a reference log changes
+        "reference_logs": {
+            ws.relative(p): {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in logs
+        },
     }
     write_json(ws.results / "data" / "downloads" / f"{dataset}.json", receipt, sort_keys=True)
     return 0

@@ -4,7 +4,9 @@ A run is one (configuration, seed) of ``params/runs.yaml``; everything it comput
 from ``resolve@<run>`` (``results/<run>/config.yaml`` and block ``train`` of ``run.yaml``).
 Outputs: ``results/<run>/train_summary.json`` (deterministic: config, seed, batch, losses, last
 validation, weights' sha256), ``results/<run>/{train,lr,val}_curve.csv`` (DVC plots) and
-``timings/<run>/train.json`` (wall time, peak memory: machine-dependent).
+``timings/<run>/train.json`` (wall time, peak memory: machine-dependent), ``results/<run>/log.json``
+(the run in mmseg 0.x's log format) and ``results/<run>/trajectory.json`` (the comparison with
+the reference trajectory of ``run.yaml``'s ``train.reference``, :mod:`dnlrepro.engine.trajectory`).
 
 * source ``train``: :func:`dnlrepro.engine.launcher.run_training`, in this process or through
   torchrun depending on the process count alone. Resume state lives in
@@ -18,6 +20,7 @@ validation, weights' sha256), ``results/<run>/{train,lr,val}_curve.csv`` (DVC pl
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -30,6 +33,9 @@ from dnlrepro.core.runs import stage
 from dnlrepro.core.workspace import Workspace
 from dnlrepro.engine.launcher import run_training
 from dnlrepro.engine.train_summary import write_curves
+from dnlrepro.engine.trajectory import write_outputs
+
+logger = logging.getLogger(__name__)
 
 
 def copy_published(ws: Workspace, plan: RunPlan, final: Path, summary: Path) -> None:
@@ -44,6 +50,9 @@ def copy_published(ws: Workspace, plan: RunPlan, final: Path, summary: Path) -> 
     timing = {"config": plan.config, "trained": False, "memory_kind": None}
     write_json(ws.timings / plan.run / "train.json", timing)
     write_curves({}, summary.parent)  # the stage's plot outputs: no curve without training
+    write_outputs(
+        None, {}, {"exp_name": f"{plan.config}.py", "note": "not trained here"}, summary.parent
+    )
     record = {
         "config": plan.config,
         "profile": "published",
@@ -53,6 +62,30 @@ def copy_published(ws: Workspace, plan: RunPlan, final: Path, summary: Path) -> 
         "note": "published mmseg checkpoint; memory and time of its training are the README's",
     }
     write_json(summary, record)
+
+
+def reference_args(ws: Workspace, plan: RunPlan) -> list[str]:
+    """``dnlrepro train``'s reference options from the run plan (docs/pipeline.md, "Reference
+    trajectories"). The stage never downloads: a missing published log is an error naming the
+    download stage; a smoke reference not yet recorded is a warning naming the command."""
+    ref = plan.train.reference
+    if ref is None:
+        return []
+    log = ws.path(ref.log)
+    if not log.is_file():
+        if ref.source == "published":
+            raise FileNotFoundError(
+                f"{log}: the published training log of {plan.config} (the reference trajectory) "
+                f"is missing; `{ref.how}` fetches and pins it (or set settings.reference.source: "
+                "off in params/profiles.yaml)"
+            )
+        logger.warning(
+            "%s: no recorded reference trajectory yet, nothing compared; `%s`", log, ref.how
+        )
+        return []
+    argv = ["--reference-log", str(log), "--miou-tolerance", str(ref.miou_tolerance)]
+    argv += ["--loss-band", str(ref.loss_band)]
+    return argv + (["--stop-if-off-track"] if ref.stop_if_off_track else [])
 
 
 def train(ws: Workspace, cfg: Config, plan: RunPlan, final: Path, summary: Path) -> None:
@@ -65,6 +98,7 @@ def train(ws: Workspace, cfg: Config, plan: RunPlan, final: Path, summary: Path)
     ]
     if plan.train.val_max_images is not None:
         argv += ["--eval-max-images", str(plan.train.val_max_images)]
+    argv += reference_args(ws, plan)
     run_training(argv, plan.train.gpus, plan.train.nnodes)
     # The run is complete: nothing is left to resume, and 12 stale copies would fill the disk.
     shutil.rmtree(ws.work_dirs / plan.run / "scratch", ignore_errors=True)

@@ -50,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("dnlrepro.reports.check", "exit non-zero when any verdict in diff.json fails"),
     "launch": ("dnlrepro.launch.local", "run train/evaluate stages in parallel, one per GPU"),
     "rehearse": ("dnlrepro.rehearse.run", "every stage of paper/published, in miniature"),
+    "reflog": ("dnlrepro.tools.reflog", "record a reference training log; the published runs"),
 }
 
 

@@ -9,6 +9,7 @@ Sources (docs/reference.md §2.2, §3.1, §3.2, §6.1):
   (packageID 3) after logging in with ``CITYSCAPES_USERNAME`` / ``CITYSCAPES_PASSWORD``.
 * ``resnet{50,101}_v1c`` (mmcv's ``open-mmlab://`` names) and the twelve DNLNet checkpoints; the
   8 hex characters at the end of each file name are the start of its sha256 and are verified.
+* the twelve training logs (``<config>-<timestamp>.log.json``, §6.4): pinned on first use.
 
 Every file is checked against a hash before it is used (:mod:`dnlrepro.acquire.verify`: the hash
 in its name, a published one, ``$DNLREPRO_EXPECTED_SHA256``, else the sha256 pinned on first use).
@@ -79,6 +80,7 @@ CITYSCAPES_PACKAGES: dict[str, int] = {  # archive name -> packageID (§3.1)
 CITYSCAPES_ARCHIVES: tuple[str, ...] = tuple(CITYSCAPES_PACKAGES)
 
 
+REFERENCE_LOGS = "reference_logs"  # downloads/<this>: the published training logs (§6.4)
 MIRROR_ENV = "DNLREPRO_MIRROR"
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 
@@ -476,6 +478,22 @@ def checkpoint_urls(names: Iterable[str] | None = None) -> dict[str, str]:
     return {n: rows[n].checkpoint for n in names}
 
 
+def log_urls(names: Iterable[str] | None = None) -> dict[str, str]:
+    """Published training log URL per configuration (registry ``log``; default: every row).
+
+    No hash is published for them: the first download is pinned (``params/download_pins.json``)
+    and every later one must match it (:mod:`dnlrepro.acquire.verify`).
+    """
+    from dnlrepro.core.registry import load_published
+
+    rows = load_published().configs
+    names = list(names) if names else list(rows)
+    unknown = [n for n in names if n not in rows]
+    if unknown:
+        raise ValueError(f"unknown config(s) {unknown}; choose from {', '.join(rows)}")
+    return {n: rows[n].log for n in names}
+
+
 def pretrained_for(configs: Iterable[str]) -> list[str]:
     """Backbone names needed by the configs (from their ``model.backbone.pretrained``)."""
     from dnlrepro.core.config import load_config
@@ -490,7 +508,9 @@ def pretrained_for(configs: Iterable[str]) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--what", required=True, choices=("ade20k", "cityscapes", "pretrained", "checkpoints")
+        "--what",
+        required=True,
+        choices=("ade20k", "cityscapes", "pretrained", "checkpoints", "logs"),
     )
     parser.add_argument(
         "--dest",
@@ -526,7 +546,8 @@ def fetch(
     """Fetch (or link from ``local``) the files of ``what`` into ``dest``; verified paths.
 
     ``what``: ``ade20k`` / ``cityscapes`` (archives), ``pretrained`` (the ImageNet backbones the
-    configs use) or ``checkpoints`` (the published weights of ``configs``; default: every row).
+    configs use), ``checkpoints`` (the published weights of ``configs``; default: every row) or
+    ``logs`` (their published training logs, the reference trajectories).
     """
     if what == "ade20k":
         names, urls = list(ADE20K_ARCHIVES), [ADE20K_URL]
@@ -536,11 +557,11 @@ def fetch(
         rows = list(checkpoint_urls(configs))  # the registry rows (validated; default: all)
         urls = [PRETRAINED_URLS[n] for n in pretrained_for(rows)]
         names = [Path(u).name for u in urls]
-    elif what == "checkpoints":
-        urls = list(checkpoint_urls(configs).values())
+    elif what in ("checkpoints", "logs"):
+        urls = list((checkpoint_urls if what == "checkpoints" else log_urls)(configs).values())
         names = [Path(u).name for u in urls]
     else:
-        choices = "ade20k, cityscapes, pretrained, checkpoints"
+        choices = "ade20k, cityscapes, pretrained, checkpoints, logs"
         raise ValueError(f"unknown download {what!r}; choose one of {choices}")
     if local is not None:
         return link_local(what, local, dest, names)
@@ -551,10 +572,13 @@ def fetch(
 
 def default_dest(what: str, ws: workspace.Workspace | None = None) -> Path:
     """Where the pipeline's stages keep ``what``: ``downloads/<dataset>`` (the real archives of
-    ``download@<dataset>``), ``downloads/`` (backbones), ``downloads/checkpoints``."""
+    ``download@<dataset>``), ``downloads/`` (backbones), ``downloads/checkpoints``,
+    ``downloads/reference_logs``."""
     downloads = (ws or workspace.find()).downloads
     if what in ("cityscapes", "ade20k"):
         return downloads / what
+    if what == "logs":
+        return downloads / REFERENCE_LOGS
     return downloads / "checkpoints" if what == "checkpoints" else downloads
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from dnlrepro.core import workspace
 from dnlrepro.core.miniature import Miniature
+from dnlrepro.core.reference import SOURCES, ReferenceSettings
 from dnlrepro.core.schema import ConfigError, build, read_yaml
 from dnlrepro.core.workspace import Workspace
 
@@ -35,6 +36,7 @@ DEFAULT_PROFILE = "paper"
 # Allowed values of the string settings (dotted key -> choices), listed in errors.
 SETTING_CHOICES: dict[str, tuple[Any, ...]] = {
     "settings.data_source": ("synthetic", "real"),
+    "settings.reference.source": SOURCES,
 }
 _HINT = "each profile in params/profiles.yaml spells out every setting"
 
@@ -76,6 +78,8 @@ class Settings:
     # The diff fails a row whose mIoU is below this multiple of its majority-class baseline
     # (a constant prediction); None: no such check (the real profiles compare with the paper).
     learned_factor: float | None = None
+    # The trajectory each run compares itself with while training (core.reference).
+    reference: ReferenceSettings = field(default_factory=ReferenceSettings)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ regression range, §7) and may be widened per configuration and profile only wit
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,13 @@ def _entry(name: str, raw: Any, path: Path) -> PublishedEntry:
             m: _tolerance(t, f"{where}tolerance.{profile}.{m}.", path)
             for m, t in (per_metric or {}).items()
         }
+    expected_log = log_url_of(str(raw["checkpoint"]), name)
+    if raw["log"] != expected_log:
+        raise PublishedError(
+            f"{path}: '{where}log' is {raw['log']!r}; the training log of this checkpoint is "
+            f"{expected_log!r} (same folder and timestamp, a hyphen before it, docs/reference.md "
+            "§6.1)"
+        )
     return PublishedEntry(
         name=name,
         dataset=str(raw["dataset"]),
@@ -161,6 +169,19 @@ def _entry(name: str, raw: Any, path: Path) -> PublishedEntry:
         log=str(raw["log"]),
         tolerance_overrides=overrides,
     )
+
+
+def log_url_of(checkpoint: str, name: str) -> str:
+    """The training log next to a published checkpoint: ``<dir>/<name>_<stamp>-<hash>.pth`` ->
+    ``<dir>/<name>-<stamp>.log.json`` (the same timestamp, a hyphen before it; §6.1)."""
+    folder, _, file = checkpoint.rpartition("/")
+    match = re.fullmatch(rf"{re.escape(name)}_(\d{{8}}_\d{{6}})-[0-9a-f]{{8}}\.pth", file)
+    if match is None:
+        raise PublishedError(
+            f"checkpoint URL {checkpoint!r} does not end in '{name}_<YYYYMMDD_HHMMSS>-<sha256[:8]>"
+            ".pth'; the log URL is derived from its timestamp"
+        )
+    return f"{folder}/{name}-{match.group(1)}.log.json"
 
 
 def load_published(path: str | Path | None = None) -> Published:

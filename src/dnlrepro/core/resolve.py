@@ -27,11 +27,13 @@ from typing import Any
 
 import yaml
 
+from dnlrepro.core import reference
 from dnlrepro.core.config import Config, flatten, load_config, write_resolved
 from dnlrepro.core.files import write_bytes_atomic
 from dnlrepro.core.layout import layout_for
 from dnlrepro.core.miniature import check_structure
 from dnlrepro.core.profile import Benchmark, Profile
+from dnlrepro.core.reference import ReferencePlan
 from dnlrepro.core.registry import load_published
 from dnlrepro.core.runs import Run, stage
 from dnlrepro.core.schema import ConfigError, build, read_yaml
@@ -56,6 +58,7 @@ class TrainPlan:
     nnodes: int
     per_gpu_batch: int  # the configuration's global batch / gpus
     val_max_images: int | None  # in-training validation on the first N images (None: all)
+    reference: ReferencePlan | None = None  # the trajectory to compare with (core.reference)
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,11 @@ def resolve_run(ws: Workspace, profile: Profile, run: Run) -> tuple[Config, RunP
     source = "train" if s.train else "published"
     where = f"params/profiles.yaml: {profile.name}.settings.gpus"
     layout = layout_for(cfg, s.gpus, s.nnodes, where)
+    ref = (
+        reference.plan(ws, profile.name, s.reference, run.config, run.dataset) if s.train else None
+    )
     train = TrainPlan(
-        source, checkpoint, file, s.gpus, s.nnodes, layout.per_gpu_batch, s.eval_max_images
+        source, checkpoint, file, s.gpus, s.nnodes, layout.per_gpu_batch, s.eval_max_images, ref
     )
     small_window_alt = s.eval_small_window_alt and cfg.test.mode == "slide"
     evaluate = EvalPlan(s.eval_max_images, small_window_alt, s.benchmark, s.data_source == "real")

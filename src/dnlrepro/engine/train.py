@@ -36,7 +36,7 @@ import torch
 from dnlrepro.core.config import Config
 from dnlrepro.core.files import write_json
 from dnlrepro.core.layout import record
-from dnlrepro.engine import distributed, preempt, schedule, train_setup, train_summary
+from dnlrepro.engine import distributed, preempt, schedule, train_setup, train_summary, trajectory
 from dnlrepro.engine.distributed import DistInfo
 from dnlrepro.engine.resume import FINAL, save_final, save_train_checkpoint
 from dnlrepro.engine.step import NonFiniteLossError, TrainError, format_values, train_step
@@ -60,6 +60,7 @@ def train(
     eval_max_images: int | None = None,
     final_path: str | Path | None = None,
     timing_out: str | Path | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` in ``work_dir``; returns the summary dict (also written to ``summary_out``).
 
@@ -80,10 +81,14 @@ def train(
         timing_out: wall time and peak memory, the machine-dependent part of the run (default:
             ``work_dir/train_timing.json``). ``train_curve.csv`` / ``val_curve.csv`` go next to
             ``summary_out``.
+        reference: the published trajectory to compare with while training
+            (:func:`dnlrepro.engine.trajectory.live`); ``log.json`` and ``trajectory.json`` go
+            next to ``summary_out``.
 
     Raises:
         ResumeError: ``work_dir`` holds a checkpoint of another configuration.
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
+        OffTrackError: the lr left the published one (or the mIoU, with stop_if_off_track).
     """
     if resume not in ("auto", "never"):
         raise ValueError(f"resume must be 'auto' or 'never', got {resume!r}")
@@ -97,14 +102,18 @@ def train(
         layout = train_setup.report_layout(cfg, info)
         state = train_setup.start(cfg, work_dir, info, pretrained, resume)
         loader = train_setup.build_loader(cfg, info, layout, start_iter=state.start_iter)
+        ref = trajectory.live(reference)  # every rank: the values compared are rank-averaged
         with Tracker(cfg, "train", enabled=info.is_main and track) as tracker:
             tracker.set_tags({**record(cfg, layout), "device": str(info.device)})
             with preempt.StopOnSignal() as stop:  # a scheduler's warning: checkpoint, stop
-                _loop(cfg, state, iter(loader), info, work_dir, tracker, eval_max_images, stop)
+                _loop(cfg, state, iter(loader), info, work_dir, tracker, eval_max_images, stop, ref)
             summary = _finish(
                 cfg, state, info, tracker, (final, summary_path, timing_path), started,
                 eval_max_images,
             )  # fmt: skip
+        if info.is_main:
+            meta = trajectory.run_meta(cfg, info.world_size, str(info.device))
+            trajectory.write_outputs(reference, state.history, meta, summary_path.parent)
         return distributed.broadcast_object(summary, info)
 
 
@@ -117,6 +126,7 @@ def _loop(
     tracker: Any,
     eval_max_images: int | None,
     stop: preempt.StopOnSignal,
+    ref: trajectory.Trajectory | trajectory.Off,
 ) -> None:
     """Iterations ``state.start_iter`` .. ``max_iters``: the whole of mmcv's IterBasedRunner."""
     sched, dev = cfg.schedule, info.device
@@ -145,6 +155,7 @@ def _loop(
         if done % sched.log_interval == 0 or done == sched.max_iters:
             sec_per_iter = (now - loop_start) / (done - state.start_iter)
             _log_interval(done, sched.max_iters, lr, sec_per_iter, meter, state, info, tracker)
+            ref.on_train(state.history["train"][-1], tracker)  # lr off the published one: stop
             meter = _Meter()
         # 5. validation (its RNG use is forked away, so it cannot change the weights)
         if done % sched.eval_interval == 0 or done == sched.max_iters:
@@ -152,6 +163,7 @@ def _loop(
             state.history["val"].append(state.last_val)
             scalars = train_summary.val_scalars(state.last_val)
             tracker.log_metrics(scalars, done)  # the evaluation run's names (mIoU, ...)
+            ref.on_val(state.last_val, tracker)
             state.ddp_model.train()
         # 6. checkpoint; after validation (mmcv saves first) so the checkpoint's history holds
         #    this evaluation and a run resumed at max_iters need not repeat it.
@@ -342,6 +354,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available"
     )
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    trajectory.add_arguments(parser)
     parser.add_argument(
         "--eval-max-images",
         type=int,
@@ -368,5 +381,6 @@ def main(args: argparse.Namespace) -> int:
         track=not args.no_track,
         eval_max_images=max_images,
         final_path=args.final_path,
+        reference=trajectory.from_args(args),
     )
     return 0

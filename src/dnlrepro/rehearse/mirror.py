@@ -12,7 +12,9 @@ URL, so ``$DNLREPRO_MIRROR`` (:func:`dnlrepro.acquire.download.mirrored`) maps e
 * profile paper: ``resnet{50,101}_v1c-<hash>.pth``, ``{"state_dict": stem.*, layer1-4.*, fc.*}``
   (the open-mmlab key layout, docs/reference.md §2.2) with the real shapes and random weights;
 * profile published: the twelve ``<config>_<date>-<hash>.pth`` in the mmseg layout
-  (``{"meta", "state_dict"}``, §1.7), random weights.
+  (``{"meta", "state_dict"}``, §1.7), random weights;
+* both: the twelve training logs ``<config>-<date>.log.json`` in miniature
+  (:mod:`dnlrepro.rehearse.reflogs`).
 
 A miniature cannot have the hash in its published name, so :func:`build` also writes
 ``expected_sha256.json`` ({file name: sha256}); the rehearsal hands it to the download code
@@ -41,6 +43,7 @@ from dnlrepro.core.files import file_digest, write_json
 from dnlrepro.core.miniature import Synthetic
 from dnlrepro.core.registry import load_published
 from dnlrepro.core.workspace import Workspace
+from dnlrepro.rehearse import reflogs
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ def build(root: Path, ws: Workspace, train: bool, sizes: Synthetic) -> list[Mirr
     root.mkdir(parents=True, exist_ok=True)
     files = _datasets(root, sizes)
     files += _backbones(root, ws) if train else _checkpoints(root, ws)
+    files += [MirrorFile(*log) for log in reflogs.miniature_logs(root, ws, local_path)]
     write_json(root / HASHES, {f.name: f.sha256 for f in files}, sort_keys=True)
     logger.info("mirror: %d miniature files in %s", len(files), root)
     return files

@@ -34,6 +34,7 @@ from dnlrepro.core.layout import compare
 from dnlrepro.core.profile import load_profile, read_params
 from dnlrepro.core.registry import METRICS, Published, load_published
 from dnlrepro.core.runs import of_rows, plan
+from dnlrepro.reports import trajectory
 from dnlrepro.reports.outputs import json_bytes, write_all
 from dnlrepro.reports.results import Measured, aggregate, load_measured
 from dnlrepro.reports.seeds import (
@@ -298,7 +299,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         environment()
         .get_template("diff.md.j2")
         .render(report=report, rows=rows, reasons=reasons, verdicts=VERDICTS, seed_rule=SEED_RULE)
-    )
+    ) + trajectory.markdown(report.get("trajectory", []))
 
 
 def write_diff(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
@@ -355,6 +356,9 @@ def run(
         update_baseline([m for n in names for m in per_run[n]], baseline_file, groups)
     baseline = load_baseline(baseline_file, groups) if profile == "smoke" else None
     report = build_diff(names, published, measured, profile, baseline, learned_factor, per_run)
+    section = trajectory.collect(results, [r.key for n in names for r in rows[n]])
+    if section:  # the runs that compared themselves with a reference training log
+        report["trajectory"] = section
     write_diff(report, paths.get("out") or ws.reports)
     return report
 

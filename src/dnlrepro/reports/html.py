@@ -26,7 +26,7 @@ from markupsafe import Markup
 from dnlrepro.core import workspace
 from dnlrepro.core.profile import Profile, load_profile, read_params
 from dnlrepro.core.registry import METRICS, Published, PublishedEntry, load_published
-from dnlrepro.reports import charts
+from dnlrepro.reports import charts, trajectory_plot
 from dnlrepro.reports.diff import LABELS, VERDICTS
 from dnlrepro.reports.diff import our_protocol as protocol_fields
 from dnlrepro.reports.outputs import write_all
@@ -252,7 +252,7 @@ def row_plots(name: str, folder: Path) -> list[dict[str, Any]]:
         else:
             svg = DRAW[filename](rows, f"dnlrepro-{name}-{filename}")
             plots.append({"title": title, "svg": Markup(svg), "note": ""})
-    return plots
+    return plots + trajectory_plot.plots(folder, name)  # vs the reference training log
 
 
 def diff_context(diff: dict[str, Any] | None) -> dict[str, Any] | None:
