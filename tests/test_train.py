@@ -222,10 +222,7 @@ def test_run_is_tracked_in_mlflow(full_run: dict[str, Any]) -> None:
     )
     assert len(runs) == 1
     run = runs[0]
-    assert (
-        run.info.status == "FINISHED"
-        and run.info.run_name == f"{CFG.removeprefix('dnl_')} seed0 train (smoke)"
-    )
+    assert run.info.status == "FINISHED" and run.info.run_name == "r50 512x1024 40k s0 smoke"
     assert run.data.params["schedule.max_iters"] == "4"
     assert run.data.params["data.data_root"] == cfg.data.data_root
     assert run.data.tags["effective_batch"] == "2" and run.data.tags["world_size"] == "1"

@@ -12,7 +12,7 @@ import math
 
 from dnlrepro.engine import distributed
 from dnlrepro.engine.evaluate import evaluate
-from dnlrepro.tools.checkpoints import fetched
+from dnlrepro.tools.checkpoints import config_for, fetched
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,12 +45,10 @@ def _positive_int(text: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro.core.config import config_from_args
-
-    cfg, _ = config_from_args(args)
     info = distributed.init_distributed(args.device)
     try:
         with fetched(args.checkpoint) as local:
+            cfg = config_for(args, local)  # the profile the checkpoint records, unless --profile
             payload = evaluate(
                 cfg,
                 local,
