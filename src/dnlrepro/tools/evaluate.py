@@ -19,7 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dnlrepro.core.config import add_config_arguments
 
     add_config_arguments(parser)
-    parser.add_argument("--checkpoint", required=True, help=".pth file or published URL")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help=".pth file or published URL; without --profile, the profile our training recorded "
+        "in the file applies (else the configuration's own values)",
+    )
     parser.add_argument("--data-root", default=None, help="default: the config's data.data_root")
     parser.add_argument(
         "--split", default="val", help="val (Cityscapes val / ADE20K validation), train, or a name"

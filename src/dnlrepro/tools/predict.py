@@ -221,7 +221,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dnlrepro.core.config import add_config_arguments
 
     add_config_arguments(parser)
-    parser.add_argument("--checkpoint", required=True, help=".pth file or published URL")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help=".pth file or published URL; without --profile, the profile our training recorded "
+        "in the file applies (else the configuration's own values)",
+    )
     parser.add_argument(
         "--images",
         required=True,
