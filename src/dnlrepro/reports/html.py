@@ -211,7 +211,9 @@ def row_context(
                 "published_title": _published_title(metric, entry, published),
                 "ours": speed["text"] if speed else with_spread(meas, metric, digits),
                 "machine": speed["machine"] if speed else "",
-                "ours_title": _our_title(metric, meas),
+                "ours_title": "\n".join(
+                    t for t in (_our_title(metric, meas), speed and speed["why"]) if t
+                ),
                 "verdict": verdict_of.get(metric),
             }
         )

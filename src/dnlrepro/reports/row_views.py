@@ -63,31 +63,29 @@ def machine(meas: Measured) -> str | None:
 
 
 def speed_cell(metric: str, meas: Measured) -> dict[str, str]:
-    """``{"text", "machine"}`` of the Mem or fps cell.
+    """``{"text", "machine", "why"}`` of the Mem or fps cell (``why`` joins its tooltip).
 
     A CUDA measurement is the published quantity: the number, with the GPU under it. A CPU run
     has no such number (Mem is ``torch.cuda.max_memory_allocated``, fps a V100 figure): the cell
-    names the machine, why its timing is not shown and the file that holds it. The CPU figure
-    itself stays out of the page, which must not change with the machine's load (a re-run
-    leaves reports/ byte-identical; the timings live in timings/).
+    says so in a few words; the tooltip names the machine and the file that holds the timing.
+    The CPU figure itself stays out of the page, which must not change with the machine's load
+    (a re-run leaves reports/ byte-identical; the timings live in timings/).
     """
     where = machine(meas) or "unknown machine"
     value = meas.metrics.get(metric)
     if value is not None:
-        return {"text": f"{value:.{1 if metric == 'mem_gb' else 2}f}", "machine": where}
+        text = f"{value:.{1 if metric == 'mem_gb' else 2}f}"
+        return {"text": text, "machine": where, "why": f"measured on {where}"}
     if metric == "fps":
         if meas.benchmark.get("fps") is None:
-            return {"text": "-", "machine": "not benchmarked yet"}
+            return {"text": "-", "machine": "not benchmarked yet", "why": ""}
         why = f"{where}: a CPU timing, not the V100 figure (timings/{meas.name}/speed.json)"
-        return {"text": "-", "machine": why}
+        return {"text": "-", "machine": "CPU run: not comparable", "why": why}
     kind = meas.train.get("memory_kind")
     if kind is None:
-        return {"text": "-", "machine": "not trained yet"}
-    return {
-        "text": "-",
-        "machine": f"{where}: {kind}, not CUDA max_memory_allocated "
-        f"(timings/{meas.name}/train.json)",
-    }
+        return {"text": "-", "machine": "not trained yet", "why": ""}
+    why = f"{where}: {kind}, not CUDA max_memory_allocated (timings/{meas.name}/train.json)"
+    return {"text": "-", "machine": "CPU run: no CUDA memory", "why": why}
 
 
 __all__ = ["DRAW", "PLOTS", "SPEED_METRICS", "machine", "run_plots", "speed_cell"]
