@@ -242,3 +242,28 @@ def test_store_damaged_during_a_run_fails_it_at_the_end(db_uri: str, tmp_path: P
 def test_missing_store_is_created(tmp_path: Path) -> None:
     tracking.check_store(f"sqlite:///{tmp_path / 'absent.db'}")  # nothing to refuse
     tracking.check_store("http://127.0.0.1:5000")  # a server: not ours to check
+
+
+def _train_run(uri: str, seed: int) -> str | None:
+    import os
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    with Tracker(load_config(CFG, "smoke", {"schedule.seed": seed}), "train") as t:
+        t.log_metrics({"val/mIoU": float(seed)}, step=1)
+    return t.run_id
+
+
+def test_parallel_first_runs_each_get_their_run(tmp_path: Path) -> None:
+    """Parallel trainings that create the experiment (and set its tags) at the same moment."""
+    import multiprocessing
+
+    from mlflow.tracking import MlflowClient
+
+    uri = init_db(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        ids = pool.starmap(_train_run, [(uri, seed) for seed in (10, 11, 12)])
+    assert None not in ids and len(set(ids)) == 3
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("cityscapes")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert len(client.search_runs([exp.experiment_id])) == 3

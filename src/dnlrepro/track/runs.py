@@ -85,8 +85,12 @@ def experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
     view = json.dumps(VIEW_STATE, separators=(",", ":"))
     # also on experiments created by older versions of this code
     for key, value in ((EXPERIMENT_KIND_TAG, EXPERIMENT_KIND), (VIEW_TAG, view)):
-        if tags.get(key) != value:
+        if tags.get(key) == value:
+            continue
+        try:
             client.set_experiment_tag(exp_id, key, value)
+        except Exception as e:  # parallel stages set the same tag: the run matters, not this
+            logger.debug("experiment tag %s of %s not set: %s", key, name, e)
     return exp_id
 
 
