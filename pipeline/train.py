@@ -65,7 +65,7 @@ def train(ws: Workspace, cfg: Config, plan: RunPlan, final: Path, summary: Path)
     ]
     if plan.train.val_max_images is not None:
         argv += ["--eval-max-images", str(plan.train.val_max_images)]
-    run_training(argv, plan.train.nproc_per_node, plan.train.nnodes)
+    run_training(argv, plan.train.gpus, plan.train.nnodes)
     # The run is complete: nothing is left to resume, and 12 stale copies would fill the disk.
     shutil.rmtree(ws.work_dirs / plan.run / "scratch", ignore_errors=True)
 

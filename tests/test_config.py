@@ -77,7 +77,7 @@ def test_config_matches_reference_row(name):
     assert cfg.model.align_corners is row["align"]
     assert cfg.model.num_classes == row["classes"]
     assert cfg.data.samples_per_gpu == row["batch"]
-    assert cfg.published_batch == 4 * row["batch"]  # 8 Cityscapes / 16 ADE20K (§3.5)
+    assert cfg.global_batch == 4 * row["batch"]  # 8 Cityscapes / 16 ADE20K (§3.5)
     if row["mode"] == "slide":
         assert cfg.test.crop_size == (769, 769) and cfg.test.stride == (513, 513)
     else:

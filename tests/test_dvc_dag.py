@@ -241,7 +241,7 @@ def test_rewording_a_description_or_a_published_number_re_runs_no_run(locked_cop
         assert changed_stages(locked_copy) == {"tables", "report"}
     finally:
         profiles.write_text(original)
-    original = edit(profiles, "nproc_per_node: 4", "nproc_per_node: 8")  # the paper block
+    original = edit(profiles, "gpus: 4", "gpus: 8")  # the paper block
     try:
         assert changed_stages(locked_copy) == set()  # params.yaml selects smoke
     finally:

@@ -206,8 +206,8 @@ def test_run_name_tags_and_metric_names(run: dict, tracked: Tracked) -> None:
     assert (tags["config"], tags["dataset"], tags["profile"]) == (CFG, "cityscapes", "smoke")
     assert tags["seed"] == "0"  # a row's seeds share `config` and differ here
     assert (tags["git_commit"], tags["git_dirty"]) == (commit, "false")
-    assert tags["published_batch"] == "8"  # params/published.yaml: 4 GPUs x 2
-    assert tags["effective_batch"] == "2"  # the smoke run's own: 1 process x 2
+    # the layout and protocol that ran (core/layout.py): smoke's 1 x 2, BN over both images
+    assert (tags["layout"], tags["bn_group"]) == ("1x2", "2")
     metrics = run["metrics"]
     assert not [k for k in metrics if k.startswith("IoU")]  # per-class: an artifact
     assert {"train/loss", "train/lr", "val/mIoU", "train_s", "cpu_max_rss_gb"} <= set(metrics)

@@ -78,8 +78,8 @@ def tiny_repo(tmp_path: Path) -> Path:
 
 def test_parse_gpus():
     assert launch.parse_gpus("0,1,2,3") == ["0", "1", "2", "3"]
-    assert launch.parse_gpus("0-1,2-3") == ["0,1", "2,3"]
-    for bad in ("", "x", "3-1", "0,0"):
+    assert launch.parse_gpus("0-2,6") == ["0", "1", "2", "6"]
+    for bad in ("", "x", "3-1", "0,0", "0-2,1"):
         with pytest.raises(ValueError, match="--gpus"):
             launch.parse_gpus(bad)
 
@@ -89,6 +89,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tiny_repo: Path, capsys):
     out = capsys.readouterr().out
     assert "repro prepare" in out and "repro tables diff report" in out
     assert out.count("--wait-for-lock repro -s train@") == 3
+    assert out.count("[1 GPU(s), first round]") == 4  # a and b: train + evaluate each
     assert out.count("repro -s evaluate@") == 3
     assert all(j.returncode is None for j in jobs)
     assert not (tiny_repo / "prepared.txt").exists()
@@ -107,6 +108,22 @@ def test_queue_runs_every_config_on_a_fake_gpu(tiny_repo: Path):
     status = dvc(tiny_repo, "status", "-q")
     assert status.returncode == 0, status.stdout + status.stderr
     assert launch.summary(jobs).count(" ok ") == 3
+
+
+def test_runs_are_packed_onto_the_gpus_by_their_layout(tiny_repo: Path):
+    """Four GPUs: a 2-GPU run and two 1-GPU runs start together; a 4-GPU run waits for all."""
+    needs = {"a": 2, "b": 1, "c": 1}
+    jobs = launch.launch(
+        ["0", "1", "2", "3"], ["a", "b", "c"], repo=tiny_repo, stagger=0.1, shared=SHARED,
+        needs=needs,
+    )  # fmt: skip
+    assert [j.returncode for j in jobs] == [0, 0, 0]
+    seen = {c: (tiny_repo / f"gpu_{c}.txt").read_text() for c in "abc"}
+    assert {c: len(g.split(",")) for c, g in seen.items()} == needs  # CUDA_VISIBLE_DEVICES
+    assert sorted(",".join(seen.values()).split(",")) == ["0", "1", "2", "3"]  # no GPU shared
+    with pytest.raises(ValueError, match=r"fewer than these runs' layouts need: a \(4\)"):
+        launch.launch(["0", "1"], ["a"], repo=tiny_repo, dry_run=True, shared=SHARED,
+                      needs={"a": 4})  # fmt: skip
 
 
 def test_failed_stage_is_reported_and_skips_the_reports(tiny_repo: Path):

@@ -43,13 +43,13 @@ def test_every_profile_loads_typed():
         profile = load_profile(name)
         assert profile.name == name and profile.description
     smoke = load_profile("smoke")
-    assert smoke.settings.data_source == "synthetic" and smoke.settings.nproc_per_node == 1
+    assert smoke.settings.data_source == "synthetic" and smoke.settings.gpus == 1
     synthetic = smoke.miniature.synthetic()
     assert (
         synthetic.cityscapes.train >= 1 and synthetic.ade20k.max_size >= synthetic.ade20k.min_size
     )
     paper = load_profile("paper")
-    assert paper.settings.nproc_per_node == 4 and paper.miniature is None
+    assert paper.settings.gpus == 4 and paper.miniature is None
     assert (paper.settings.benchmark.num_images, paper.settings.benchmark.warmup) == (200, 5)
     with pytest.raises(AttributeError):
         paper.settings.train = False  # type: ignore[misc]  # frozen
@@ -63,13 +63,13 @@ def test_unknown_setting_names_the_key_and_the_allowed_ones(tmp_path, monkeypatc
         load_profile("smoke")
     msg = str(e.value)
     assert "profiles.yaml: smoke" in msg and "'settings.eval_max_imgs'" in msg
-    assert "eval_max_images" in msg and "nproc_per_node" in msg  # the allowed keys
+    assert "eval_max_images" in msg and "gpus" in msg  # the allowed keys
 
 
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        ("nproc_per_node", "4", "an integer"),
+        ("gpus", "4", "an integer"),
         ("train", "yes", "true or false"),
         ("data_source", "s3", "'synthetic', 'real'"),
     ],

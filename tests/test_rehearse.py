@@ -44,7 +44,7 @@ def shrink_one(real):
 
 @pytest.mark.parametrize("profile", ["paper", "published"])
 def test_plan_keeps_every_structural_property(profile: str) -> None:
-    plan = shrink.plan(WS, profile, nproc=2)
+    plan = shrink.plan(WS, profile, gpus=2)
     assert (plan.miniature.factors, plan.miniature.counts) == (shrink.FACTORS, shrink.COUNTS)
     changed = {what.split(": ", 1)[1] for what, _, _ in plan.changes if ": " in what}
     assert changed <= set(miniature.LENGTH_KEYS) | set(shrink.SCHEDULE) | {
@@ -57,7 +57,7 @@ def test_plan_keeps_every_structural_property(profile: str) -> None:
             "match": plan.victim,
             "set": {"schedule.max_iters": 2, "schedule.eval_interval": 2},
         }
-        assert plan.settings["nproc_per_node"] == 2
+        assert plan.settings["gpus"] == 2
     else:
         assert plan.victim is None and plan.miniature.iterations is None and not plan.overrides
     # 769: windows larger than the image at ms ratios 0.5 and 0.75 only, in both sizes
@@ -74,19 +74,21 @@ def test_plan_refuses_a_careless_factor_and_too_few_processes(
     # Cityscapes / 64 keeps every residue but leaves one slide window down at ratio 1.
     monkeypatch.setattr(shrink, "FACTORS", miniature.Factors(cityscapes=64, ade20k=16))
     with pytest.raises(shrink.ShrinkError, match="slide windows per ms ratio"):
-        shrink.plan(WS, "published", nproc=1)
-    with pytest.raises(shrink.ShrinkError, match="--nproc 1"):
-        shrink.plan(WS, "paper", nproc=1)
+        shrink.plan(WS, "published", gpus=1)
+    with pytest.raises(shrink.ShrinkError, match="--gpus 1"):
+        shrink.plan(WS, "paper", gpus=1)
 
 
 def test_apply_writes_a_profile_the_strict_loader_accepts(clone_repo, tmp_path: Path) -> None:
     root = clone_repo(tmp_path / "ws")
     ws = Workspace(root.resolve())
-    plan = shrink.plan(ws, "paper", nproc=3)
+    with pytest.raises(shrink.ShrinkError, match=r"--gpus 3 does not divide the global batch 8"):
+        shrink.plan(ws, "paper", gpus=3)  # the layout must split every row's batch evenly
+    plan = shrink.plan(ws, "paper", gpus=8)
     shrink.apply(ws, plan)
     assert (root / "params.yaml").read_text() == "profile: paper\n"
     profile = load_profile("paper", ws)
-    assert profile.settings.nproc_per_node == 3
+    assert profile.settings.gpus == 8
     assert profile.expected_counts("ade20k") == shrink.COUNTS.ade20k
     cfg = load_config("dnl_r101-d8_512x512_160k_ade20k", profile, ws=ws)
     assert cfg.data.crop_size == (32, 32) and cfg.schedule.max_iters == 1
@@ -94,7 +96,7 @@ def test_apply_writes_a_profile_the_strict_loader_accepts(clone_repo, tmp_path: 
     victim = load_config(plan.victim, profile, ws=ws).schedule
     assert (victim.max_iters, victim.checkpoint_interval, victim.eval_interval) == (2, 1, 2)
     lines = shrink.summary(plan)
-    assert any("769 -> 25" in line for line in lines) and any("4 -> 3" in line for line in lines)
+    assert any("769 -> 25" in line for line in lines) and any("4 -> 8" in line for line in lines)
     # resolve@ of every run accepts it: the structure check shrinks the file's values, once
     for one in runs.check(ws, profile).values():
         cfg, _ = resolve.resolve_run(ws, profile, one)

@@ -53,7 +53,9 @@ def write_results(
             }
         )
     )
-    summary = {"world_size": 4, "effective_batch": 8, "machine": machine}
+    summary = {
+        "world_size": 1, "layout": "1x8", "global_batch": 8, "bn_group": 8, "machine": machine
+    }  # fmt: skip
     (d / "train_summary.json").write_text(json.dumps(summary))
     (t / "train.json").write_text(json.dumps({"max_memory_gb": 9.0, "memory_kind": memory_kind}))
     (t / "benchmark.json").write_text(json.dumps({"fps": 1.4, "mem_gb": None, "device": "cuda"}))
@@ -115,7 +117,25 @@ def test_paper_profile_verdicts_and_tolerances(tmp_path: Path):
     )
     assert rows_of(report, NAME)["mIoU"]["verdict"] == "fail"
     assert report["protocols"][NAME]["published"]["batch"] == 8
-    assert report["protocols"][NAME]["ours"]["train.effective_batch"] == 8
+    assert report["protocols"][NAME]["ours"]["train.layout"] == "1x8"
+    # one GPU x 8 images: the published 4 x 2 protocol (global batch 8, BN group 8)
+    assert report["protocols"][NAME]["match"].startswith("same protocol as published")
+    assert rows_of(report, NAME)["mIoU"]["protocol"] == "same"
+
+
+def test_a_layout_that_changes_the_protocol_is_labelled_next_to_its_verdict(tmp_path: Path):
+    write_results(tmp_path / "results", NAME, miou=78.61, ms=None)
+    path = tmp_path / "results" / NAME / "train_summary.json"
+    train = json.loads(path.read_text())
+    path.write_text(json.dumps({**train, "layout": "1x2", "global_batch": 2, "bn_group": 2}))
+    report = diff.build_diff(
+        [NAME], load_published(), {NAME: load_measured(NAME, tmp_path / "results")}, "paper"
+    )
+    row = rows_of(report, NAME)["mIoU"]
+    assert (row["verdict"], row["protocol"]) == ("pass", "different")
+    assert "different protocol: global batch 2, BN group 2" in report["protocols"][NAME]["match"]
+    markdown = diff.render_markdown(report)
+    assert "| pass (different protocol) |" in markdown
 
 
 def test_missing_results_are_missing_not_skipped(tmp_path: Path):

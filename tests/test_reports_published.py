@@ -31,7 +31,7 @@ def test_entry_matches_its_configuration(published, name):
     h, w = cfg.data.crop_size
     assert entry.crop_size == f"{h}x{w}"
     assert entry.lr_schd == cfg.schedule.max_iters
-    assert entry.protocol["batch"] == cfg.published_batch
+    assert entry.protocol["batch"] == cfg.global_batch
     # the checkpoint is the one `dnlrepro download` fetches, and its name carries the sha prefix
     assert entry.checkpoint == checkpoint_urls([name])[name]
     assert entry.checkpoint.rsplit("-", 1)[1] == f"{entry.sha256_prefix}.pth"

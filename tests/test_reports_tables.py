@@ -47,7 +47,10 @@ def fake_results(root: Path) -> None:
                 }
             )
         )
-        (d / "train_summary.json").write_text(json.dumps({"iterations": 40000}))
+        # layouts: the published 4 x 2, the same protocol on 1 GPU, another protocol (1 x 4)
+        layout = {0: ("4x2", 8), 2: ("1x8", 8)}.get(list(rows).index(name), ("1x4", 4))
+        train = {"iterations": 40000, "layout": layout[0], "global_batch": layout[1]}
+        (d / "train_summary.json").write_text(json.dumps({**train, "bn_group": layout[1]}))
         timing = {"max_memory_gb": mem, "memory_kind": "cuda_max_memory_allocated"}
         (t / "train.json").write_text(json.dumps(timing))
         bench = {"fps": fps, "device": "cuda", "device_name": "Test GPU"}
@@ -77,7 +80,7 @@ def test_table_rows_follow_the_readme_order_and_never_copy_published_numbers(tmp
     )
     body = [line for line in text.splitlines() if line.startswith("| DNL")]
     assert len(body) == 8
-    assert [line.split("|")[9].strip() for line in body] == [
+    assert [line.split("|")[10].strip() for line in body] == [
         f"[config](../params/{n}.yaml)" for n in CITYSCAPES_CONFIGS
     ]
     assert "78.61" not in text and "7.3 " not in text  # published values stay in diff.md

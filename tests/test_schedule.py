@@ -161,3 +161,44 @@ def test_sampler_rejects_fewer_images_than_a_batch() -> None:
         InfiniteDistributedSampler(3, rank=0, world_size=4, batch_size=2)
     with pytest.raises(ValueError, match="batch_size"):
         InfiniteDistributedSampler(3, batch_size=0)
+
+
+def _iterations(n: int, world: int, global_batch: int, protocol_ranks: int, iters: int) -> list:
+    """The global batch of each of ``iters`` iterations: every rank's slice, rank by rank."""
+    per_gpu = global_batch // world
+    streams = [
+        list(
+            itertools.islice(
+                iter(InfiniteDistributedSampler(n, r, world, 9, batch_size=per_gpu,
+                                                protocol_ranks=protocol_ranks)),
+                iters * per_gpu,
+            )
+        )
+        for r in range(world)
+    ]  # fmt: skip
+    return [
+        [pair for s in streams for pair in s[i * per_gpu : (i + 1) * per_gpu]] for i in range(iters)
+    ]
+
+
+@pytest.mark.parametrize(("n", "published"), [(37, (4, 2)), (29, (4, 4)), (8, (4, 2))])
+def test_any_gpu_count_trains_the_same_images_for_100_iterations(n, published) -> None:
+    """Issue: iteration i trains on the same (index, sample seed) pairs on 1, 2, 4 or 8 GPUs.
+
+    n=37 and n=29 are not multiples of the published ranks x batch: the epochs are padded and
+    end early, and 100 iterations cross many epoch boundaries; n=8 is one batch per epoch.
+    """
+    ranks, per_rank = published
+    batch = ranks * per_rank
+    reference = _iterations(n, ranks, batch, ranks, 100)  # the published layout itself
+    for world in (1, 2, 4, 8):
+        if batch % world == 0:
+            assert _iterations(n, world, batch, ranks, 100) == reference, world
+    # ... and the published layout is mmseg's own stream (4 ranks, DistributedSampler).
+    mmseg = [_mmseg_batches(n, ranks, r, per_rank, 1, seed=9)[0] for r in range(ranks)]
+    assert [i for i, _ in reference[0]] == [i for b in mmseg for i in b]
+
+
+def test_sampler_refuses_a_protocol_that_does_not_divide_the_batch() -> None:
+    with pytest.raises(ValueError, match="protocol_ranks=3 does not divide the global batch 8"):
+        InfiniteDistributedSampler(10, 0, 1, batch_size=8, protocol_ranks=3)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,8 @@ def test_resources_follow_the_profile_and_refuse_mismatches():
                     cpus_per_task=None, signal_seconds=300, sbatch_arg=[])  # fmt: skip
         return argparse.Namespace(**{**base, **kw})
 
-    res = cli.resources(args(nodes=2), paper)
+    two_nodes = replace(paper, settings=replace(paper.settings, gpus=8, nnodes=2))
+    res = cli.resources(args(), two_nodes)
     train = plan.options("train", res)
     assert {"--nodes=2", "--gpus-per-node=4", "--cpus-per-task=20", "--requeue"} <= set(train)
     assert "--signal=B:USR1@300" in train
@@ -102,8 +104,10 @@ def test_resources_follow_the_profile_and_refuse_mismatches():
     assert not any("gpu" in o for o in plan.options("reports", res))
     cpu = plan.options("train", cli.resources(args(), smoke))
     assert "--cpus-per-task=1" in cpu and not any("gpu" in o for o in cpu)
-    with pytest.raises(ValueError, match="nproc_per_node=4"):
+    with pytest.raises(ValueError, match="4 processes per node"):
         cli.resources(args(gpus_per_node=2), paper)
+    with pytest.raises(ValueError, match="change gpus / nnodes"):
+        cli.resources(args(nodes=2), paper)  # the layout is the profile's, not the job's
     with pytest.raises(ValueError, match="trains in one process"):
         cli.resources(args(nodes=2), smoke)
 

@@ -26,7 +26,6 @@ import yaml
 
 from dnlrepro.core.config import Config, load_config
 from dnlrepro.core.files import file_digest
-from dnlrepro.core.registry import load_published
 from dnlrepro.engine import machine, resume, schedule, train, train_setup
 from dnlrepro.engine.resume import ResumeError
 from dnlrepro.engine.train import NonFiniteLossError
@@ -170,9 +169,10 @@ def test_summary_and_final_checkpoint(full_run: dict[str, Any]) -> None:
     on_disk = json.loads((full_run["base"] / "summary.json").read_text())
     assert on_disk == summary
     assert summary["iterations"] == 4 and summary["world_size"] == 1
-    # the published run's batch (registry: 4 GPUs x 2), not this smoke config's 1 x 2
-    assert summary["effective_batch"] == 2 and cfg.published_batch == 2
-    assert summary["published_batch"] == load_published().configs[CFG].protocol["batch"] == 8
+    # the smoke protocol (runtime.gpus 1 x 2) on one process; the diff compares it with the
+    # registry's 4 x 2 = 8 (core/layout.py)
+    assert (summary["layout"], summary["global_batch"], summary["bn_group"]) == ("1x2", 2, 2)
+    assert cfg.global_batch == 2 and summary["per_gpu_batch"] == 2
     # wall time and memory are machine-dependent: kept apart from the summary (train.json)
     timing = json.loads((work_dir / "train_timing.json").read_text())
     assert not {"memory_kind", "max_memory_mb", "wall_time_s"} & set(summary)
@@ -225,7 +225,7 @@ def test_run_is_tracked_in_mlflow(full_run: dict[str, Any]) -> None:
     assert run.info.status == "FINISHED" and run.info.run_name == "r50 512x1024 40k s0 smoke"
     assert run.data.params["schedule.max_iters"] == "4"
     assert run.data.params["data.data_root"] == cfg.data.data_root
-    assert run.data.tags["effective_batch"] == "2" and run.data.tags["world_size"] == "1"
+    assert run.data.tags["layout"] == "1x2" and run.data.tags["gpus"] == "1"
     # lr logged at every iteration equals mmcv's poly formula evaluated before it (it from 0).
     lrs = client.get_metric_history(run.info.run_id, "train/lr")
     assert [m.step for m in lrs] == [1, 2, 3, 4]
@@ -305,7 +305,8 @@ def test_cli_rejects_bad_override() -> None:
 
 @pytest.mark.slow
 def test_two_process_gloo_run_under_torchrun(cityscapes_root: Path, tmp_path: Path) -> None:
-    """DDP over 2 gloo processes: per-process batch 2, effective 4, evaluation sharded."""
+    """DDP over 2 gloo processes: a global batch of 4 (runtime.gpus 2 x 2) split 2 x 2 with
+    SyncBN (BN group 4), evaluation sharded."""
     work_dir, summary_path = tmp_path / "wd", tmp_path / "summary.json"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -313,14 +314,15 @@ def test_two_process_gloo_run_under_torchrun(cityscapes_root: Path, tmp_path: Pa
         "--work-dir", str(work_dir), "--summary-out", str(summary_path), "--device", "cpu",
         "--set", f"data.data_root={cityscapes_root}", "--set", "schedule.max_iters=2",
         "--set", "schedule.checkpoint_interval=2", "--set", "schedule.eval_interval=2",
+        "--set", "runtime.gpus=2",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     summary = json.loads(summary_path.read_text())
-    assert summary["world_size"] == 2 and summary["effective_batch"] == 4
-    assert summary["published_batch"] == 8  # the registry's 4 GPUs x 2
-    assert "effective batch 4 differs from the configured 2" in output
+    assert summary["world_size"] == 2 and summary["layout"] == "2x2"
+    assert (summary["global_batch"], summary["bn_group"]) == (4, 4)
+    assert "global batch 4 (runtime.gpus 2 x data.samples_per_gpu 2), BN group 4" in output
     assert "backend gloo, rank 1/2" in output
     assert "using CPUSyncBatchNorm" in output  # SyncBN semantics on CPU too (§3.5)
     assert summary["last_validation"]["image_count"] == 3  # both shards were summed

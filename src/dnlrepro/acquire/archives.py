@@ -102,22 +102,6 @@ class _Member:
     open: Callable[[], IO[bytes]]
 
 
-def list_members(archive: Path) -> list[str]:
-    """Member names of a zip or tar archive (raises :class:`BadArchiveError` if unreadable)."""
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                return zf.namelist()
-        if tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as tf:
-                return tf.getnames()
-    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as e:
-        raise BadArchiveError(
-            f"{archive}: unreadable archive ({e}); delete it and fetch again"
-        ) from e
-    raise BadArchiveError(f"{archive}: not a zip or tar archive; delete it and fetch again")
-
-
 def safe_extract(
     archive: str | Path,
     target: str | Path,
@@ -186,10 +170,7 @@ def _extract_plan(
     for m in plan:
         dest = (target / m.rel).resolve()
         if dest != target and target not in dest.parents:  # e.g. through a link in the target
-            raise UnsafeArchiveError(
-                f"{archive}: member {m.name!r} would be written outside {target} (to {dest}); "
-                f"refusing to extract anything from this archive"
-            )
+            raise _refuse(archive, m.name, f"would be written outside {target} (to {dest})")
     n = _write_members(archive, plan, tmp, limits)
     _move_into_place(archive, tmp, target)
     return n
@@ -203,18 +184,18 @@ def _extract_plan(
 def _relative(archive: Path, name: str, strip: int) -> PurePosixPath | None:
     """``name`` as a safe relative path, ``strip`` components dropped (None: nothing left)."""
     if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise UnsafeArchiveError(
-            f"{archive}: member {name!r} has an absolute or Windows path; refusing to extract "
-            f"anything from this archive"
-        )
+        raise _refuse(archive, name, "has an absolute or Windows path")
     parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
     if ".." in parts:
-        raise UnsafeArchiveError(
-            f"{archive}: member {name!r} contains '..' and would escape the target folder; "
-            f"refusing to extract anything from this archive"
-        )
+        raise _refuse(archive, name, "contains '..' and would escape the target folder")
     parts = parts[strip:]
     return PurePosixPath(*parts) if parts else None
+
+
+def _refuse(archive: Path, name: str, why: str) -> UnsafeArchiveError:
+    return UnsafeArchiveError(
+        f"{archive}: member {name!r} {why}; refusing to extract anything from this archive"
+    )
 
 
 def _plan_zip(archive: Path, zf: zipfile.ZipFile, strip: int) -> list[_Member]:
@@ -222,10 +203,7 @@ def _plan_zip(archive: Path, zf: zipfile.ZipFile, strip: int) -> list[_Member]:
     for info in zf.infolist():
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
-            raise UnsafeArchiveError(
-                f"{archive}: member {info.filename!r} is a symbolic link or device; refusing "
-                f"to extract anything from this archive"
-            )
+            raise _refuse(archive, info.filename, "is a symbolic link or device")
         rel = _relative(archive, info.filename, strip)
         if rel is not None:
             opener = functools.partial(zf.open, info)
@@ -237,10 +215,7 @@ def _plan_tar(archive: Path, tf: tarfile.TarFile, strip: int) -> list[_Member]:
     plan = []
     for m in tf.getmembers():
         if not (m.isfile() or m.isdir()):
-            raise UnsafeArchiveError(
-                f"{archive}: member {m.name!r} is a link or special file; refusing to extract "
-                f"anything from this archive"
-            )
+            raise _refuse(archive, m.name, "is a link or special file")
         rel = _relative(archive, m.name, strip)
         if rel is not None:  # extractfile returns a stream for regular files
             opener = functools.partial(tf.extractfile, m)

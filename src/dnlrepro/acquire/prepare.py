@@ -254,12 +254,8 @@ def validate_or_raise(
     (including ``earlier`` ones, e.g. from the Cityscapes conversion)."""
     files, counts, problems = validate(dataset, data_root, expect, nproc)
     problems = [*(earlier or []), *problems]
-    if problems:
-        _raise_problems(problems, data_root)
-    return files, counts
-
-
-def _raise_problems(problems: list[str], data_root: Path) -> None:
+    if not problems:
+        return files, counts
     for p in problems:  # the log gets one line per problem ...
         logger.error("%s", p)
     # ... the exception one line in all (the CLI prints it as one line), the first few listed.
@@ -315,10 +311,6 @@ def _manifest_current(
     return _archives_match(man.get("archives") or {}, fp, archives)
 
 
-def _write_manifest(data_root: Path, manifest: dict[str, Any]) -> None:
-    write_json(data_root / MANIFEST, manifest, sort_keys=True)
-
-
 def prepare(
     dataset: str,
     archives_dir: str | Path,
@@ -351,7 +343,7 @@ def prepare(
         before = json.dumps(man, sort_keys=True)
         if _manifest_current(man, fp, expect, data_root, archives_dir):
             if json.dumps(man, sort_keys=True) != before:
-                _write_manifest(data_root, man)  # same archives, new mtimes: remember them
+                write_json(data_root / MANIFEST, man, sort_keys=True)  # new mtimes: remember them
             logger.info("%s is already prepared (manifest matches the archives)", data_root)
             return man
     t0 = time.time()
@@ -369,7 +361,7 @@ def prepare(
         "counts": counts,
         "files": files,
     }
-    _write_manifest(data_root, manifest)
+    write_json(data_root / MANIFEST, manifest, sort_keys=True)
     logger.info("prepared %s in %s: %s (%.1fs)", dataset, data_root, counts, time.time() - t0)
     return manifest
 

@@ -116,27 +116,15 @@ def cityscapes_objects(rng: np.random.Generator, width: int, height: int) -> lis
     """Polygons of one street scene, background first; later objects overwrite earlier ones."""
     w, h = width, height
     horizon = int(h * rng.uniform(0.35, 0.5))
-    objs: list[dict[str, Any]] = [
-        {"label": "sky", "polygon": [[0, 0], [w - 1, 0], [w - 1, horizon], [0, horizon]]},
-    ]
+    objs: list[dict[str, Any]] = [{"label": "sky", "polygon": _rect(0, 0, w - 1, horizon)}]
     x = 0
     while x < w:  # a row of buildings / vegetation along the horizon
         bw = int(w * rng.uniform(0.1, 0.3))
         top = int(horizon * rng.uniform(0.1, 0.8))
         label = "building" if rng.random() < 0.7 else "vegetation"
-        objs.append(
-            {
-                "label": label,
-                "polygon": [
-                    [x, top],
-                    [min(x + bw, w - 1), top],
-                    [min(x + bw, w - 1), horizon + 2],
-                    [x, horizon + 2],
-                ],
-            }
-        )
+        objs.append({"label": label, "polygon": _rect(x, top, min(x + bw, w - 1), horizon + 2)})
         x += bw
-    ground = [[0, horizon], [w - 1, horizon], [w - 1, h - 1], [0, h - 1]]
+    ground = _rect(0, horizon, w - 1, h - 1)
     objs.append({"label": "terrain" if rng.random() < 0.5 else "sidewalk", "polygon": ground})
     cx = w * rng.uniform(0.35, 0.65)
     road = [
@@ -162,17 +150,17 @@ def cityscapes_objects(rng: np.random.Generator, width: int, height: int) -> lis
                 [x0, top + oh // 3],
             ]
         else:
-            poly = [[x0, top], [x0 + ow, top], [x0 + ow, bottom], [x0, bottom]]
+            poly = _rect(x0, top, x0 + ow, bottom)
         objs.append({"label": label, "polygon": poly})
     if rng.random() < 0.5:  # ego vehicle bonnet at the bottom (trainId 255)
         eh = int(h * rng.uniform(0.05, 0.12))
-        objs.append(
-            {
-                "label": "ego vehicle",
-                "polygon": [[0, h - eh], [w - 1, h - eh], [w - 1, h - 1], [0, h - 1]],
-            }
-        )
+        objs.append({"label": "ego vehicle", "polygon": _rect(0, h - eh, w - 1, h - 1)})
     return objs
+
+
+def _rect(x0: int, y0: int, x1: int, y1: int) -> list[list[int]]:
+    """A rectangle's corners clockwise from the top left, as the objects' other polygons run."""
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
 
 
 def render_cityscapes_labels(annotation_json: dict[str, Any]) -> tuple[np.ndarray, Image.Image]:
@@ -182,9 +170,7 @@ def render_cityscapes_labels(annotation_json: dict[str, Any]) -> tuple[np.ndarra
 
     ann = Annotation()
     ann.fromJsonText(json.dumps(annotation_json))
-    ids = np.array(createLabelImage(ann, "ids"), dtype=np.uint8)
-    color = createLabelImage(ann, "color")
-    return ids, color
+    return np.array(createLabelImage(ann, "ids"), dtype=np.uint8), createLabelImage(ann, "color")
 
 
 def _png_bytes(img: np.ndarray | Image.Image) -> bytes:

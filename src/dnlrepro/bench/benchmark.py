@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from dnlrepro import models
 from dnlrepro.bench.measure import (
     benchmark_inference,
     benchmark_train_memory,
@@ -49,13 +50,6 @@ from dnlrepro.engine.inference import checkpoint_label, load_model
 from dnlrepro.engine.precision import precision_record, tf32_scope
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "benchmark",
-    "benchmark_inference",
-    "benchmark_train_memory",
-    "random_image_shape",
-]
 
 OURS = "sdpa"  # the attention our training and evaluation use
 
@@ -100,14 +94,21 @@ def benchmark(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda requested but CUDA is not available; use --device cpu")
     notes: list[str] = []
+    timing = (cfg, device, num_images, warmup, data_root, split)
+    alt_inf: dict[str, Any] = {}
+    alt_mem: dict[str, Any] = {}
     with tf32_scope(cfg), _cudnn_benchmark_off():
         model, sha = _timing_model(cfg, checkpoint, device, notes)
-        inf = benchmark_inference(model, cfg, device, num_images, warmup, data_root, split)
-        timing_args = (num_images, warmup, data_root, split)
-        alt_inf = _guarded(_time_with, model, cfg, device, timing_args) if mmseg_comparable else {}
+        inf = benchmark_inference(model, *timing)
+        if mmseg_comparable:
+            with models.attention_impl(model, models.MMSEG_ATTENTION):
+                alt_inf = _guarded(benchmark_inference, model, *timing)
         del model
         mem = benchmark_train_memory(cfg, device, train_iters, attention=OURS)
-        alt_mem = _guarded(_mem_with, cfg, device, train_iters) if mmseg_comparable else {}
+        if mmseg_comparable:
+            alt_mem = _guarded(
+                benchmark_train_memory, cfg, device, train_iters, attention=models.MMSEG_ATTENTION
+            )
         precision = precision_record(cfg, device)
     if inf["input"] == "random":
         shape = "x".join(map(str, random_image_shape(cfg)))
@@ -130,23 +131,6 @@ def benchmark(
     return result
 
 
-def _time_with(
-    model: torch.nn.Module, cfg: Config, device: torch.device, timing_args: tuple
-) -> dict[str, Any]:
-    """:func:`benchmark_inference` with mmseg's explicit attention in every DNL block."""
-    from dnlrepro.models import MMSEG_ATTENTION, attention_impl
-
-    with attention_impl(model, MMSEG_ATTENTION):
-        return benchmark_inference(model, cfg, device, *timing_args)
-
-
-def _mem_with(cfg: Config, device: torch.device, train_iters: int) -> dict[str, Any]:
-    """:func:`benchmark_train_memory` with mmseg's explicit attention."""
-    from dnlrepro.models import MMSEG_ATTENTION
-
-    return benchmark_train_memory(cfg, device, train_iters, attention=MMSEG_ATTENTION)
-
-
 def _guarded(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """``fn(...)``, or ``{"error": ...}`` when the explicit attention does not fit the GPU."""
     try:
@@ -159,17 +143,15 @@ def _guarded(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 def _comparable(inf: dict[str, Any], mem: dict[str, Any]) -> dict[str, Any]:
     """The ``mmseg_comparable`` block: the explicit-attention numbers (None where not measured)."""
-    from dnlrepro.models import MMSEG_ATTENTION
-
     notes = [
-        f"attention {MMSEG_ATTENTION!r}: the explicit [N, P, P] matrix of mmseg's DNL head "
+        f"attention {models.MMSEG_ATTENTION!r}: the explicit [N, P, P] matrix of mmseg's DNL head "
         "(docs/reference.md §5.6); these are the numbers to compare with the published columns"
     ]
     notes += [f"{what}: {b['error']}" for what, b in (("fps", inf), ("Mem", mem)) if "error" in b]
     if "note" in mem:
         notes.append(mem["note"])
     return {
-        "attention": MMSEG_ATTENTION,
+        "attention": models.MMSEG_ATTENTION,
         "fps": inf.get("fps"),
         "ms_per_image": inf.get("ms_per_image"),
         "timed_seconds": inf.get("timed_seconds"),
@@ -183,8 +165,6 @@ def _timing_model(
     cfg: Config, checkpoint: str | Path | None, device: torch.device, notes: list[str]
 ) -> tuple[torch.nn.Module, str | None]:
     """The checkpoint's model and sha256, or random weights (the timing does not depend on them)."""
-    from dnlrepro import models
-
     if checkpoint is not None:  # a local file: `dnlrepro benchmark` downloads a URL first
         model, _, local = load_model(cfg, checkpoint, device)
         return model, file_digest(local)

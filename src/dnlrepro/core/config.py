@@ -123,7 +123,9 @@ class DataConfig:
     mean: tuple[float, float, float]  # RGB
     std: tuple[float, float, float]  # RGB
     to_rgb: bool  # True: BGR -> RGB before normalising
-    samples_per_gpu: int  # 2 Cityscapes, 4 ADE20K
+    # Images per GPU of the published run (2 Cityscapes, 4 ADE20K): with runtime.gpus it fixes
+    # the protocol's global batch; a run's own layout splits that batch (core/layout.py).
+    samples_per_gpu: int
     workers_per_gpu: int  # 2 Cityscapes, 4 ADE20K
 
 
@@ -156,7 +158,9 @@ class TestConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    gpus: int  # GPUs of the published run (4); the effective batch is gpus * samples_per_gpu
+    # GPUs of the published run (4): global batch = gpus x data.samples_per_gpu. Not how many
+    # GPUs a run uses: that is the profile setting `gpus` (core/layout.py).
+    gpus: int
     amp: str  # "none" | "bf16" | "fp16"
     channels_last: bool
     cudnn_benchmark: bool  # mmseg's default_runtime sets it True
@@ -190,7 +194,8 @@ class Config:
         return hashlib.sha256(payload).hexdigest()
 
     @property
-    def published_batch(self) -> int:
+    def global_batch(self) -> int:
+        """Images per iteration over all GPUs: the protocol's batch (core/layout.py)."""
         return self.runtime.gpus * self.data.samples_per_gpu
 
     def replace(self, overrides: Mapping[str, Any], source: str = "<overrides>") -> Config:

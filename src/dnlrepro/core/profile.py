@@ -4,7 +4,7 @@
 optional ``miniature`` (:mod:`dnlrepro.core.miniature`: the paper configurations at documented
 factors), dotted-key ``overrides`` applied on top of matching configurations, and typed
 ``settings`` that are not part of a configuration (where the data comes from, whether to train,
-the process layout, evaluation and benchmark sizes). :func:`load_profile` reads it strictly into
+the GPU layout, evaluation and benchmark sizes). :func:`load_profile` reads it strictly into
 a frozen :class:`Profile`: an unknown or mistyped key fails naming the key and the allowed ones,
 exactly like a configuration.
 
@@ -64,8 +64,10 @@ class Settings:
     # "real": downloaded (or linked from DNLREPRO_LOCAL_DATA)
     data_source: str
     train: bool  # False: the published checkpoints are downloaded instead of trained
-    nproc_per_node: int  # training processes per node: 1 trains in-process, more via torchrun
-    nnodes: int  # torchrun --nnodes
+    # The run's layout (core/layout.py): training processes, one per GPU, over all nodes; must
+    # divide each row's global batch. 1 trains in the stage's process, more through torchrun.
+    gpus: int
+    nnodes: int  # torchrun --nnodes; gpus / nnodes processes per node
     eval_max_images: int | None  # evaluate only the first N validation images (None: all)
     benchmark: Benchmark = field(default_factory=Benchmark)
     # Slide rows: ms+flip also with the other test.small_window mode (docs/reference.md §5.2),

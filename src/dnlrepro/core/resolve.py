@@ -8,7 +8,7 @@ are sized. ``resolve@<run>`` writes them down:
 * ``results/<run>/config.yaml`` -- the complete resolved configuration, loadable by the strict
   loader (``dnlrepro train --config results/<run>/config.yaml``); its key ``profile`` records the
   profile that resolved it, so it is never resolved twice;
-* ``results/<run>/run.yaml`` -- :class:`RunPlan`: block ``train`` (source, checkpoint, process
+* ``results/<run>/run.yaml`` -- :class:`RunPlan`: block ``train`` (source, checkpoint, GPU
   layout) and block ``evaluate`` (image limit, small-window modes, benchmark sizes).
 
 ``train@<run>`` depends on ``config.yaml`` and ``run.yaml:train``, ``evaluate@<run>`` on
@@ -29,6 +29,7 @@ import yaml
 
 from dnlrepro.core.config import Config, flatten, load_config, write_resolved
 from dnlrepro.core.files import write_bytes_atomic
+from dnlrepro.core.layout import layout_for
 from dnlrepro.core.miniature import check_structure
 from dnlrepro.core.profile import Benchmark, Profile
 from dnlrepro.core.registry import load_published
@@ -51,8 +52,9 @@ class TrainPlan:
     source: str  # "train", or "published": copy the downloaded published checkpoint
     checkpoint: str | None  # published: its URL (registry) ...
     checkpoint_file: str | None  # ... and where download@<dataset> keeps it (workspace-relative)
-    nproc_per_node: int  # 1: the trainer runs in the stage's process; more: torchrun
+    gpus: int  # the layout (core/layout.py): 1 trains in the stage's process; more: torchrun
     nnodes: int
+    per_gpu_batch: int  # the configuration's global batch / gpus
     val_max_images: int | None  # in-training validation on the first N images (None: all)
 
 
@@ -96,7 +98,11 @@ def resolve_run(ws: Workspace, profile: Profile, run: Run) -> tuple[Config, RunP
         checkpoint = load_published(ws.registry_file).configs[run.config].checkpoint
         file = ws.relative(ws.downloads / "checkpoints" / Path(checkpoint).name)
     source = "train" if s.train else "published"
-    train = TrainPlan(source, checkpoint, file, s.nproc_per_node, s.nnodes, s.eval_max_images)
+    where = f"params/profiles.yaml: {profile.name}.settings.gpus"
+    layout = layout_for(cfg, s.gpus, s.nnodes, where)
+    train = TrainPlan(
+        source, checkpoint, file, s.gpus, s.nnodes, layout.per_gpu_batch, s.eval_max_images
+    )
     small_window_alt = s.eval_small_window_alt and cfg.test.mode == "slide"
     evaluate = EvalPlan(s.eval_max_images, small_window_alt, s.benchmark, s.data_source == "real")
     return cfg, RunPlan(run.key, run.config, run.dataset, run.seed, train, evaluate)

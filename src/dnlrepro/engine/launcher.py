@@ -1,7 +1,7 @@
 """Start one training run: in this process for a single process, through torchrun for more.
 
 Every profile trains through :func:`run_training`, which looks at the process count alone: the
-smoke profile's one process and the paper profile's 4 x N processes run the same command,
+smoke profile's one process and the paper profile's 4 processes run the same command,
 ``dnlrepro train ARGV`` (:mod:`dnlrepro.engine.train`), so ``dvc repro`` of the default profile
 exercises the code path of the runs that cost GPU-days.
 """
@@ -25,8 +25,8 @@ class LaunchError(RuntimeError):
     """torchrun exited non-zero; the message names the command."""
 
 
-def run_training(argv: list[str], nproc_per_node: int, nnodes: int) -> None:
-    """Run ``dnlrepro train ARGV`` on ``nproc_per_node x nnodes`` processes.
+def run_training(argv: list[str], gpus: int, nnodes: int = 1) -> None:
+    """Run ``dnlrepro train ARGV`` on ``gpus`` processes (one per GPU) over ``nnodes`` nodes.
 
     One process: parsed and run here (torch and the data stay loaded; SyncBN becomes BN). More:
     ``[$DNLREPRO_TORCHRUN_WRAPPER] torchrun --nproc-per-node N --nnodes M
@@ -39,7 +39,9 @@ def run_training(argv: list[str], nproc_per_node: int, nnodes: int) -> None:
     Raises:
         LaunchError: torchrun exited non-zero.
     """
-    if nproc_per_node * nnodes == 1:
+    if gpus % nnodes:
+        raise ValueError(f"{gpus} processes do not spread evenly over {nnodes} nodes")
+    if gpus == 1:
         parser = argparse.ArgumentParser(prog="dnlrepro train")
         train.add_arguments(parser)
         logger.info("one process: dnlrepro train %s", shlex.join(argv))
@@ -51,7 +53,7 @@ def run_training(argv: list[str], nproc_per_node: int, nnodes: int) -> None:
         *wrapper,
         sys.executable,
         *("-m", "torch.distributed.run"),
-        *("--nproc-per-node", str(nproc_per_node), "--nnodes", str(nnodes)),
+        *("--nproc-per-node", str(gpus // nnodes), "--nnodes", str(nnodes)),
         *extra,
         *("-m", cli.__name__, "train", *argv),
     ]

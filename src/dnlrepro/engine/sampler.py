@@ -18,8 +18,17 @@ the epoch bookkeeping in the loop:
   ``(seed, epoch, position in the padded permutation)``, so the random augmentation of a sample
   does not depend on the number of data-loader workers or on where the run was resumed;
 * ``start`` skips the first ``start`` elements of this rank's stream, so a run resumed at
-  iteration ``k`` continues at element ``k * samples_per_gpu`` -- the same stream position the
+  iteration ``k`` continues at element ``k * batch_size`` -- the same stream position the
   uninterrupted run had.
+
+**Any GPU count, the same images** (docs/pipeline.md, "Protocol and layout"). The stream above is
+that of the *published* layout (``protocol_ranks`` ranks of ``B / protocol_ranks`` images, e.g.
+4 x 2). A run on ``world_size`` processes splits each iteration's global batch of ``B`` images --
+published rank 0's images, then rank 1's, ... -- into ``world_size`` equal slices: one process
+takes the union of what the four published ranks take, two processes take two ranks' worth
+each. Iteration ``i`` therefore trains on the same ``(index, sample seed)`` pairs whatever the
+GPU count, and with ``world_size == protocol_ranks`` every rank takes exactly its published
+rank's stream.
 """
 
 from __future__ import annotations
@@ -43,16 +52,19 @@ class InfiniteDistributedSampler(Sampler[tuple[int, int]]):
     Args:
         num_samples: dataset length ``n`` (> 0).
         rank: this process's rank in ``[0, world_size)``.
-        world_size: number of processes.
+        world_size: number of processes of this run.
         seed: base seed (``cfg.schedule.seed``); epoch ``e`` shuffles with ``seed + e``.
-        start: number of this rank's elements to skip (``iteration * samples_per_gpu`` on resume).
+        start: number of this rank's elements to skip (``iteration * batch_size`` on resume).
         shuffle: ``False`` gives ``range(n)`` every epoch (still padded and split).
-        batch_size: the per-rank batch (``samples_per_gpu``); each epoch yields only whole
-            batches (1: nothing is dropped).
+        batch_size: this rank's batch; ``world_size * batch_size`` is the global batch.
+        protocol_ranks: ranks of the published layout whose stream is split (default:
+            ``world_size``, i.e. this run's own layout); must divide the global batch. Each
+            epoch yields only whole published batches (per-rank ``drop_last``).
 
     Raises:
-        ValueError: an empty dataset, a rank outside the world, a negative ``start``, or fewer
-            elements per rank than one batch (the loader would yield nothing at all).
+        ValueError: an empty dataset, a rank outside the world, a negative ``start``, a
+            ``protocol_ranks`` that does not divide the global batch, or fewer elements per
+            published rank than one batch (the loader would yield nothing at all).
     """
 
     def __init__(
@@ -64,6 +76,7 @@ class InfiniteDistributedSampler(Sampler[tuple[int, int]]):
         start: int = 0,
         shuffle: bool = True,
         batch_size: int = 1,
+        protocol_ranks: int | None = None,
     ) -> None:
         if num_samples <= 0:
             raise ValueError(
@@ -76,28 +89,30 @@ class InfiniteDistributedSampler(Sampler[tuple[int, int]]):
             raise ValueError(f"start must be >= 0, got {start}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.num_samples = num_samples
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.start = start
-        self.shuffle = shuffle
-        self.batch_size = batch_size
-        # Per-rank share, DistributedSampler(drop_last=False): ceil(n / W) ...
-        self.per_rank = math.ceil(num_samples / world_size)
-        self.total_size = self.per_rank * world_size
+        global_batch = world_size * batch_size
+        ranks = world_size if protocol_ranks is None else protocol_ranks
+        if ranks < 1 or global_batch % ranks:
+            raise ValueError(
+                f"protocol_ranks={ranks} does not divide the global batch {global_batch}"
+            )
+        self.num_samples, self.rank, self.world_size = num_samples, rank, world_size
+        self.seed, self.start, self.shuffle, self.batch_size = seed, start, shuffle, batch_size
+        self.protocol_ranks, self.protocol_batch = ranks, global_batch // ranks
+        # Per published rank, DistributedSampler(drop_last=False): ceil(n / W) ...
+        self.per_rank = per_rank = math.ceil(num_samples / ranks)
+        self.total_size = per_rank * ranks
         # ... of which DataLoader(drop_last=True) uses the whole batches only.
-        self.per_epoch = self.per_rank - self.per_rank % batch_size
+        self.iters_per_epoch = per_rank // self.protocol_batch
+        self.per_epoch = self.iters_per_epoch * batch_size  # this rank's elements per epoch
         if self.per_epoch == 0:
             raise ValueError(
-                f"{num_samples} training images over {world_size} process(es) give "
-                f"{self.per_rank} per process, fewer than one batch of {batch_size} "
+                f"{num_samples} training images over {ranks} published rank(s) give "
+                f"{per_rank} per rank, fewer than one batch of {self.protocol_batch} "
                 "(data.samples_per_gpu): add images or lower data.samples_per_gpu"
             )
 
     def epoch_indices(self, epoch: int) -> list[int]:
-        """This rank's dataset indices for ``epoch``: ``ceil(n / W)`` rounded down to whole
-        batches."""
+        """This rank's dataset indices for ``epoch`` (whole batches only)."""
         return [idx for idx, _ in self._epoch_pairs(epoch)]
 
     def _epoch_pairs(self, epoch: int) -> list[tuple[int, int]]:
@@ -111,7 +126,13 @@ class InfiniteDistributedSampler(Sampler[tuple[int, int]]):
         padding = self.total_size - len(order)
         if padding > 0:
             order += (order * math.ceil(padding / len(order)))[:padding]
-        positions = range(self.rank, self.total_size, self.world_size)[: self.per_epoch]
+        w, b = self.protocol_ranks, self.protocol_batch
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        positions = []
+        for j in range(self.iters_per_epoch):
+            # Published rank r's j-th batch holds its positions r + w * (j * b + k), k < b.
+            global_batch = [r + w * (j * b + k) for r in range(w) for k in range(b)]
+            positions += global_batch[lo:hi]
         return [(order[p], sample_seed(self.seed, epoch, p)) for p in positions]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:

@@ -35,6 +35,7 @@ import torch
 
 from dnlrepro.core.config import Config
 from dnlrepro.core.files import write_json
+from dnlrepro.core.layout import record
 from dnlrepro.engine import distributed, preempt, schedule, train_setup, train_summary
 from dnlrepro.engine.distributed import DistInfo
 from dnlrepro.engine.resume import FINAL, save_final, save_train_checkpoint
@@ -93,14 +94,11 @@ def train(
     with train_setup.process_scope(work_dir, device) as info:
         started = time.perf_counter()
         train_setup.set_determinism(cfg, info.device)
-        effective_batch = train_setup.report_batch(cfg, info)
+        layout = train_setup.report_layout(cfg, info)
         state = train_setup.start(cfg, work_dir, info, pretrained, resume)
-        loader = train_setup.build_loader(cfg, info, start_iter=state.start_iter)
+        loader = train_setup.build_loader(cfg, info, layout, start_iter=state.start_iter)
         with Tracker(cfg, "train", enabled=info.is_main and track) as tracker:
-            tracker.set_tags(
-                {"world_size": info.world_size, "effective_batch": effective_batch,
-                 "published_batch": train_summary.published_batch(cfg), "device": str(info.device)}
-            )  # fmt: skip
+            tracker.set_tags({**record(cfg, layout), "device": str(info.device)})
             with preempt.StopOnSignal() as stop:  # a scheduler's warning: checkpoint, stop
                 _loop(cfg, state, iter(loader), info, work_dir, tracker, eval_max_images, stop)
             summary = _finish(

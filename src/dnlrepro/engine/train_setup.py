@@ -3,9 +3,9 @@
 § numbers refer to docs/reference.md.
 
 In the order :func:`dnlrepro.engine.train.train` uses them: the process (process group, work dir,
-log file), determinism flags, the batch-size report, the model (pretrained backbone, SyncBN, DDP),
-the optimizer and fp16 scaler, the resume state of an interrupted run (:func:`start`), and the
-data loader positioned at the resumed iteration.
+log file), determinism flags, the layout (the global batch over the processes), the model
+(pretrained backbone, SyncBN, DDP), the optimizer and fp16 scaler, the resume state of an
+interrupted run (:func:`start`), and the data loader positioned at the resumed iteration.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from dnlrepro.core.config import Config
+from dnlrepro.core.layout import Layout, bn_group, layout_for
 from dnlrepro.core.registry import PRETRAINED_URLS, pretrained_file
 from dnlrepro.engine import distributed, precision, schedule, work_lock
 from dnlrepro.engine.distributed import DistInfo
@@ -83,30 +84,20 @@ def set_determinism(cfg: Config, dev: torch.device) -> None:
         torch.set_deterministic_debug_mode("warn")
 
 
-def report_batch(cfg: Config, info: DistInfo) -> int:
-    """Log the effective batch (warn when it differs from the configured one); return it.
+def report_layout(cfg: Config, info: DistInfo) -> Layout:
+    """This run's layout: the configuration's global batch split over the processes (logged).
 
-    The configured batch is ``runtime.gpus`` x ``data.samples_per_gpu`` of this resolved config;
-    the published one (params/published.yaml) is named beside it, because a profile such as
-    smoke configures a smaller one on purpose.
+    Raises:
+        ConfigError: the process count does not divide the global batch (the message lists the
+            counts that do).
     """
-    from dnlrepro.engine.train_summary import published_batch
-
-    effective_batch = info.world_size * cfg.data.samples_per_gpu
-    published = published_batch(cfg)
+    layout = layout_for(cfg, info.world_size, where=f"{cfg.name}: {info.world_size} processes")
     logger.info(
-        "effective batch %d = %d process(es) x %d images (configured: %d = %d GPUs x %d; "
-        "published run: %s)",
-        effective_batch, info.world_size, cfg.data.samples_per_gpu,
-        cfg.published_batch, cfg.runtime.gpus, cfg.data.samples_per_gpu, published or "-",
+        "global batch %d (runtime.gpus %d x data.samples_per_gpu %d), BN group %d; this run: %s",
+        cfg.global_batch, cfg.runtime.gpus, cfg.data.samples_per_gpu, bn_group(cfg, layout),
+        layout,
     )  # fmt: skip
-    if effective_batch != cfg.published_batch and info.is_main:
-        logger.warning(
-            "effective batch %d differs from the configured %d (%s): BN statistics and the "
-            "optimisation differ from the paper run; launch torchrun with %d processes to match",
-            effective_batch, cfg.published_batch, cfg.name, cfg.runtime.gpus,
-        )  # fmt: skip
-    return effective_batch
+    return layout
 
 
 def start(
@@ -158,8 +149,8 @@ def build_model(cfg: Config, info: DistInfo, pretrained: str | None) -> nn.Modul
         logger.info("SyncBN across %d processes", info.world_size)
     elif cfg.model.norm == "SyncBN":
         logger.info(
-            "not distributed: SyncBN runs as plain BN, so BN statistics are per-process "
-            "(%d images per BN batch)", cfg.data.samples_per_gpu,
+            "one process: SyncBN runs as plain BN over the whole batch of %d images, the "
+            "statistics SyncBN computes across the GPUs", cfg.global_batch,
         )  # fmt: skip
     return model
 
@@ -221,8 +212,12 @@ def restore(ckpt: dict[str, Any], state: TrainState, info: DistInfo) -> None:
     state.last_val = state.history["val"][-1] if state.history.get("val") else None
 
 
-def build_loader(cfg: Config, info: DistInfo, start_iter: int) -> torch.utils.data.DataLoader:
-    """Training batches; the sampler is positioned by the iteration, so a resumed run sees the
+def build_loader(
+    cfg: Config, info: DistInfo, layout: Layout, start_iter: int
+) -> torch.utils.data.DataLoader:
+    """This process's share of each iteration's global batch. The sampler follows the published
+    layout's stream (``runtime.gpus`` ranks), so iteration i trains on the same images on any
+    GPU count (core/layout.py), and is positioned by the iteration, so a resumed run sees the
     same stream as an uninterrupted one (§3.5)."""
     from dnlrepro.data.datasets import build_dataset
 
@@ -232,13 +227,14 @@ def build_loader(cfg: Config, info: DistInfo, start_iter: int) -> torch.utils.da
         info.rank,
         info.world_size,
         seed=cfg.schedule.seed,
-        start=start_iter * cfg.data.samples_per_gpu,
-        batch_size=cfg.data.samples_per_gpu,  # epochs end at the last full batch, as mmseg's
+        start=start_iter * layout.per_gpu_batch,
+        batch_size=layout.per_gpu_batch,
+        protocol_ranks=cfg.runtime.gpus,  # epochs end at the last full published batch
     )
     workers = cfg.data.workers_per_gpu
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=cfg.data.samples_per_gpu,
+        batch_size=layout.per_gpu_batch,
         sampler=sampler,
         num_workers=workers,
         pin_memory=info.device.type == "cuda",

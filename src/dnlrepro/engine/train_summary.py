@@ -3,10 +3,10 @@
 § numbers refer to docs/reference.md.
 
 The summary (``train_summary.json``) is the run's receipt for the DVC pipeline and the reports:
-configuration, batch, device, peak memory as mmcv logs it (§5.5), wall time, the last logged
-losses, the last validation and the final weights with their sha256. MLflow gets the final and
-per-class metrics, the configuration, the summary and two figures; MLflow is a view of the JSON,
-so every tracking failure only warns (:class:`dnlrepro.track.tracking.Tracker`).
+configuration, layout and protocol, device, peak memory as mmcv logs it (§5.5), wall time, the
+last logged losses, the last validation and the final weights with their sha256. MLflow gets
+the final and per-class metrics, the configuration, the summary and two figures; MLflow is a
+view of the JSON, so every tracking failure only warns (:class:`dnlrepro.track.tracking.Tracker`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from dnlrepro.core import workspace
 from dnlrepro.core.config import Config
 from dnlrepro.core.files import file_digest
+from dnlrepro.core.layout import layout_for, record
 from dnlrepro.engine import machine
 from dnlrepro.engine.distributed import DistInfo
 from dnlrepro.engine.precision import precision_record
@@ -39,7 +40,6 @@ def build_summary(
     so a re-run on the same machine writes the same bytes; time and memory go to
     :func:`build_timing`.
     """
-    effective_batch = info.world_size * cfg.data.samples_per_gpu
     return {
         "config": cfg.name,
         "profile": cfg.profile,
@@ -48,9 +48,9 @@ def build_summary(
         "iterations": cfg.schedule.max_iters,
         "resumed_from_iteration": resumed_from,
         "world_size": info.world_size,
-        "samples_per_gpu": cfg.data.samples_per_gpu,
-        "effective_batch": effective_batch,
-        "published_batch": published_batch(cfg),
+        # layout (gpus x per-GPU batch), global batch and BN group: the protocol that ran; the
+        # diff compares it with the published one (core/layout.py)
+        **record(cfg, layout_for(cfg, info.world_size)),
         "device": info.device.type,
         "amp": cfg.runtime.amp,
         "precision": precision_record(cfg, info.device, cfg.runtime.amp),  # TF32 (§5.7)
@@ -95,23 +95,6 @@ def device_name(device: Any) -> str:
     if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
     return platform.machine() or "cpu"
-
-
-def published_batch(cfg: Config) -> int | None:
-    """The batch of the published run (params/published.yaml), whatever a profile overrides.
-
-    ``cfg.published_batch`` is GPUs x images of *this* resolved config, so the smoke profile's
-    ``runtime.gpus: 1`` would report 2 for a row published with 4 x 2 = 8.
-    """
-    from dnlrepro.core.registry import PublishedError, load_published
-
-    try:
-        entry = load_published().configs.get(cfg.name)
-    except (OSError, PublishedError):
-        entry = None
-    if entry is None or not isinstance(entry.protocol.get("batch"), int):
-        return None
-    return int(entry.protocol["batch"])
 
 
 def write_curves(history: dict[str, Any], out_dir: Path) -> list[Path]:

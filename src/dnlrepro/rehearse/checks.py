@@ -12,14 +12,13 @@ import json
 import sqlite3
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from dnlrepro.core.runs import parse_stage
 from dnlrepro.rehearse.mirror import Mirror, MirrorFile
 from dnlrepro.rehearse.stages import StageRun
-
-JUDGED = ("pass", "fail")
 
 
 @dataclass
@@ -28,16 +27,10 @@ class Check:
     ok: bool
     detail: str
 
-    def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail}
-
 
 def all_stages_ran(expected: list[str], runs: list[StageRun]) -> Check:
     """Every stage of ``dvc.yaml`` ended ``ok`` the last time it ran (skips do not count)."""
-    last: dict[str, str] = {}
-    for r in runs:
-        if r.status != "skipped":
-            last[r.stage] = r.status
+    last = {r.stage: r.status for r in runs if r.status != "skipped"}  # the last run wins
     bad = [s for s in expected if last.get(s) != "ok"]
     return Check(
         "every stage ran",
@@ -47,10 +40,10 @@ def all_stages_ran(expected: list[str], runs: list[StageRun]) -> Check:
     )
 
 
-def mirror_served(mirror: Mirror, files: list[MirrorFile], cityscapes: bool = True) -> Check:
+def mirror_served(mirror: Mirror, files: list[MirrorFile]) -> Check:
     """Every miniature went through the mirror (Cityscapes after a login)."""
     missing = [f.name for f in files if f.name not in mirror.served]
-    ok = not missing and (mirror.logins > 0 or not cityscapes)
+    ok = not missing and mirror.logins > 0
     detail = f"{len(files) - len(missing)}/{len(files)} files served, {mirror.logins} login(s)"
     if missing:
         detail += f"; never requested: {', '.join(missing)}"
@@ -72,13 +65,13 @@ def resumed(victim: str, killed: bool, rerun: list[StageRun]) -> Check:
     return Check("killed training stage resumed", killed and hit is not None, detail)
 
 
-def sync_bn(runs: list[StageRun], nproc: int) -> Check:
-    """Every training stage ran SyncBN across ``nproc`` torchrun processes."""
+def sync_bn(runs: list[StageRun], gpus: int) -> Check:
+    """Every training stage ran SyncBN across ``gpus`` torchrun processes."""
     trains = {r.stage: r for r in runs if parse_stage(r.stage)[0] == "train" and r.status == "ok"}
-    needle = f"SyncBN across {nproc} processes"
+    needle = f"SyncBN across {gpus} processes"
     bad = [s for s, r in trains.items() if not any(needle in line for line in r.log)]
     return Check(
-        f"SyncBN across {nproc} ranks",
+        f"SyncBN across {gpus} ranks",
         bool(trains) and not bad,
         f"{len(trains) - len(bad)}/{len(trains)} training stages logged '{needle}'"
         + (f"; not: {', '.join(bad)}" if bad else ""),
@@ -92,9 +85,7 @@ def verdicts(root: Path) -> Check:
         rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
     except (OSError, ValueError, KeyError) as e:
         return Check("every verdict computed", False, f"{path}: {e}")
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
+    counts = Counter(row["verdict"] for row in rows)
     judged = [r for r in rows if r.get("published") is not None and r.get("tolerance") is not None]
     unjudged = [
         f"{r['config']} {r['metric']}" for r in judged if r["verdict"] not in ("pass", "fail")
@@ -124,10 +115,8 @@ def check_command(root: Path, env: dict[str, str]) -> Check:
 
 def tables(root: Path, configs: list[str]) -> Check:
     """Both tables were rendered and list every row."""
-    text = ""
-    for name in ("cityscapes.md", "ade20k.md"):
-        path = root / "reports" / name
-        text += path.read_text(encoding="utf-8") if path.is_file() else ""
+    paths = [root / "reports" / name for name in ("cityscapes.md", "ade20k.md")]
+    text = "".join(p.read_text(encoding="utf-8") for p in paths if p.is_file())
     missing = [c for c in configs if c not in text]
     return Check(
         "tables list every row",

@@ -10,9 +10,10 @@
   forward passes on PyTorch's ``meta`` device under ``FlopCounterMode``, which costs no compute.
   Evaluation counts the single-scale view plus the six ms+flip ratios x 2 flips, slide windows
   included.
-* **CUDA** (measured): a few training iterations at the real crop and per-GPU batch (the train
-  loop's own step, one GPU, BN instead of SyncBN), and one real-size image through single-scale
-  and ms+flip inference; GPU-hours per row and peak ``torch.cuda.max_memory_allocated``.
+* **CUDA** (measured): a few training iterations at the real crop and the layout's per-GPU batch
+  (the train loop's own step, one GPU, BN instead of SyncBN), and one real-size image through
+  single-scale and ms+flip inference; GPU-hours per row and peak
+  ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dnlrepro.bench.measure import sync
 from dnlrepro.core.config import Config
 from dnlrepro.data.transforms import rescale_size
 
@@ -68,9 +70,9 @@ class Flops:
         q = _positions(h, w)
         return a * q + b * q * q
 
-    def train(self, cfg: Config) -> float:
+    def train(self, cfg: Config, per_gpu_batch: int) -> float:
         h, w = cfg.data.crop_size
-        return cfg.data.samples_per_gpu * self.forward(cfg, h, w)
+        return per_gpu_batch * self.forward(cfg, h, w)
 
     def evaluate(self, cfg: Config, image_wh: tuple[int, int], ms_flip: bool = True) -> float:
         """One image: single-scale, plus (``ms_flip``) every ms ratio with and without flip."""
@@ -144,7 +146,11 @@ class RowCost:
 
 
 def cpu_train(flops: Flops, real: Config, mini: Config, mini_s: float, gpus: int) -> RowCost:
-    ratio = flops.train(real) / flops.train(mini)
+    """The real run on ``gpus`` GPUs from the miniature's seconds per iteration on as many
+    processes: each process's work is its per-GPU batch (global / gpus) of crops."""
+    ratio = flops.train(real, real.global_batch // gpus) / flops.train(
+        mini, mini.global_batch // gpus
+    )
     return RowCost(
         real.schedule.max_iters, "it", mini_s * ratio, gpus, "cpu-estimate",
         note=f"measured {mini_s:.3g} s/it at the rehearsal size x FLOP ratio {ratio:,.0f}",
@@ -163,13 +169,11 @@ def cpu_evaluate(
     )  # fmt: skip
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_train(cfg: Config, device: str = "cuda", iters: int = 3) -> tuple[float, float | None]:
-    """(seconds per iteration, peak GB) of the train step at ``cfg``'s crop and per-GPU batch."""
+def time_train(
+    cfg: Config, device: str = "cuda", iters: int = 3, per_gpu_batch: int | None = None
+) -> tuple[float, float | None]:
+    """(seconds per iteration, peak GB) of the train step at ``cfg``'s crop and ``per_gpu_batch``
+    images (default: the published layout's, ``data.samples_per_gpu``)."""
     from dnlrepro import models
     from dnlrepro.engine import schedule
     from dnlrepro.engine.step import train_step
@@ -178,17 +182,17 @@ def time_train(cfg: Config, device: str = "cuda", iters: int = 3) -> tuple[float
     torch.manual_seed(0)
     model = models.revert_sync_batchnorm(models.build_segmentor(cfg)).to(dev).train()
     opt = schedule.build_optimizer(model, cfg.schedule)
-    (h, w), n = cfg.data.crop_size, cfg.data.samples_per_gpu
+    (h, w), n = cfg.data.crop_size, per_gpu_batch or cfg.data.samples_per_gpu
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = []
     for it in range(iters + 1):  # the first step allocates gradients and momentum: not timed
         img = torch.randn(n, 3, h, w, device=dev)
         gt = torch.randint(0, cfg.model.num_classes, (n, h, w), device=dev)
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         train_step(model, img, gt, opt, iteration=it, max_iters=iters + 1)
-        _sync(dev)
+        sync(dev)
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
     del model, opt
@@ -206,9 +210,9 @@ def time_evaluate(cfg: Config, image_hw: tuple[int, int], device: str = "cuda") 
     img = np.random.default_rng(0).integers(0, 256, (*image_hw, 3), dtype=np.uint8)
     with torch.no_grad():
         infer_image(model, img, cfg, False, dev)  # warm-up (kernel selection, allocations)
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         infer_image(model, img, cfg, True, dev)
-        _sync(dev)
+        sync(dev)
     del model
     return time.perf_counter() - t0

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dnlrepro.core.config import Config, load_config
 from dnlrepro.core.miniature import REAL_COUNTS, image_size
 from dnlrepro.core.profile import load_profile
+from dnlrepro.core.registry import load_published
 from dnlrepro.core.runs import parse_stage
 from dnlrepro.core.workspace import Workspace
-from dnlrepro.rehearse import cost, shrink
+from dnlrepro.rehearse import cost, fit, shrink
 from dnlrepro.rehearse.checks import Check
 from dnlrepro.rehearse.mirror import MirrorFile
-from dnlrepro.rehearse.stages import DvcRun, StageRun
+from dnlrepro.rehearse.stages import DvcRun
 
 _RUN_SH = "sh pipeline/run.sh "
 _ENV_SHOWN = (
@@ -43,7 +44,7 @@ class Receipt:
     device: str  # requested
     stage_device: str  # what the stages used
     device_note: str
-    nproc: int
+    gpus: int  # the layout: training processes (one per GPU on CUDA)
     workspace: str
     started_utc: str = field(
         default_factory=lambda: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -60,6 +61,8 @@ class Receipt:
     checks: list[Check] = field(default_factory=list)
     failure: dict[str, Any] | None = None
     cost_note: str = ""
+    gpu_memory: float | None = None  # --gpu-memory: the capacity the estimated fits are judged by
+    fits: list[fit.Fit] = field(default_factory=list)  # paper: which layouts fit, per row
     logs: dict[str, list[str]] = field(default_factory=dict)  # stage -> its last ok run's log
 
     @property
@@ -79,25 +82,23 @@ class Receipt:
                 if s.status == "skipped":
                     continue
                 status = "killed (planned)" if s.status == "killed" else s.status
-                self.rows.append(_row(s.stage, s.run, _what(s), s.seconds, status))
+                what = s.command.removeprefix(_RUN_SH) or "-"
+                self.rows.append(_row(s.stage, s.run, what, s.seconds, status))
                 if s.status == "ok":
                     self.logs[s.stage] = s.log
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("logs", "checks")}
         out["ok"] = self.ok
-        out["checks"] = [c.to_dict() for c in self.checks]
+        out["checks"] = [asdict(c) for c in self.checks]
         out["changes"] = [{"what": w, "real": r, "rehearsal": m} for w, r, m in self.changes]
+        out["fits"] = [asdict(f) for f in self.fits]
         return out
 
 
 def _row(stage: str, run: int, what: str, seconds: float, status: str) -> dict[str, Any]:
     return {"stage": stage, "run": run, "what": what, "seconds": round(seconds, 1),
             "status": status, "cost": None, "cost_text": "-"}  # fmt: skip
-
-
-def _what(s: StageRun) -> str:
-    return s.command.removeprefix(_RUN_SH) or "-"
 
 
 def file_entry(f: MirrorFile) -> dict[str, Any]:
@@ -148,7 +149,7 @@ def _error_lines(log: list[str], limit: int = 8) -> list[str]:
 def add_costs(rec: Receipt, ws: Workspace, sws: Workspace, configs: list[str]) -> None:
     """Fill each train/evaluate row's ``cost`` (CPU: FLOP-scaled estimate; CUDA: measured)."""
     real_profile = load_profile(rec.profile, ws)
-    gpus = real_profile.settings.nproc_per_node * real_profile.settings.nnodes  # training rows
+    gpus = rec.gpus  # training rows: the rehearsed layout (--gpus)
     flops = cost.Flops()
     for row in rec.rows:
         kind, name = parse_stage(row["stage"])
@@ -161,6 +162,8 @@ def add_costs(rec: Receipt, ws: Workspace, sws: Workspace, configs: list[str]) -
         row_cost = _row_cost(rec, kind, real, mini, flops, rec.logs.get(row["stage"], []), gpus)
         if row_cost is not None:
             row["cost"], row["cost_text"] = row_cost.to_dict(), row_cost.text()
+        if kind == "train":
+            rec.fits.append(_fit(rec, real, ws))
     if rec.device == "cuda":
         rec.cost_note = (
             "measured on CUDA: training iterations at the real crop and per-GPU batch on one GPU "
@@ -173,6 +176,14 @@ def add_costs(rec: Receipt, ws: Workspace, sws: Workspace, configs: list[str]) -
             "(per single-scale image) x the FLOP ratio of the real to the miniature work; "
             "rerun with --device cuda on the target GPU for GPU-hours"
         )
+
+
+def _fit(rec: Receipt, real: Config, ws: Workspace) -> fit.Fit:
+    """Which layouts of the row fit: measured on this GPU, or estimated (rehearse/fit.py)."""
+    if rec.device == "cuda":
+        return fit.measure(real, rec.gpus)
+    capacity = rec.gpu_memory or fit.DEFAULT_GPU_GB
+    return fit.estimate(real, load_published(ws.registry_file), capacity)
 
 
 def _row_cost(
@@ -189,7 +200,7 @@ def _row_cost(
     real_wh = image_size(dataset)
     if rec.device == "cuda":
         if kind == "train":
-            seconds, peak = cost.time_train(real, "cuda")
+            seconds, peak = cost.time_train(real, "cuda", per_gpu_batch=real.global_batch // gpus)
             return cost.RowCost(real.schedule.max_iters, "it", seconds, gpus, "cuda-measured",
                                 peak)  # fmt: skip
         seconds = cost.time_evaluate(real, (real_wh[1], real_wh[0]), "cuda")
@@ -212,7 +223,7 @@ def _row_cost(
 def render(rec: Receipt, receipt_path: Path) -> str:
     lines = [
         f"dnlrepro rehearse --profile {rec.profile}: every stage of the real run, in miniature "
-        f"(stages: {rec.device_note}; {rec.nproc if rec.profile == 'paper' else 1} process(es))",
+        f"(stages: {rec.device_note}; {rec.gpus if rec.profile == 'paper' else 1} process(es))",
         "",
         "Differences from the real run (every key in the receipt):",
         "  1. sizes: " + "\n     ".join(rec.change_summary),
@@ -228,6 +239,7 @@ def render(rec: Receipt, receipt_path: Path) -> str:
     if rec.cost_note:
         lines += ["", f"Cost column: {rec.cost_note}."]
         lines += _totals(rec.rows)
+    lines += fit.render(rec.fits)
     if rec.failure is not None:
         f = rec.failure
         lines += ["", f"FAILED stage: {f['stage'] or '(no stage: the rehearsal itself)'}",

@@ -105,7 +105,7 @@ def stage_env(root: Path, served: mirror.Mirror, device: str) -> dict[str, str]:
     return env
 
 
-def _stage_device(profile: str, device: str, nproc: int) -> tuple[str, str]:
+def _stage_device(profile: str, device: str, gpus: int) -> tuple[str, str]:
     """(device the stages use, why) -- NCCL needs one GPU per torchrun process."""
     if device != "cuda":
         return "cpu", "gloo on CPU" if profile == "paper" else "CPU"
@@ -113,11 +113,11 @@ def _stage_device(profile: str, device: str, nproc: int) -> tuple[str, str]:
 
     if not torch.cuda.is_available():
         raise RuntimeError("--device cuda: CUDA is not available here; use --device cpu")
-    gpus = torch.cuda.device_count()
-    if profile == "paper" and gpus < nproc:
+    visible = torch.cuda.device_count()
+    if profile == "paper" and visible < gpus:
         return "cpu", (
-            f"gloo on CPU: NCCL needs one GPU per process and only {gpus} GPU(s) < --nproc "
-            f"{nproc} are visible; the cost table is still measured on CUDA"
+            f"gloo on CPU: NCCL needs one GPU per process and only {visible} GPU(s) < --gpus "
+            f"{gpus} are visible; the cost and fit tables are still measured on CUDA"
         )
     return "cuda", "NCCL on CUDA" if profile == "paper" else "CUDA"
 
@@ -127,7 +127,8 @@ def rehearse(
     profile: str,
     *,
     device: str = "cpu",
-    nproc: int = 2,
+    gpus: int = 2,
+    gpu_memory: float | None = None,
     keep: bool = False,
     out: Path | None = None,
     corrupt: tuple[str, ...] = (),
@@ -142,8 +143,9 @@ def rehearse(
     for old in [out / "receipt.json", *out.glob("dvc-repro-*.log")]:  # only our own files
         old.unlink(missing_ok=True)
     base = Path(tempfile.mkdtemp(prefix=f"dnlrepro-rehearse-{profile}-"))
-    stage_device, device_note = _stage_device(profile, device, nproc)
-    rec = report.Receipt(profile, device, stage_device, device_note, nproc, str(ws.root))
+    stage_device, device_note = _stage_device(profile, device, gpus)
+    rec = report.Receipt(profile, device, stage_device, device_note, gpus, str(ws.root))
+    rec.gpu_memory = gpu_memory
     try:
         _run(ws, rec, base, out, corrupt, timeout)
     except (OSError, ValueError, RuntimeError) as e:  # set-up failed before or between stages
@@ -165,7 +167,7 @@ def _run(
     root = base / "workspace"
     n = copy_workspace(ws.root, root)
     sws = Workspace(root.resolve())
-    plan = shrink.plan(sws, rec.profile, rec.nproc)
+    plan = shrink.plan(sws, rec.profile, rec.gpus)
     shrink.apply(sws, plan)
     rec.setup("copy workspace + shrink profile", f"{n} files -> {root}", time.monotonic() - t)
     rec.changes, rec.change_summary = plan.changes, shrink.summary(plan)
@@ -194,7 +196,7 @@ def _run(
         return
     if kill is not None:
         rec.checks.append(checks.resumed(kill.stage, kill.done, runs[-1].stages))
-        rec.checks.append(checks.sync_bn(done, rec.nproc))
+        rec.checks.append(checks.sync_bn(done, rec.gpus))
     rec.checks.append(checks.verdicts(root))
     rec.checks.append(checks.check_command(root, env))
     rec.checks.append(checks.tables(root, configs))
@@ -232,7 +234,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(NCCL), cost measured at the real crop and batch",
     )
     parser.add_argument(
-        "--nproc", type=int, default=2, help="torchrun processes for profile paper (>= 2)"
+        "--gpus",
+        type=int,
+        default=2,
+        help="the layout of profile paper: torchrun processes (>= 2, dividing every row's global "
+        "batch); the cost table and the per-GPU memory are for this many GPUs",
+    )
+    parser.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=None,
+        help="without a GPU: the GPU memory (GB) the estimated layouts are judged against "
+        "(default 80); with --device cuda the GPU's own",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch copy and mirror")
     parser.add_argument(
@@ -261,7 +274,8 @@ def main(args: argparse.Namespace) -> int:
         ws,
         args.profile,
         device=args.device,
-        nproc=args.nproc,
+        gpus=args.gpus,
+        gpu_memory=args.gpu_memory,
         keep=args.keep,
         out=args.out,
         corrupt=tuple(args.corrupt),

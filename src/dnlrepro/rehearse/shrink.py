@@ -9,7 +9,7 @@ structural property (Cityscapes / 64 leaves one slide window per image at ratio 
 
 Besides sizes: images per split, iterations (1; 2 for the training stage the rehearsal kills,
 with a checkpoint after the first, so that it has something to resume), torchrun processes
-(4 -> ``--nproc``, at least 2) and the benchmark's image counts. :func:`plan` lists every change
+(4 -> ``--gpus``, at least 2) and the benchmark's image counts. :func:`plan` lists every change
 as ``(what, real, rehearsal)``.
 """
 
@@ -23,6 +23,7 @@ import yaml
 
 from dnlrepro.core import runs
 from dnlrepro.core.config import load_config
+from dnlrepro.core.layout import valid_counts
 from dnlrepro.core.miniature import (
     ADE20K_SIDES,
     CITYSCAPES_FRAME,
@@ -38,9 +39,10 @@ from dnlrepro.core.registry import config_names
 from dnlrepro.core.workspace import Workspace
 
 FACTORS = Factors(cityscapes=32, ade20k=16)
-# (train, val) miniature images: one batch per rank of 2 (2 x 2 and 2 x 4 images per GPU); one
-# val image, as the 769 rows' ms+flip slide windows cost the same per image as at full size.
-COUNTS = Counts(cityscapes=(4, 1), ade20k=(8, 1))
+# (train, val) miniature images: one global batch (4 published ranks x 2 or x 4 images: every
+# GPU count trains the published layout's stream, core/layout.py); one val image, as the 769
+# rows' ms+flip slide windows cost the same per image as at full size.
+COUNTS = Counts(cityscapes=(8, 1), ade20k=(16, 1))
 BENCHMARK = {"num_images": 2, "warmup": 1, "train_iters": 1}
 REAL_BENCHMARK = {"num_images": 200, "warmup": 5, "train_iters": 5}  # §5.4, §5.5
 # Checkpoints after every iteration (what a killed run resumes), evaluation at the end.
@@ -48,7 +50,7 @@ SCHEDULE = {"schedule.checkpoint_interval": 1, "schedule.log_interval": 1}
 
 
 class ShrinkError(ValueError):
-    """A miniature would lose a structural property, or ``--nproc`` is too small."""
+    """A miniature would lose a structural property, or ``--gpus`` is too small."""
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Plan:
     """What the rehearsal writes into the scratch copy's profile, and why."""
 
     profile: str
-    nproc: int
+    gpus: int
     victim: str | None  # the row whose training stage is killed once and resumed (2 iterations)
     miniature: Miniature
     overrides: list[dict[str, Any]]  # profile override blocks appended (match, set)
@@ -64,16 +66,16 @@ class Plan:
     changes: list[tuple[str, Any, Any]] = field(default_factory=list)  # (what, real, rehearsal)
 
 
-def plan(ws: Workspace, profile: str, nproc: int) -> Plan:
+def plan(ws: Workspace, profile: str, gpus: int) -> Plan:
     """The rehearsal's miniature, overrides and settings for ``profile`` (paper or published).
 
     Raises:
-        ShrinkError: a row would lose a structural property (named), or ``nproc`` < 2 for paper.
+        ShrinkError: a row would lose a structural property (named), or ``gpus`` < 2 for paper.
     """
     base = load_profile(profile, ws)
     train = base.settings.train
-    if train and nproc < 2:
-        raise ShrinkError(f"--nproc {nproc}: SyncBN across ranks needs at least 2 processes")
+    if train and gpus < 2:
+        raise ShrinkError(f"--gpus {gpus}: SyncBN across ranks needs at least 2 processes")
     names = config_names(ws)
     victim = names[0] if train else None
     mini = Miniature(FACTORS, COUNTS, 1 if train else None)
@@ -91,10 +93,16 @@ def plan(ws: Workspace, profile: str, nproc: int) -> Plan:
             shrunk.update({**SCHEDULE, "schedule.max_iters": iterations})
             shrunk["schedule.eval_interval"] = iterations
         problems += check_structure(real, real.replace(shrunk), FACTORS.of(real.data.dataset))
-        changes += [(f"{name}: {k}", _plain(_get(real, k)), v) for k, v in shrunk.items()]
+        if train and real.global_batch % gpus:
+            counts = ", ".join(map(str, valid_counts(real.global_batch)))
+            problems.append(
+                f"--gpus {gpus} does not divide the global batch {real.global_batch} of {name} "
+                f"(core/layout.py); use one of {counts}"
+            )
+        changes += [(f"{name}: {k}", real.flat()[k], v) for k, v in shrunk.items()]
     if problems:
         raise ShrinkError("; ".join(problems))
-    settings = _settings(base.settings, nproc if train else None, changes)
+    settings = _settings(base.settings, gpus if train else None, changes)
     syn = mini.synthetic()
     changes.append(
         ("cityscapes image (w, h)", CITYSCAPES_FRAME, (syn.cityscapes.width, syn.cityscapes.height))
@@ -102,28 +110,19 @@ def plan(ws: Workspace, profile: str, nproc: int) -> Plan:
     changes.append(
         ("ade20k image sides (min, max)", ADE20K_SIDES, (syn.ade20k.min_size, syn.ade20k.max_size))
     )
-    return Plan(profile, nproc, victim, mini, overrides, settings, changes)
+    return Plan(profile, gpus, victim, mini, overrides, settings, changes)
 
 
-def _settings(base: Any, nproc: int | None, changes: list[tuple[str, Any, Any]]) -> dict[str, Any]:
+def _settings(base: Any, gpus: int | None, changes: list[tuple[str, Any, Any]]) -> dict[str, Any]:
     settings = dataclasses.asdict(base)
     changes.append(("benchmark (images, warm-up, memory iterations)", REAL_BENCHMARK, BENCHMARK))
     settings["benchmark"] = dict(BENCHMARK)
     for dataset in ("cityscapes", "ade20k"):
         changes.append((f"{dataset} (train, val) images", REAL_COUNTS[dataset], COUNTS.of(dataset)))
-    if nproc is not None:
-        changes.append(("torchrun processes (nproc_per_node)", settings["nproc_per_node"], nproc))
-        settings["nproc_per_node"] = nproc
+    if gpus is not None:
+        changes.append(("GPUs, torchrun processes (gpus)", settings["gpus"], gpus))
+        settings["gpus"] = gpus
     return settings
-
-
-def _get(cfg: Any, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
 
 
 def apply(ws: Workspace, p: Plan) -> None:

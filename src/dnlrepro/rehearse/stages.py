@@ -67,7 +67,6 @@ class DvcRun:
     stages: list[StageRun]
     log_path: Path
     error: str = ""  # DVC's ERROR line, if any
-    timed_out: bool = False
     tail: list[str] = field(default_factory=list)  # DVC's last output lines
 
 
@@ -184,9 +183,7 @@ def run_dvc(
         why = f" (signal {-rc}, not sent by the rehearsal)" if rc < 0 else ""
         reader.error = f"dvc repro exited with {rc}{why} without naming a failed stage"
     reader._close(end, final)
-    return DvcRun(
-        index, cmd, rc, reader.stages, log_path, reader.error, state["timed_out"], list(reader.tail)
-    )
+    return DvcRun(index, cmd, rc, reader.stages, log_path, reader.error, list(reader.tail))
 
 
 def _watch(

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dnlrepro.core import workspace
+from dnlrepro.core.layout import compare
 from dnlrepro.core.profile import load_profile, read_params
 from dnlrepro.core.registry import METRICS, Published, load_published
 from dnlrepro.core.runs import of_rows, plan
@@ -71,8 +72,9 @@ PROTOCOL_TRAIN_KEYS = (
     "trained",
     "source",
     "world_size",
-    "effective_batch",
-    "samples_per_gpu",
+    "layout",  # gpus x per-GPU batch (core/layout.py)
+    "global_batch",
+    "bn_group",
     "iterations",
     "max_iters",
     "norm",
@@ -182,6 +184,14 @@ def _which_mode(rows: list[dict], protocol: dict[str, Any]) -> None:
     main["note"] = (main["note"] + "; " if main["note"] else "") + f"reproduced by: {found}"
 
 
+def protocol_match(train: dict[str, Any], published_batch: Any) -> tuple[bool | None, str]:
+    """Did the run train with the published protocol (global batch and BN group)? A published
+    checkpoint did, by definition; see :func:`dnlrepro.core.layout.compare`."""
+    if train.get("trained") is False:
+        return True, "the published checkpoint: trained with the published protocol"
+    return compare(train, published_batch if isinstance(published_batch, int) else None)
+
+
 def our_protocol(meas: Measured) -> dict[str, Any]:
     """The protocol fields we ran with (evaluation, then training), next to the published ones."""
     out: dict[str, Any] = {}
@@ -227,8 +237,15 @@ def build_diff(
         published_rows = _published_rows(name, published, meas, profile)
         published_rows += _small_window_row(name, published, meas, profile)
         _which_mode(published_rows, meas.protocol)
+        same, text = protocol_match(meas.train, published.entry(name).protocol.get("batch"))
+        for row in published_rows:  # the verdict says which protocol it judged
+            row["protocol"] = {True: "same", False: "different", None: "unknown"}[same]
         rows += published_rows
-        protocols[name] = {"published": published.entry(name).protocol, "ours": our_protocol(meas)}
+        protocols[name] = {
+            "published": published.entry(name).protocol,
+            "ours": our_protocol(meas),
+            "match": text,
+        }
     summary = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
     return {
         "profile": profile,

@@ -139,7 +139,7 @@ def our_protocol(meas: Measured) -> str:
     parts = [f"test {mode} @ {size(p.get('img_scale'))}"]
     if t:
         parts.append(
-            f"train {t.get('world_size', '?')}x{t.get('samples_per_gpu', '?')}, "
+            f"train {t.get('layout', '?')} (BN group {t.get('bn_group', '?')}), "
             f"{t.get('iterations', '?')} iters on {t.get('device', '?')}"
         )
     parts.append(f"{p.get('split', '?')} ({p.get('image_count', '?')} images)")

@@ -114,17 +114,20 @@ def _learned_delta(meas: Measured, factor: float) -> float | None:
     return None if ours is None or const is None else round(ours - factor * const, 4)
 
 
+def _judgement(
+    result: str, delta: float | None, tolerance: float | None, why: str, rule: str, note: str = ""
+) -> dict:
+    """The judgement fields of a smoke row, in the order every diff row lists them."""
+    return dict(
+        delta=delta, tolerance=tolerance, tolerance_reason=why, rule=rule, verdict=result, note=note
+    )
+
+
 def _same_machine(baseline: Mapping[str, Any], value: float | None, ours: float | None) -> dict:
     tol = float(baseline.get("tolerance", BASELINE_TOLERANCE))
     result, delta = verdict(value, ours, tol)
-    return {
-        "delta": delta,
-        "tolerance": tol,
-        "tolerance_reason": str(baseline.get("reason", BASELINE_REASON)),
-        "rule": f"same machine: exact band ±{tol:g}",
-        "verdict": result,
-        "note": "",
-    }
+    why = str(baseline.get("reason", BASELINE_REASON))
+    return _judgement(result, delta, tol, why, f"same machine: exact band ±{tol:g}")
 
 
 def _other_machine(
@@ -140,26 +143,22 @@ def _other_machine(
     band = (spread.get("metrics") or {}).get(metric, {}).get("band")
     learned = "" if factor is None else f"learned (mIoU >= {factor:g}x majority baseline) and "
     within = "no seed spread recorded" if band is None else f"within ±{band:.2f} of the baseline"
-    out = {
-        "delta": None,
-        "tolerance": band,
-        "tolerance_reason": str(spread.get("rule", SPREAD_RULE)),
-        "rule": f"{where}: {learned}{within} (seed spread)",
-        "verdict": "not comparable",
-        "note": "no seed spread in the baseline: record one with >= 2 seeds of a row "
-        "(the profile's `seeds`), `dnlrepro diff --update-baseline`",
-    }
+    why, rule = str(spread.get("rule", SPREAD_RULE)), f"{where}: {learned}{within} (seed spread)"
     if band is None:
-        return out
-    out["verdict"], out["delta"] = verdict(value, meas.metrics[metric], band)
-    out["note"] = ""
+        note = (
+            "no seed spread in the baseline: record one with >= 2 seeds of a row "
+            "(the profile's `seeds`), `dnlrepro diff --update-baseline`"
+        )
+        return _judgement("not comparable", None, band, why, rule, note)
+    result, delta = verdict(value, meas.metrics[metric], band)
+    note = ""
     gap = None if factor is None else _learned_delta(meas, factor)
-    if factor is not None and gap is None and out["verdict"] == "pass":
-        out["verdict"], out["note"] = "missing", "no majority-class baseline in eval.json"
+    if factor is not None and gap is None and result == "pass":
+        result, note = "missing", "no majority-class baseline in eval.json"
     elif gap is not None and gap < 0:
-        out["verdict"] = "fail"
-        out["note"] = f"did not learn: mIoU {gap:+.2f} from {factor:g}x the majority baseline"
-    return out
+        result = "fail"
+        note = f"did not learn: mIoU {gap:+.2f} from {factor:g}x the majority baseline"
+    return _judgement(result, delta, band, why, rule, note)
 
 
 def _check(
@@ -190,14 +189,8 @@ def _check(
 
 def _unjudged(result: str, note: str) -> dict:
     """No number to compare: no baseline for the run, or one of another configuration."""
-    return {
-        "delta": None,
-        "tolerance": BASELINE_TOLERANCE,
-        "tolerance_reason": BASELINE_REASON,
-        "rule": "a baseline recorded for this run's config digest",
-        "verdict": result,
-        "note": note,
-    }
+    rule = "a baseline recorded for this run's config digest"
+    return _judgement(result, None, BASELINE_TOLERANCE, BASELINE_REASON, rule, note)
 
 
 def baseline_rows(
@@ -244,6 +237,8 @@ def learned_row(name: str, meas: Measured, factor: float) -> dict:
     ours, const = meas.metrics["mIoU"], meas.metrics["baseline_mIoU"]
     delta = _learned_delta(meas, factor)
     result = "missing" if delta is None else ("pass" if delta >= 0 else "fail")
+    rule = f"any machine: mIoU >= {factor:g}x majority baseline"
+    note = "" if const is None else f"constant prediction scores {const:.2f}"
     return {
         "config": name,
         "dataset": "cityscapes" if name.endswith("cityscapes") else "ade20k",
@@ -251,12 +246,7 @@ def learned_row(name: str, meas: Measured, factor: float) -> dict:
         "reference": learned_reference(factor),
         "published": None if const is None else round(factor * const, 2),
         "reproduced": ours,
-        "delta": delta,
-        "tolerance": 0.0,
-        "tolerance_reason": LEARNED_REASON,
-        "rule": f"any machine: mIoU >= {factor:g}x majority baseline",
-        "verdict": result,
-        "note": "" if const is None else f"constant prediction scores {const:.2f}",
+        **_judgement(result, delta, 0.0, LEARNED_REASON, rule, note),
     }
 
 
@@ -333,16 +323,16 @@ def update_baseline(
         )
     configs = {}
     for run in runs:
-        name = run.name
-        entry: dict[str, Any] = {m: run.metrics[m] for m in BASELINE_METRICS}
         digest = run.run.get("config_digest")
         if not digest:
             raise FileNotFoundError(
-                f"results/{name}/run.json with the config digest is missing; re-run "
-                f"`dvc repro evaluate@{name}`"
+                f"results/{run.name}/run.json with the config digest is missing; re-run "
+                f"`dvc repro evaluate@{run.name}`"
             )
-        entry["config_digest"] = digest
-        configs[name] = entry
+        configs[run.name] = {
+            **{m: run.metrics[m] for m in BASELINE_METRICS},
+            "config_digest": digest,
+        }
     data = {
         "description": "Smoke-profile results recorded by `dnlrepro diff --update-baseline`; the "
         "diff stage compares smoke runs with these numbers.",

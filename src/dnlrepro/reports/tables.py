@@ -18,6 +18,7 @@ import jinja2
 
 from dnlrepro.core import workspace
 from dnlrepro.core.config import load_config
+from dnlrepro.core.layout import compare
 from dnlrepro.core.profile import Profile, load_profile, read_params
 from dnlrepro.core.registry import Published, load_published
 from dnlrepro.reports.outputs import write_all
@@ -32,6 +33,7 @@ HEADER = (
     "Backbone",
     "Crop Size",
     "Lr schd",
+    "GPUs x batch",  # not in the model zoo's table: the layout each row trained with
     "Mem (GB)",
     "Inf time (fps)",
     "mIoU",
@@ -79,6 +81,19 @@ def _beside(ours: str, paper: str) -> str:
     return paper if ours == paper else f"{ours} (paper {paper})"
 
 
+def layout_cell(protocol: dict, train: dict) -> str:
+    """Our layout (gpus x per-GPU batch) beside the published one; ``=`` when the two are the
+    same protocol (global batch and BN group, core/layout.py), ``-`` when nothing trained."""
+    paper = f"{protocol.get('gpus', '?')}x{protocol.get('samples_per_gpu', '?')}"
+    ours = train.get("layout")
+    if train.get("trained") is False:
+        return paper  # the published checkpoint itself
+    if ours is None:
+        return "-"
+    same, _ = compare(train, protocol.get("batch"))
+    return paper if ours == paper else f"{ours} ({'=' if same else 'paper'} {paper})"
+
+
 def row_cells(
     name: str, published: Published, measured: Measured, ran: Ran | None = None
 ) -> list[str]:
@@ -97,6 +112,7 @@ def row_cells(
         entry.backbone,
         _beside(ran.crop, entry.crop_size) if ran else entry.crop_size,
         _beside(str(ran.iters), str(entry.lr_schd)) if ran else str(entry.lr_schd),
+        layout_cell(entry.protocol, measured.train),
         fmt(m["mem_gb"], 1),
         fmt(m["fps"], 2),
         miou,

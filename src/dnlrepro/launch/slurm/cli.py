@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     group.add_argument(
         "--gpus-per-node", type=int, default=None, help="GPUs per node of a training job "
-        "(default: the profile's nproc_per_node with torchrun, else 0); evaluation takes 1 if > 0"
+        "(default: the profile's gpus / nnodes with torchrun, else 0); evaluation takes 1 if > 0"
     )  # fmt: skip
     group.add_argument(
         "--cpus-per-task", type=int, default=None, help=f"CPUs per node of a job (default: "
@@ -64,32 +64,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resources(args: argparse.Namespace, profile: Profile) -> plan.Resources:
-    """The sbatch resources; the defaults follow the profile's torchrun settings."""
+    """The sbatch resources; the defaults follow the profile's layout (``gpus``, ``nnodes``)."""
     s = profile.settings
-    torchrun = s.nproc_per_node * s.nnodes > 1  # as engine.launcher.run_training decides
+    torchrun = s.gpus > 1  # as engine.launcher.run_training decides
+    per_node = s.gpus // s.nnodes
     nodes = args.nodes if args.nodes is not None else s.nnodes
     gpus = args.gpus_per_node
     if gpus is None:
-        gpus = s.nproc_per_node if torchrun else 0
+        gpus = per_node if torchrun else 0
     if nodes < 1 or gpus < 0:
         raise ValueError(f"--nodes {nodes} / --gpus-per-node {gpus}: need nodes >= 1, GPUs >= 0")
-    if torchrun and 0 < gpus < s.nproc_per_node:
+    if torchrun and 0 < gpus < per_node:
         raise ValueError(
-            f"--gpus-per-node {gpus}, but profile {profile.name} starts nproc_per_node="
-            f"{s.nproc_per_node} processes per node (one per GPU); pass --gpus-per-node "
-            f"{s.nproc_per_node} or change nproc_per_node in params/profiles.yaml"
+            f"--gpus-per-node {gpus}, but profile {profile.name} trains on gpus={s.gpus} over "
+            f"nnodes={s.nnodes}, {per_node} processes per node (one per GPU); pass "
+            f"--gpus-per-node {per_node} or change gpus in params/profiles.yaml"
         )
     if not torchrun and nodes > 1:
         raise ValueError(
-            f"--nodes {nodes}: profile {profile.name} trains in one process (nproc_per_node x "
-            "nnodes = 1); raise them in params/profiles.yaml for multi-node training"
+            f"--nodes {nodes}: profile {profile.name} trains in one process (gpus: 1); raise "
+            "gpus and nnodes in params/profiles.yaml for multi-node training"
         )
     if torchrun and nodes != s.nnodes:
-        logger.warning(
-            "training on %d node(s) where profile %s says nnodes=%d: the job's node count wins, "
-            "so the effective batch is %d x %d processes x samples_per_gpu",
-            nodes, profile.name, s.nnodes, nodes, s.nproc_per_node,
-        )  # fmt: skip
+        raise ValueError(
+            f"--nodes {nodes}: profile {profile.name} trains on gpus={s.gpus} over "
+            f"nnodes={s.nnodes}; the layout is part of the run (results/<run>/run.yaml), so "
+            "change gpus / nnodes in params/profiles.yaml instead of overriding the node count"
+        )
     return plan.Resources(
         partition=args.partition, account=args.account, time=args.time, nodes=nodes,
         gpus_per_node=gpus, cpus_per_task=args.cpus_per_task, signal_s=args.signal_seconds,
