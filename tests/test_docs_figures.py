@@ -73,6 +73,9 @@ def test_rehearsal_miniature() -> None:
     assert (int(f[0]), int(f[1])) == (FACTORS.cityscapes, FACTORS.ade20k)
     (c,) = stated("README.md", r"(\d+) \+ (\d+) / (\d+) \+ (\d+) train \+ val images")
     assert tuple(map(int, c)) == (*COUNTS.cityscapes, *COUNTS.ade20k)
+    (cs,) = stated("docs/pipeline.md", r"2048x1024 -> \d+x\d+ \((\d+) \+ (\d+)\) \|")
+    (ade,) = stated("docs/pipeline.md", r"sides 512-1024 -> [\d-]+ \((\d+) \+ (\d+)\) \|")
+    assert tuple(map(int, cs + ade)) == (*COUNTS.cityscapes, *COUNTS.ade20k)
 
 
 def test_seeds() -> None:
