@@ -102,9 +102,9 @@ def test_evaluation_joins_the_training_run_of_its_seed(db_uri: str, monkeypatch)
         with Tracker(cfg, "train") as t:
             t.log_metrics({"val/mIoU": 10.0 + seed}, step=2)
         trained[seed] = t.run_id
-    for seed in (4, 3):
+    for seed in (4, 3, 3):  # seed 3 evaluated twice: the second at the next step
         with Tracker(cfgs[seed], "evaluate") as t:
-            t.log_metrics({"mIoU": 20.0 + seed})
+            t.log_metrics({"mIoU": 20.0 + seed + t.repeat}, t.repeat)
         assert t.run_id == trained[seed]
     client = MlflowClient(tracking_uri=db_uri)
     for seed, run_id in trained.items():
@@ -112,8 +112,12 @@ def test_evaluation_joins_the_training_run_of_its_seed(db_uri: str, monkeypatch)
         assert (
             run.info.status == "FINISHED" and run.info.run_name == f"r50 512x1024 40k s{seed} smoke"
         )
-        assert run.data.metrics == {"val/mIoU": 10.0 + seed, "mIoU": 20.0 + seed}
+        again = int(seed == 3)
+        assert run.data.metrics == {"val/mIoU": 10.0 + seed, "mIoU": 20.0 + seed + again}
+        history = client.get_metric_history(run_id, "mIoU")
+        assert [m.step for m in history] == list(range(again + 1))
         assert run.data.tags["stages"] == "train,evaluate"
+        assert run.data.tags["evaluate_count"] == str(again + 1)
         assert run.data.tags["dvc.stage.evaluate"] == "evaluate@" + CFG
     # no training run to join (a published checkpoint): a run of its own, same naming
     with Tracker(load_config(CFG, "smoke", {"schedule.seed": 5}), "evaluate") as t:

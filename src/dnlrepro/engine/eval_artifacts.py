@@ -166,7 +166,8 @@ def log_to_mlflow(cfg: Config, payload: dict[str, Any], started: float | None = 
         proto = payload["protocol"]
         tracker.set_tags({f"eval.{k}": v for k, v in proto.items() if not isinstance(v, dict)})
         measured = mlflow_metrics(payload)
-        tracker.log_metrics({**measured, **published_metrics(cfg, measured)})
+        # step: 0, or how many evaluations of this run came before (each step logged once)
+        tracker.log_metrics({**measured, **published_metrics(cfg, measured)}, tracker.repeat)
         tracker.log_dict(payload, "eval.json")  # as results/<config>/eval.json
         rows = per_class_rows(payload)
         with tempfile.TemporaryDirectory() as tmp:

@@ -155,6 +155,9 @@ class Tracker:
         self.started = started  # time.time() when the work began (default: now)
         self.uri = tracking_uri()
         self.run_id: str | None = None
+        # how many times this stage logged into the run before: a re-evaluation logs its
+        # metrics at the next step, so no step of a metric's history is logged twice
+        self.repeat = 0
         self._client: Any = None
         self._warned: set[str] = set()
 
@@ -200,6 +203,8 @@ class Tracker:
             self.run_id = found.info.run_id
             stages = [x for x in found.data.tags.get("stages", "").split(",") if x]
             stage_tags["stages"] = ",".join(dict.fromkeys([*stages, self.stage]))
+            self.repeat = int(found.data.tags.get(f"{self.stage}_count", "0") or 0)
+            stage_tags[f"{self.stage}_count"] = str(self.repeat + 1)
             client.update_run(self.run_id, status="RUNNING")
             self.set_tags(stage_tags)
             logger.info("MLflow run %s (%s): %s joins it", self.run_id, found.info.run_name,
@@ -213,6 +218,7 @@ class Tracker:
             "dataset": cfg.data.dataset,
             "profile": cfg.profile,
             "stages": self.stage,
+            f"{self.stage}_count": "1",
             "trained": str(self.stage == "train").lower(),
             "git_commit": commit,
             "git_dirty": str(dirty).lower() if dirty is not None else "unknown",
