@@ -68,4 +68,36 @@ def _damage(db: Path) -> str | None:
     return None
 
 
-__all__ = ["StoreError", "check_store"]
+def artifact_location(uri: str) -> str | None:
+    """Where new experiments keep artifacts: ``mlruns/`` next to a sqlite DB (absolute)."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return None  # a server or other store decides itself
+    return (db.parent / "mlruns").resolve().as_uri()
+
+
+def init_db(uri: str) -> str:
+    """Create (or migrate) the tracking store once; returns the URI used.
+
+    Raises:
+        StoreError: the sqlite file exists but is empty or damaged (:func:`check_store`).
+        RuntimeError: when MLflow cannot open the store (the message names the URI).
+    """
+    check_store(uri)  # an existing store is migrated, never replaced
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    from mlflow.tracking import MlflowClient
+
+    try:
+        # Opening the sqlite store runs the Alembic migrations; a query proves it works.
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as e:
+        raise RuntimeError(
+            f"cannot open the MLflow tracking store {uri!r}: {e}. Set MLFLOW_TRACKING_URI to a "
+            "writable sqlite:////abs/path/mlflow.db"
+        ) from e
+    return uri
+
+
+__all__ = ["StoreError", "artifact_location", "check_store", "init_db"]

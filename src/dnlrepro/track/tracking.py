@@ -33,8 +33,8 @@ from typing import Any
 
 from dnlrepro.core import workspace
 from dnlrepro.core.config import Config
-from dnlrepro.track import runs
-from dnlrepro.track.store import StoreError, _sqlite_path, check_store
+from dnlrepro.track import runs, store
+from dnlrepro.track.store import StoreError, artifact_location, check_store
 
 logger = logging.getLogger(__name__)
 
@@ -56,37 +56,14 @@ def tracking_uri() -> str:
     return f"sqlite:///{tracking_root() / 'mlflow.db'}"
 
 
-def artifact_location(uri: str) -> str | None:
-    """Where new experiments keep artifacts: ``mlruns/`` next to a sqlite DB (absolute)."""
-    db = _sqlite_path(uri)
-    if db is None:
-        return None  # a server or other store decides itself
-    return (db.parent / "mlruns").resolve().as_uri()
-
-
 def init_db(uri: str | None = None) -> str:
-    """Create (or migrate) the tracking store once; returns the URI used.
+    """Create (or migrate) the store at ``uri`` (default :func:`tracking_uri`) once; its URI.
 
     Raises:
         StoreError: the sqlite file exists but is empty or damaged (:func:`check_store`).
         RuntimeError: when MLflow cannot open the store (the message names the URI).
     """
-    uri = uri or tracking_uri()
-    check_store(uri)  # an existing store is migrated, never replaced
-    db = _sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    from mlflow.tracking import MlflowClient
-
-    try:
-        # Opening the sqlite store runs the Alembic migrations; a query proves it works.
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    except Exception as e:
-        raise RuntimeError(
-            f"cannot open the MLflow tracking store {uri!r}: {e}. Set MLFLOW_TRACKING_URI to a "
-            "writable sqlite:////abs/path/mlflow.db"
-        ) from e
-    return uri
+    return store.init_db(uri or tracking_uri())
 
 
 # What the pipeline itself writes while it runs: a change there does not make the code dirty
@@ -200,16 +177,25 @@ class Tracker:
         self._client = client
         stage_tags = {f"dvc.stage.{self.stage}": os.environ.get("DVC_STAGE", "") or "none"}
         if found is not None:
-            self.run_id = found.info.run_id
-            stages = [x for x in found.data.tags.get("stages", "").split(",") if x]
-            stage_tags["stages"] = ",".join(dict.fromkeys([*stages, self.stage]))
-            self.repeat = int(found.data.tags.get(f"{self.stage}_count", "0") or 0)
-            stage_tags[f"{self.stage}_count"] = str(self.repeat + 1)
-            client.update_run(self.run_id, status="RUNNING")
-            self.set_tags(stage_tags)
-            logger.info("MLflow run %s (%s): %s joins it", self.run_id, found.info.run_name,
-                        self.stage)  # fmt: skip
-            return
+            self._join(found, stage_tags)
+        else:
+            self._create(exp_id, stage_tags)
+
+    def _join(self, found: Any, stage_tags: dict[str, str]) -> None:
+        """Add this stage to the existing run ``found`` (its status is RUNNING until exit)."""
+        self.run_id = found.info.run_id
+        stages = [x for x in found.data.tags.get("stages", "").split(",") if x]
+        stage_tags["stages"] = ",".join(dict.fromkeys([*stages, self.stage]))
+        self.repeat = int(found.data.tags.get(f"{self.stage}_count", "0") or 0)
+        stage_tags[f"{self.stage}_count"] = str(self.repeat + 1)
+        self._client.update_run(self.run_id, status="RUNNING")
+        self.set_tags(stage_tags)
+        logger.info("MLflow run %s (%s): %s joins it", self.run_id, found.info.run_name,
+                    self.stage)  # fmt: skip
+
+    def _create(self, exp_id: str, stage_tags: dict[str, str]) -> None:
+        """A new run for this (configuration, seed), named and tagged, with the config as params."""
+        cfg, seed, client = self.cfg, self.cfg.schedule.seed, self._client
         commit, dirty = git_state(workspace.find().root)
         name = runs.run_name(cfg.name, seed, cfg.profile)
         tags = {
@@ -234,7 +220,6 @@ class Tracker:
             self.run_id, name, cfg.data.dataset, self.uri, self.uri,
             runs.view_url("http://127.0.0.1:5000", exp_id),
         )  # fmt: skip
-
         self.log_params(cfg.flat())
 
     # -- logging API ----------------------------------------------------------------------
