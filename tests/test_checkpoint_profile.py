@@ -86,3 +86,29 @@ def test_predict_cli_uses_the_checkpoint_profile(checkpoints, tmp_path, caplog) 
     assert first_line(caplog).startswith("profile: smoke (recorded in the checkpoint")
     record = json.loads((tmp_path / "out" / "predict.json").read_text())
     assert record["profile"] == "smoke"
+
+
+def test_evaluate_cli_uses_the_checkpoint_profile(tmp_path, caplog) -> None:
+    """A smoke checkpoint of a Cityscapes row, evaluated without --profile: the smoke test
+    protocol (its img_scale), said on the first log line."""
+    from dnlrepro.acquire import prepare, synth
+
+    name = "dnl_r50-d8_512x1024_40k_cityscapes"
+    smoke_cfg = load_config(name, "smoke")
+    synth.write_cityscapes(tmp_path / "archives", n_train=1, n_val=1, width=64, height=32, seed=3)
+    prepare.prepare("cityscapes", tmp_path / "archives", tmp_path / "root", expect=(1, 1))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(
+        tmp_path / "smoke.pth", build_segmentor(smoke_cfg).eval(),
+        meta={"profile": "smoke", "config_digest": smoke_cfg.digest()},
+    )  # fmt: skip
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "m.json"
+    argv = ["evaluate", "--config", name, "--checkpoint", str(ckpt), "--data-root",
+            str(tmp_path / "root"), "--out", str(out), "--device", "cpu", "--no-track"]  # fmt: skip
+    assert cli_main(argv) == 0
+    assert first_line(caplog).startswith("profile: smoke (recorded in the checkpoint")
+    protocol = json.loads(out.read_text())["protocol"]
+    assert protocol["profile"] == "smoke"
+    assert protocol["img_scale"] == list(smoke_cfg.test.img_scale)
+    assert protocol["img_scale"] != list(load_config(name).test.img_scale)

@@ -50,10 +50,12 @@ def _positive_int(text: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    # first, so that the first log line names the profile: the one a local checkpoint of ours
+    # records, unless --profile (a URL is a published mmseg checkpoint, which records none)
+    cfg = config_for(args, args.checkpoint)
     info = distributed.init_distributed(args.device)
     try:
         with fetched(args.checkpoint) as local:
-            cfg = config_for(args, local)  # the profile the checkpoint records, unless --profile
             payload = evaluate(
                 cfg,
                 local,
