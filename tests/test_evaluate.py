@@ -153,7 +153,7 @@ def test_evaluate_roundtrip_json_schema_and_mlflow(dataset_root, checkpoint, tmp
 
     client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("cityscapes")
-    runs = client.search_runs([exp.experiment_id], "tags.stage = 'evaluate'")
+    runs = client.search_runs([exp.experiment_id], "tags.stages LIKE '%evaluate'")
     run = max(runs, key=lambda r: r.info.start_time)
     metrics = run.data.metrics
     assert metrics["mIoU"] == on_disk["single_scale"]["mIoU"]
@@ -161,7 +161,7 @@ def test_evaluate_roundtrip_json_schema_and_mlflow(dataset_root, checkpoint, tmp
     assert metrics["mAcc_ms_flip"] == on_disk["ms_flip"]["mAcc"]
     assert not any(k.startswith("IoU/") for k in metrics)  # per-class IoU is an artifact
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"eval.json", "per_class.csv", "per_class.md"} <= artifacts
+    assert {"eval.json", "per_class.csv", "per_class.md", "per_class_iou.png"} <= artifacts
 
 
 def test_damaged_mlflow_store_fails_before_evaluating(

@@ -5,8 +5,9 @@ In a scratch git clone (committed after the profile is shrunk, so ``git_dirty`` 
 with a private sqlite store: ``dnlrepro mlflow-init``, ``synth`` + ``prepare`` of 2+1 synthetic
 Cityscapes images, ``dnlrepro train`` (smoke profile, 2 iterations, one validation) and
 ``dnlrepro evaluate --ms-flip``. Then ``mlflow server`` on a free port serves that store, and
-the checks go through ``/api/2.0/mlflow/...`` only: run names, metric names (never NaN), tags,
-the evaluate run's duration, and the artifacts (docs/pipeline.md, "MLflow").
+the checks go through ``/api/2.0/mlflow/...``: one run holding both stages, its name, metric
+names (never NaN, each step once), tags, duration and artifacts (docs/pipeline.md, "MLflow"),
+and headless chromium shows that run in the experiment's runs table.
 """
 
 from __future__ import annotations
@@ -23,18 +24,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 
 from dnlrepro.core.config import load_config
+from dnlrepro.core.registry import load_published
+from dnlrepro.track import runs
 
 pytestmark = pytest.mark.slow
 
 CFG = "dnl_r50-d8_512x1024_40k_cityscapes"  # the cheapest row on CPU; published batch 4 x 2
-SHORT = "r50-d8_512x1024_40k_cityscapes"
+NAME = "r50 512x1024 40k s0 smoke"  # what differs first; MLflow shows ~30 characters
 SERVER_START_S = 180  # ~17 s on an idle 2-core machine; generous for a loaded CI runner
 
 
@@ -167,108 +169,141 @@ def server(tracked: Tracked) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(server: str) -> dict[str, dict]:
-    """The runs of the 'cityscapes' experiment, by stage tag (exactly one each)."""
+def experiment(server: str) -> dict:
     experiments = post(server, "/api/2.0/mlflow/experiments/search", {"max_results": 100})
     (exp,) = (e for e in experiments["experiments"] if e["name"] == "cityscapes")
-    found = post(server, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})
-    by_stage: dict[str, dict] = {}
-    for run in found["runs"]:
-        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-        metrics = {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
-        assert tags["stage"] not in by_stage, f"two {tags['stage']} runs"
-        by_stage[tags["stage"]] = {"info": run["info"], "tags": tags, "metrics": metrics}
-    assert set(by_stage) == {"train", "evaluate"}
-    return by_stage
+    return exp
 
 
-def test_run_names_tags_and_metric_names(runs: dict[str, dict], tracked: Tracked) -> None:
+@pytest.fixture(scope="module")
+def run(server: str, experiment: dict) -> dict:
+    """The one run of the 'cityscapes' experiment: training and evaluation of (CFG, seed 0)."""
+    body = {"experiment_ids": [experiment["experiment_id"]], "order_by": ["metrics.mIoU DESC"]}
+    (found,) = post(server, "/api/2.0/mlflow/runs/search", body)["runs"]
+    tags = {t["key"]: t["value"] for t in found["data"]["tags"]}
+    metrics = {m["key"]: m["value"] for m in found["data"].get("metrics", [])}
+    return {"info": found["info"], "tags": tags, "metrics": metrics}
+
+
+def test_experiment_opens_on_the_runs_view(experiment: dict) -> None:
+    tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(tags["mlflow.sharedViewState.dnlrepro"])  # runs.view_url opens it
+    assert view["orderByKey"] == "metrics.`mIoU`" and view["orderByAsc"] is False
+    assert view["selectedColumns"][:3] == [
+        f"metrics.`{k}`" for k in ("mIoU", "delta_mIoU", "published_mIoU")
+    ]
+
+
+def test_run_name_tags_and_metric_names(run: dict, tracked: Tracked) -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=tracked.root, capture_output=True, text=True, check=True
     ).stdout.strip()
-    for stage, run in runs.items():
-        assert run["info"]["run_name"] == f"{SHORT} seed0 {stage} (smoke)"
-        assert run["info"]["status"] == "FINISHED"
-        tags = run["tags"]
-        assert tags["mlflow.runName"] == run["info"]["run_name"]
-        assert (tags["config"], tags["dataset"], tags["profile"]) == (CFG, "cityscapes", "smoke")
-        assert tags["seed"] == "0"  # a row's seeds share `config` and differ here
-        assert (tags["git_commit"], tags["git_dirty"]) == (commit, "false")
-        assert {"mIoU", "mAcc", "aAcc"} <= set(run["metrics"])
-        assert not [k for k in run["metrics"] if k.startswith("IoU")]  # per-class: an artifact
-    train, evaluate = runs["train"], runs["evaluate"]
+    assert run["info"]["run_name"] == NAME and len(NAME) <= 30
+    assert run["info"]["status"] == "FINISHED"
+    tags = run["tags"]
+    assert tags["mlflow.runName"] == NAME and tags["stages"] == "train,evaluate"
+    assert (tags["config"], tags["dataset"], tags["profile"]) == (CFG, "cityscapes", "smoke")
+    assert tags["seed"] == "0"  # a row's seeds share `config` and differ here
+    assert (tags["git_commit"], tags["git_dirty"]) == (commit, "false")
     # the layout and protocol that ran (core/layout.py): smoke's 1 x 2, BN over both images
-    assert (train["tags"]["layout"], train["tags"]["bn_group"]) == ("1x2", "2")
-    assert {"train/loss", "train/lr", "train_s", "cpu_max_rss_gb"} <= set(train["metrics"])
-    assert "mem_gb" not in train["metrics"]  # CUDA max_memory_allocated only (§5.5)
-    ms_flip = {"mIoU_ms_flip", "mAcc_ms_flip", "aAcc_ms_flip", "baseline_mIoU"}
-    assert ms_flip <= set(evaluate["metrics"])
+    assert (tags["layout"], tags["bn_group"]) == ("1x2", "2")
+    metrics = run["metrics"]
+    assert not [k for k in metrics if k.startswith("IoU")]  # per-class: an artifact
+    assert {"train/loss", "train/lr", "val/mIoU", "train_s", "cpu_max_rss_gb"} <= set(metrics)
+    assert "mem_gb" not in metrics  # CUDA max_memory_allocated only (§5.5)
+    assert {"mAcc", "aAcc", "mAcc_ms_flip", "aAcc_ms_flip", "baseline_mIoU"} <= set(metrics)
     payload = json.loads((tracked.root / "results" / CFG / "eval.json").read_text())
-    assert evaluate["metrics"]["mIoU"] == payload["single_scale"]["mIoU"]
-    assert evaluate["metrics"]["mIoU_ms_flip"] == payload["ms_flip"]["mIoU"]
+    assert metrics["mIoU"] == payload["single_scale"]["mIoU"]
+    assert metrics["mIoU_ms_flip"] == payload["ms_flip"]["mIoU"]
+    published = load_published(tracked.root / "params" / "published.yaml").entry(CFG).metrics
+    assert published["mIoU"] is not None
+    for key in ("mIoU", "mIoU_ms_flip"):
+        if published[key] is None:  # a README '-' cell: no number, no delta
+            assert f"published_{key}" not in metrics and f"delta_{key}" not in metrics
+            continue
+        assert metrics[f"published_{key}"] == published[key]
+        assert metrics[f"delta_{key}"] == pytest.approx(metrics[key] - published[key], abs=0.01)
 
 
-def test_no_metric_is_ever_nan(server: str, runs: dict[str, dict]) -> None:
+def test_each_step_is_logged_once_and_never_nan(server: str, run: dict) -> None:
     """Every logged value of every metric, the whole history (runs/search has the last only)."""
-    for stage, run in runs.items():
-        for key in run["metrics"]:
-            history = get(
-                server, "/api/2.0/mlflow/metrics/get-history", run_id=run["info"]["run_id"],
-                metric_key=key,
-            )  # fmt: skip
-            values = [m["value"] for m in json.loads(history)["metrics"]]
-            assert values, f"{stage}: {key} has no history"
-            assert not [v for v in values if not math.isfinite(float(v))], f"{stage}: {key}"
-    steps = get(
-        server, "/api/2.0/mlflow/metrics/get-history", run_id=runs["train"]["info"]["run_id"],
-        metric_key="train/loss",
-    )  # fmt: skip
-    assert [m["step"] for m in json.loads(steps)["metrics"]] == [1, 2]  # log_interval 1
+    for key in run["metrics"]:
+        history = get(
+            server, "/api/2.0/mlflow/metrics/get-history", run_id=run["info"]["run_id"],
+            metric_key=key,
+        )  # fmt: skip
+        points = json.loads(history)["metrics"]
+        assert points, f"{key} has no history"
+        assert not [p for p in points if not math.isfinite(float(p["value"]))], key
+        steps = [int(p.get("step", 0)) for p in points]
+        assert len(steps) == len(set(steps)), f"{key}: a step logged twice: {steps}"
+        if key == "train/loss":
+            assert steps == [1, 2]  # log_interval 1
+        if key == "val/mIoU":
+            assert steps == [2]  # one validation, at the end; not again by the final summary
 
 
-def log_time(log: str, needle: str, near: float) -> float:
-    """The epoch time of the first log line holding ``needle`` (``HH:MM:SS``, local time)."""
-    (line,) = [line for line in log.splitlines() if needle in line][:1]
-    hms = datetime.strptime(line[:8], "%H:%M:%S").time()
-    stamp = datetime.combine(datetime.fromtimestamp(near).date(), hms)
-    if stamp.timestamp() < near - 1:  # the evaluation crossed midnight
-        stamp += timedelta(days=1)
-    return stamp.timestamp()
-
-
-def test_evaluate_run_spans_the_evaluation(runs: dict[str, dict], tracked: Tracked) -> None:
-    """The run is created after the evaluation but starts when the evaluation began."""
-    info = runs["evaluate"]["info"]
+def test_run_spans_training_and_evaluation(run: dict, tracked: Tracked) -> None:
+    info = run["info"]
     start, end = int(info["start_time"]) / 1000, int(info["end_time"]) / 1000
+    trained = (tracked.root / "results" / CFG / "train_summary.json").stat().st_mtime
     written = (tracked.root / "results" / CFG / "eval.json").stat().st_mtime
-    assert tracked.eval_launched <= start < written <= end
-    # Log lines have 1 s resolution: the run started no later than the checkpoint was loaded.
-    assert start <= log_time(tracked.eval_log, "loaded checkpoint", tracked.eval_launched) + 1
-    assert end - start >= written - log_time(tracked.eval_log, "evaluating", start) - 1
+    assert start < trained < tracked.eval_launched < written <= end
 
 
-def test_artifacts(server: str, runs: dict[str, dict], tracked: Tracked) -> None:
-    def listing(run: dict) -> set[str]:
-        found = get(server, "/api/2.0/mlflow/artifacts/list", run_id=run["info"]["run_id"])
-        return {f["path"] for f in json.loads(found)["files"]}
+def test_artifacts(server: str, run: dict, tracked: Tracked) -> None:
+    found = get(server, "/api/2.0/mlflow/artifacts/list", run_id=run["info"]["run_id"])
+    listing = {f["path"] for f in json.loads(found)["files"]}
 
-    def fetch(run: dict, path: str) -> bytes:
+    def fetch(path: str) -> bytes:
         return get(server, "/get-artifact", path=path, run_uuid=run["info"]["run_id"])
 
-    train, evaluate = runs["train"], runs["evaluate"]
-    assert {"config.yaml", "per_class_iou.json", "train_summary.json"} <= listing(train)
-    assert {"eval.json", "per_class.csv"} <= listing(evaluate)
+    assert {"config.yaml", "val_per_class_iou.json", "train_summary.json"} <= listing
+    assert {"eval.json", "per_class.csv", "training_curves.png", "per_class_iou.png"} <= listing
+    for png in ("training_curves.png", "per_class_iou.png"):
+        assert fetch(png).startswith(b"\x89PNG\r\n"), png
 
     summary = json.loads((tracked.root / "results" / CFG / "train_summary.json").read_text())
-    assert json.loads(fetch(train, "train_summary.json")) == summary
-    per_class = json.loads(fetch(train, "per_class_iou.json"))
+    assert json.loads(fetch("train_summary.json")) == summary
+    per_class = json.loads(fetch("val_per_class_iou.json"))
     measured = {k: v for k, v in summary["last_validation"]["IoU"].items() if v is not None}
     assert dict(zip(per_class["class"], per_class["IoU"], strict=True)) == measured
-    config = yaml.safe_load(fetch(train, "config.yaml"))  # the resolved config, --set applied
+    config = yaml.safe_load(fetch("config.yaml"))  # the resolved config, --set applied
     assert (config["name"], config["schedule"]["max_iters"]) == (CFG, 2)
 
     payload = json.loads((tracked.root / "results" / CFG / "eval.json").read_text())
-    assert json.loads(fetch(evaluate, "eval.json")) == payload
-    rows = fetch(evaluate, "per_class.csv").decode().splitlines()
+    assert json.loads(fetch("eval.json")) == payload
+    rows = fetch("per_class.csv").decode().splitlines()
     assert rows[0].startswith("class,IoU,Acc,IoU (ms+flip)")
     assert [r.split(",")[0] for r in rows[1:]] == list(payload["single_scale"]["IoU"])
+
+
+def test_runs_view_in_headless_chromium(server: str, experiment: dict, run: dict, tmp_path):
+    """What the link the training log prints opens: the runs table (not MLflow 3's GenAI
+    overview, which lists traces and no run), one row, mIoU and its delta as columns."""
+    from test_reports_html import BROWSER_FLAGS, CHROMEDRIVER, CHROMIUM, browser_or_skip
+
+    webdriver = browser_or_skip()
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*BROWSER_FLAGS, f"--user-data-dir={tmp_path}", "--window-size=1400,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    miou = f"{run['metrics']['mIoU']:g}"
+    try:
+        driver.get(runs.view_url(server, experiment["experiment_id"]))
+        text = lambda d: d.find_element("tag name", "body").text  # noqa: E731
+        WebDriverWait(driver, 90).until(lambda d: NAME in text(d) and "delta_mIoU" in text(d))
+        lines = text(driver).splitlines()
+        assert lines.count(NAME) == 1 and "1 matching run" in lines, lines
+        assert "Sort: mIoU" in lines and "Overview" not in lines, lines  # not the GenAI page
+        header = lines[lines.index("Run Name") : lines.index("Pin run")]
+        row = lines[lines.index(NAME) :]
+        assert {"mIoU", "delta_mIoU"} <= set(header), header  # further ones scroll
+        assert miou in row, (miou, row)
+    finally:
+        driver.quit()

@@ -18,6 +18,7 @@ from dnlrepro import cli
 from dnlrepro.core import workspace
 from dnlrepro.core.profile import load_profile
 from dnlrepro.core.registry import load_published, names_of
+from dnlrepro.core.runs import plan
 from dnlrepro.reports import charts, diff, html
 from dnlrepro.reports.outputs import ReportWriteError
 
@@ -84,7 +85,7 @@ def table_rows(page: str, dataset: str) -> list[str]:
     table = re.search(rf'<table class="results" id="table-{dataset}">(.*?)</table>', page, re.S)
     assert table, f"no table for {dataset}"
     body = re.search(r"<tbody>(.*?)</tbody>", table.group(1), re.S).group(1)
-    return re.findall(r'<tr id="row-([^"]+)">', body)
+    return re.findall(r'<tr class="row" id="row-([^"]+)">', body)
 
 
 def render(ws: workspace.Workspace, profile: str = "paper") -> str:
@@ -102,8 +103,8 @@ def test_tables_have_every_registry_row_in_readme_order(ws):
 def test_numbers_sit_next_to_the_published_ones_with_their_protocol(ws):
     write_metrics(ws, CS, 12.345, 13.5)
     page = render(ws)
-    row = re.search(rf'<tr id="row-{CS}">(.*?)</tr>', page, re.S).group(1)
-    cells = re.findall(r'<td class="num (pub|ours)[^"]*" title="([^"]*)">([^<]*)</td>', row)
+    row = re.search(rf'<tr class="row" id="row-{CS}">(.*?)</tr>', page, re.S).group(1)
+    cells = re.findall(r'<td class="num (pub|ours)[^"]*" title="([^"]*)">([^<]*)', row)
     shown = [(kind, text) for kind, _, text in cells]
     published = load_published(ws.registry_file).entry(CS).metrics
     assert shown[:4] == [
@@ -117,6 +118,13 @@ def test_numbers_sit_next_to_the_published_ones_with_their_protocol(ws):
     assert titles[1].startswith("single scale; test slide 65x65, stride 43x43 @ 129x65")
     assert "ms+flip: ratios [0.5, 1.0], flip True" in titles[3]
     assert "not benchmarked" not in titles[7] and "cpu" in titles[7]  # our fps: where measured
+    # Mem and fps say where they were measured, or why there is no number, in the cell itself
+    machines = re.findall(r'<div class="machine">([^<]*)</div>', row)
+    assert shown[5] == ("ours", "-") and machines[0] == "not trained yet"  # Mem
+    assert shown[7] == ("ours", "-") and machines[1] == "CPU run: not comparable"
+    assert f"not the V100 figure (timings/{CS}/speed.json)" in titles[7]
+    protocol = re.search(rf'<tr class="protocol" id="protocol-{CS}">(.*?)</tr>', page, re.S)
+    assert "slide 65x65" in protocol.group(1)  # under the row, not a column of its own
 
 
 def test_verdicts_are_coloured_by_class(ws):
@@ -124,7 +132,7 @@ def test_verdicts_are_coloured_by_class(ws):
     write_metrics(ws, CS, entry.metrics["mIoU"], entry.metrics["mIoU_ms_flip"] + 5.0)
     diff.run(ws, "paper")  # the real diff: pass, fail, missing and not comparable rows
     page = render(ws)
-    row = re.search(rf'<tr id="row-{CS}">(.*?)</tr>', page, re.S).group(1)
+    row = re.search(rf'<tr class="row" id="row-{CS}">(.*?)</tr>', page, re.S).group(1)
     ours = re.findall(r'<td class="num ours([^"]*)"', row)
     assert [c.strip() for c in ours] == [
         "verdict v-pass",
@@ -170,11 +178,24 @@ def test_csv_files_become_inline_svg_plots(ws):
         f"{ADE},ade20k,mIoU,41.76,",
     )
     page = render(ws)
-    details = re.search(rf'<details id="details-{CS}">(.*?)</details>', page, re.S).group(1)
+    details = re.search(rf'<details id="details-{CS}" open>(.*?)</details>', page, re.S).group(1)
     assert details.count("<svg") == 3 and "not measured yet" not in details
     assert "zebra class" in details and ">n/a<" in details  # text stays text (fonttype none)
     assert re.search(r'<section id="comparison">.*?<svg', page, re.S)
     assert "<?xml" not in page and "<!DOCTYPE svg" not in page
+
+
+def test_every_seed_of_a_row_has_its_plots(ws):
+    runs = [r for r in plan(load_profile("smoke", ws), ws).values() if r.config == CITYSCAPES[0]]
+    assert [r.seed for r in runs] == [0, 1]  # the smoke profile's two-seed row
+    for run in runs:
+        write_plots(ws, run.key)
+    page = render(ws, "smoke")
+    details = re.search(rf'<details id="details-{runs[0].config}" open>(.*?)</details>', page, re.S)
+    assert details.group(1).count("<svg") == 6
+    for title in ("training curve", "validation curve", "per-class IoU"):
+        for seed in (0, 1):
+            assert f"<figcaption>{title}, seed {seed}</figcaption>" in details.group(1)
 
 
 @pytest.mark.parametrize(
@@ -291,7 +312,8 @@ def test_committed_reports_load_in_headless_chromium(tmp_path, monkeypatch):
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in (*BROWSER_FLAGS, f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"):
+    user_dir = f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"
+    for flag in (*BROWSER_FLAGS, user_dir, "--window-size=1400,900"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     start = time.monotonic()
@@ -302,8 +324,19 @@ def test_committed_reports_load_in_headless_chromium(tmp_path, monkeypatch):
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not severe, f"console errors: {severe}"
         for dataset, count in (("cityscapes", 8), ("ade20k", 4)):
-            rows = driver.find_elements(By.CSS_SELECTOR, f"#table-{dataset} > tbody > tr")
+            rows = driver.find_elements(By.CSS_SELECTOR, f"#table-{dataset} > tbody > tr.row")
             assert len(rows) == count, dataset
+        # at 1,400 px every table fits: no column behind a horizontal scrollbar
+        too_wide = driver.execute_script(
+            "const w = document.documentElement.clientWidth;"
+            "return [...document.querySelectorAll('table')]"
+            ".filter(t => t.getBoundingClientRect().right > w + 1"
+            " || t.parentElement.scrollWidth > t.parentElement.clientWidth + 1)"
+            ".map(t => t.id || t.className);"
+        )
+        assert too_wide == [], f"wider than the window: {too_wide}"
+        figures = driver.find_elements(By.CSS_SELECTOR, "details[open] figure svg")
+        assert figures and all(f.is_displayed() for f in figures)  # plots start open
         cells = driver.find_elements(By.CSS_SELECTOR, "#diff > tbody > tr > td.verdict")
         assert cells and len(cells) == len(driver.find_elements(By.CSS_SELECTOR, "#diff tbody tr"))
         for cell in cells:

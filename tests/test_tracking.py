@@ -10,7 +10,7 @@ import pytest
 
 from dnlrepro.core import workspace
 from dnlrepro.core.config import load_config
-from dnlrepro.track import tracking
+from dnlrepro.track import runs, tracking
 from dnlrepro.track.tracking import Tracker, init_db, tracking_uri
 
 CFG = "dnl_r50-d8_512x1024_40k_cityscapes"
@@ -67,10 +67,12 @@ def test_run_has_params_tags_metrics_and_artifacts(
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     # what differs first (MLflow's runs table cuts long names), the profile when not paper's
-    assert run.info.run_name == CFG.removeprefix("dnl_") + " seed0 train (smoke)"
-    assert run.data.tags["stage"] == "train" and run.data.tags["config"] == CFG
+    assert run.info.run_name == "r50 512x1024 40k s0 smoke"
+    assert run.data.tags["stages"] == "train" and run.data.tags["config"] == CFG
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.name == "cityscapes"
+    # MLflow 3.x opens an experiment without this tag on its GenAI overview, not on the runs
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     # Artifacts live next to the DB, never in the current directory.
     assert exp.artifact_location == (Path(db_uri[len("sqlite:///") :]).parent / "mlruns").as_uri()
     assert run.data.params["model.backbone.depth"] == "50"
@@ -78,7 +80,7 @@ def test_run_has_params_tags_metrics_and_artifacts(
     assert len(run.data.params) == len(cfg.flat())
     tags = run.data.tags
     assert tags["config"] == CFG and tags["dataset"] == "cityscapes"
-    assert tags["profile"] == "smoke" and tags["dvc.stage"] == "train@" + CFG
+    assert tags["profile"] == "smoke" and tags["dvc.stage.train"] == "train@" + CFG
     assert tags["world_size"] == "2" and tags["effective_batch"] == "4"
     assert tags["git_dirty"] in {"true", "false", "unknown"}
     history = client.get_metric_history(run_id, "train/loss")
@@ -86,6 +88,57 @@ def test_run_has_params_tags_metrics_and_artifacts(
     assert run.data.metrics["IoU/traffic light"] == 12.5
     names = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.yaml", "summary.json", "curves.png"} <= names
+
+
+def test_evaluation_joins_the_training_run_of_its_seed(db_uri: str, monkeypatch) -> None:
+    """One row per (configuration, seed) in the runs table: evaluate@ adds to train@'s run."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db_uri)
+    monkeypatch.setenv("DVC_STAGE", "evaluate@" + CFG)
+    cfgs = {seed: load_config(CFG, "smoke", {"schedule.seed": seed}) for seed in (3, 4)}
+    trained = {}
+    for seed, cfg in cfgs.items():
+        with Tracker(cfg, "train") as t:
+            t.log_metrics({"val/mIoU": 10.0 + seed}, step=2)
+        trained[seed] = t.run_id
+    for seed in (4, 3, 3):  # seed 3 evaluated twice: the second at the next step
+        with Tracker(cfgs[seed], "evaluate") as t:
+            t.log_metrics({"mIoU": 20.0 + seed + t.repeat}, t.repeat)
+        assert t.run_id == trained[seed]
+    client = MlflowClient(tracking_uri=db_uri)
+    for seed, run_id in trained.items():
+        run = client.get_run(run_id)
+        assert (
+            run.info.status == "FINISHED" and run.info.run_name == f"r50 512x1024 40k s{seed} smoke"
+        )
+        again = int(seed == 3)
+        assert run.data.metrics == {"val/mIoU": 10.0 + seed, "mIoU": 20.0 + seed + again}
+        history = client.get_metric_history(run_id, "mIoU")
+        assert [m.step for m in history] == list(range(again + 1))
+        assert run.data.tags["stages"] == "train,evaluate"
+        assert run.data.tags["evaluate_count"] == str(again + 1)
+        assert run.data.tags["dvc.stage.evaluate"] == "evaluate@" + CFG
+    # no training run to join (a published checkpoint): a run of its own, same naming
+    with Tracker(load_config(CFG, "smoke", {"schedule.seed": 5}), "evaluate") as t:
+        pass
+    assert t.run_id not in trained.values()
+    assert client.get_run(t.run_id).data.tags["trained"] == "false"
+
+
+def test_run_names_fit_the_runs_table_and_differ_first() -> None:
+    from dnlrepro.core.registry import config_names
+
+    names = [
+        runs.run_name(c, s, p) for c in config_names() for s in (0, 1) for p in ("paper", "smoke")
+    ]
+    assert len(set(names)) == len(names)
+    assert max(map(len, names)) <= 30
+    assert runs.run_name("dnl_r101-d8_769x769_80k_cityscapes", 1, "paper") == "r101 769x769 80k s1"
+    assert (
+        runs.run_name("my_custom_" + "x" * 40, 2, "smoke")
+        == ("my_custom_" + "x" * 40)[:21] + " s2 smoke"
+    )
 
 
 def test_failed_body_marks_run_failed(db_uri: str, monkeypatch) -> None:
@@ -193,3 +246,28 @@ def test_store_damaged_during_a_run_fails_it_at_the_end(db_uri: str, tmp_path: P
 def test_missing_store_is_created(tmp_path: Path) -> None:
     tracking.check_store(f"sqlite:///{tmp_path / 'absent.db'}")  # nothing to refuse
     tracking.check_store("http://127.0.0.1:5000")  # a server: not ours to check
+
+
+def _train_run(uri: str, seed: int) -> str | None:
+    import os
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    with Tracker(load_config(CFG, "smoke", {"schedule.seed": seed}), "train") as t:
+        t.log_metrics({"val/mIoU": float(seed)}, step=1)
+    return t.run_id
+
+
+def test_parallel_first_runs_each_get_their_run(tmp_path: Path) -> None:
+    """Parallel trainings that create the experiment (and set its tags) at the same moment."""
+    import multiprocessing
+
+    from mlflow.tracking import MlflowClient
+
+    uri = init_db(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        ids = pool.starmap(_train_run, [(uri, seed) for seed in (10, 11, 12)])
+    assert None not in ids and len(set(ids)) == 3
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("cityscapes")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert len(client.search_runs([exp.experiment_id])) == 3

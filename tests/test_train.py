@@ -222,10 +222,7 @@ def test_run_is_tracked_in_mlflow(full_run: dict[str, Any]) -> None:
     )
     assert len(runs) == 1
     run = runs[0]
-    assert (
-        run.info.status == "FINISHED"
-        and run.info.run_name == f"{CFG.removeprefix('dnl_')} seed0 train (smoke)"
-    )
+    assert run.info.status == "FINISHED" and run.info.run_name == "r50 512x1024 40k s0 smoke"
     assert run.data.params["schedule.max_iters"] == "4"
     assert run.data.params["data.data_root"] == cfg.data.data_root
     assert run.data.tags["layout"] == "1x2" and run.data.tags["gpus"] == "1"
@@ -239,11 +236,15 @@ def test_run_is_tracked_in_mlflow(full_run: dict[str, Any]) -> None:
     losses = client.get_metric_history(run.info.run_id, "train/loss")
     assert len(losses) == 4
     summary = full_run["summary"]
-    assert run.data.metrics["mIoU"] == pytest.approx(summary["last_validation"]["mIoU"])
+    # validation as val/...; the run's mIoU column is left to the evaluation (evaluate@)
+    assert run.data.metrics["val/mIoU"] == pytest.approx(summary["last_validation"]["mIoU"])
+    assert "mIoU" not in run.data.metrics
+    val = client.get_metric_history(run.info.run_id, "val/mIoU")
+    assert [m.step for m in val] == sorted({m.step for m in val})  # each validation once
     assert not any(k.startswith("IoU/") for k in run.data.metrics)  # per class: an artifact
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "summary.json", "per_class_iou.json"} <= artifacts
-    assert not any(a.endswith(".png") for a in artifacts)  # curves: MLflow's own, DVC plots
+    assert {"config.yaml", "summary.json", "val_per_class_iou.json"} <= artifacts
+    assert "training_curves.png" in artifacts
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:

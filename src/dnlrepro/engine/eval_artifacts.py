@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 from dnlrepro.core.config import Config
 from dnlrepro.engine import machine
 from dnlrepro.engine.inference import SINGLE_SCALE, checkpoint_label
+
+logger = logging.getLogger(__name__)
 
 # Checkpoint meta keys worth recording (mmseg's own plus ours), when they are plain scalars.
 _META_KEYS = ("mmseg_version", "iter", "epoch", "time", "config_digest", "config_name")
@@ -124,18 +127,47 @@ def mlflow_metrics(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def log_to_mlflow(cfg: Config, payload: dict[str, Any], started: float | None = None) -> None:
-    """One MLflow run (stage "evaluate"): metrics, protocol tags, JSON, per-class tables.
+def published_metrics(cfg: Config, measured: dict[str, float]) -> dict[str, float]:
+    """``published_mIoU`` (and ``_ms_flip``) of the row in params/published.yaml and the signed
+    ``delta_...`` = reproduced - published, for the runs table; {} when the row has none.
 
-    ``started`` (``time.time()`` when the evaluation began) becomes the run's start, so the
-    run's duration in ``mlflow ui`` is the evaluation's.
+    A view only: the verdict, with its tolerances and the smoke profile's own reference, is
+    ``dnlrepro diff`` (reports/diff.md).
+    """
+    from dnlrepro.core import registry, workspace
+
+    try:
+        entry = registry.load_published(workspace.find().registry_file).entry(cfg.name)
+    except (registry.PublishedError, FileNotFoundError) as e:
+        logger.info("no published numbers in MLflow for %s: %s", cfg.name, e)
+        return {}
+    out: dict[str, float] = {}
+    for key in ("mIoU", "mIoU_ms_flip"):
+        published = entry.metrics.get(key)
+        if published is None:
+            continue
+        out[f"published_{key}"] = float(published)
+        if measured.get(key) is not None:
+            out[f"delta_{key}"] = round(float(measured[key]) - float(published), 2)
+    return out
+
+
+def log_to_mlflow(cfg: Config, payload: dict[str, Any], started: float | None = None) -> None:
+    """The evaluation's part of the (configuration, seed) MLflow run: headline metrics, the
+    published numbers and their deltas, protocol tags, JSON, per-class tables and a PNG.
+
+    The run is the training's (:class:`dnlrepro.track.tracking.Tracker` finds it by its tags);
+    ``started`` (``time.time()`` when the evaluation began) starts a new run when there is no
+    training run to join (a published checkpoint).
     """
     from dnlrepro.track.tracking import Tracker
 
     with Tracker(cfg, stage="evaluate", enabled=True, started=started) as tracker:
         proto = payload["protocol"]
         tracker.set_tags({f"eval.{k}": v for k, v in proto.items() if not isinstance(v, dict)})
-        tracker.log_metrics(mlflow_metrics(payload))
+        measured = mlflow_metrics(payload)
+        # step: 0, or how many evaluations of this run came before (each step logged once)
+        tracker.log_metrics({**measured, **published_metrics(cfg, measured)}, tracker.repeat)
         tracker.log_dict(payload, "eval.json")  # as results/<config>/eval.json
         rows = per_class_rows(payload)
         with tempfile.TemporaryDirectory() as tmp:
@@ -145,6 +177,7 @@ def log_to_mlflow(cfg: Config, payload: dict[str, Any], started: float | None = 
             ):
                 (Path(tmp) / fname).write_text(text, encoding="utf-8")
                 tracker.log_artifact(Path(tmp) / fname)
+        tracker.log_plot("per_class_iou", rows, "per_class_iou.png")
 
 
 # -- the compact files DVC shows (docs/pipeline.md, "Metrics and plots") ----------------------

@@ -161,8 +161,8 @@ def _loop(
         if done % sched.eval_interval == 0 or done == sched.max_iters:
             state.last_val = _validate(state.model, cfg, info, done, eval_max_images)
             state.history["val"].append(state.last_val)
-            scalars = train_summary.val_scalars(state.last_val)
-            tracker.log_metrics(scalars, done)  # the evaluation run's names (mIoU, ...)
+            # val/mIoU ...: the run's mIoU column is the test-set evaluation's (evaluate@)
+            tracker.log_metrics(train_summary.val_metrics(state.last_val), done)
             ref.on_val(state.last_val, tracker)
             state.ddp_model.train()
         # 6. checkpoint; after validation (mmcv saves first) so the checkpoint's history holds
@@ -190,6 +190,7 @@ def _finish(
     if state.last_val is None or state.last_val.get("iter") != max_iters:
         # Only when resuming a checkpoint of max_iters written by an older run without val.
         state.last_val = _validate(state.model, cfg, info, max_iters, eval_max_images)
+        tracker.log_metrics(train_summary.val_metrics(state.last_val), max_iters)
     memory_mb = distributed.reduce_max(_memory_mb(info.device), info)
     if not info.is_main:
         return None
@@ -205,7 +206,7 @@ def _finish(
     write_json(summary_path, summary)
     write_json(timing_path, timing)
     train_summary.write_curves(state.history, summary_path.parent)
-    train_summary.track_final(tracker, cfg, summary, timing, summary_path)
+    train_summary.track_final(tracker, cfg, summary, timing, summary_path, state.history)
     logger.info(
         "training done: %d iterations, mIoU %.2f, final weights %s (sha256 %s)",
         max_iters, train_summary.as_float(state.last_val.get("mIoU")), final,

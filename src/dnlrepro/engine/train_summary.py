@@ -133,6 +133,11 @@ def val_scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(metrics[k]) for k in ("mIoU", "mAcc", "aAcc") if metrics.get(k) is not None}
 
 
+def val_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """:func:`val_scalars` as MLflow metrics ``val/mIoU`` ...: one point per validation."""
+    return {f"val/{k}": v for k, v in val_scalars(metrics).items()}
+
+
 def as_float(value: Any) -> float:
     """evaluate_model reports NaN (e.g. a class absent from labels and predictions) as None."""
     return math.nan if value is None else float(value)
@@ -144,17 +149,19 @@ def track_final(
     summary: dict[str, Any],
     timing: dict[str, Any],
     summary_path: Path,
+    history: dict[str, Any] | None = None,
 ) -> None:
-    """Final metrics, per-class IoU table, config, summary and plots (failures only warn).
+    """Training time and memory, config, summary, per-class IoU of the last validation and the
+    training curves as a PNG (failures only warn).
 
-    Metric names are the evaluation run's (docs/pipeline.md, "MLflow"): ``mIoU``, ``mAcc``,
-    ``aAcc`` at the last iteration; per-class IoU is a table artifact, not 19-150 metrics that
-    would crowd the runs table; absent values are left out, never logged as NaN.
+    The validation metrics were logged as ``val/...`` when they were measured, each step once;
+    the run's ``mIoU`` column is the evaluation's (:func:`dnlrepro.engine.eval_artifacts.
+    log_to_mlflow`). Per-class IoU is an artifact, not 19-150 metrics that would crowd the runs
+    table; absent values are left out, never logged as NaN.
     """
     last_val = summary["last_validation"]
     per_class = {name: v for name, v in last_val.get("IoU", {}).items() if v is not None}
     scalars = {
-        **val_scalars(last_val),
         "train_s": timing["wall_time_s"],
         # Mem (GB) is CUDA max_memory_allocated (§5.5); a CPU RSS is another quantity.
         (
@@ -164,8 +171,8 @@ def track_final(
     tracker.log_metrics(scalars, step=summary["iterations"])
     tracker.log_dict(cfg.to_dict(), "config.yaml")
     tracker.log_dict(
-        {"class": list(per_class), "IoU": list(per_class.values())}, "per_class_iou.json"
+        {"class": list(per_class), "IoU": list(per_class.values())}, "val_per_class_iou.json"
     )
     tracker.log_artifact(summary_path)
-    # No figures: MLflow draws the logged metrics against their step itself, and the curves
-    # are DVC plots and part of reports/index.html; matplotlib would cost every stage seconds.
+    if history is not None:
+        tracker.log_plot("training_curves", history, "training_curves.png")

@@ -302,9 +302,23 @@ def render_markdown(report: dict[str, Any]) -> str:
     ) + trajectory.markdown(report.get("trajectory", []))
 
 
+def verdict_counts(report: dict[str, Any]) -> dict[str, int]:
+    """``reports/summary.json``, the DVC metric of the whole pipeline: how many comparisons got
+    each verdict (``not_comparable`` with an underscore, a plain column name). Four numbers, so
+    ``dvc exp show --only-changed`` says at a glance what an experiment did to the verdicts."""
+    return {v.replace(" ", "_"): int(report["summary"].get(v, 0)) for v in VERDICTS}
+
+
 def write_diff(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """``diff.json``, ``diff.md`` and ``summary.json`` in ``out_dir``, as one set."""
     json_path, md_path = Path(out_dir) / "diff.json", Path(out_dir) / "diff.md"
-    write_all({json_path: json_bytes(report), md_path: render_markdown(report).encode("utf-8")})
+    write_all(
+        {
+            json_path: json_bytes(report),
+            md_path: render_markdown(report).encode("utf-8"),
+            Path(out_dir) / "summary.json": json_bytes(verdict_counts(report)),
+        }
+    )
     logger.info("wrote %s and %s: %s", md_path, json_path, report["summary"])
     return md_path, json_path
 

@@ -26,7 +26,8 @@ from markupsafe import Markup
 from dnlrepro.core import workspace
 from dnlrepro.core.profile import Profile, load_profile, read_params
 from dnlrepro.core.registry import METRICS, Published, PublishedEntry, load_published
-from dnlrepro.reports import charts, trajectory_plot
+from dnlrepro.core.runs import of_rows, plan
+from dnlrepro.reports import charts, row_views
 from dnlrepro.reports.diff import LABELS, VERDICTS
 from dnlrepro.reports.diff import our_protocol as protocol_fields
 from dnlrepro.reports.outputs import write_all
@@ -56,16 +57,6 @@ PROFILE_NOTES: dict[str, tuple[str, str]] = {
         "Published profile: the twelve published mmseg checkpoints, evaluated by this code on "
         "the real validation sets (no training, so no training curves).",
     ),
-}
-PLOTS: tuple[tuple[str, str, charts.CsvSpec], ...] = (
-    ("train_curve.csv", "training curve", charts.TRAIN_CURVE),
-    ("val_curve.csv", "validation curve", charts.VAL_CURVE),
-    ("per_class.csv", "per-class IoU", charts.PER_CLASS),
-)
-DRAW = {
-    "train_curve.csv": charts.train_curve_svg,
-    "val_curve.csv": charts.val_curve_svg,
-    "per_class.csv": charts.per_class_svg,
 }
 
 
@@ -204,20 +195,25 @@ def _our_title(metric: str, meas: Measured) -> str:
 def row_context(
     name: str, published: Published, meas: Measured, diff_rows: list[dict], paths: dict[str, Any]
 ) -> dict[str, Any]:
-    """Everything the template shows for one configuration (``paths``: results, link_root)."""
+    """Everything the template shows for one configuration (``paths``: results, link_root and
+    ``runs``, each row's (run key, seed) pairs; a row without runs there is its own folder)."""
     entry = published.entry(name)
     mine = [r for r in diff_rows if r["config"] == name]
     verdict_of = {r["metric"]: r["verdict"] for r in mine if r["reference"] == "published"}
     cells = []
     for metric in METRICS:
         digits = 1 if metric == "mem_gb" else 2
+        speed = row_views.speed_cell(metric, meas) if metric in row_views.SPEED_METRICS else None
         cells.append(
             {
                 "metric": metric,
                 "published": num(entry.metrics[metric], digits),
                 "published_title": _published_title(metric, entry, published),
-                "ours": with_spread(meas, metric, digits),
-                "ours_title": _our_title(metric, meas),
+                "ours": speed["text"] if speed else with_spread(meas, metric, digits),
+                "machine": speed["machine"] if speed else "",
+                "ours_title": "\n".join(
+                    t for t in (_our_title(metric, meas), speed and speed["why"]) if t
+                ),
                 "verdict": verdict_of.get(metric),
             }
         )
@@ -235,24 +231,10 @@ def row_context(
             ("published (params/published.yaml)", fields(entry.protocol)),
             (f"ours (results/{name}/)", fields(protocol_fields(meas))),
         ],
-        "plots": row_plots(name, Path(paths["results"]) / name),
+        "plots": row_views.run_plots(
+            paths.get("runs", {}).get(name) or [(name, 0)], Path(paths["results"])
+        ),
     }
-
-
-def row_plots(name: str, folder: Path) -> list[dict[str, Any]]:
-    """One entry per plot of a row: its SVG, or a note saying the CSV is not there yet."""
-    plots = []
-    for filename, title, spec in PLOTS:
-        rows = charts.read_csv(folder / filename, spec)
-        rel = f"results/{name}/{filename}"
-        if rows is None:
-            plots.append({"title": title, "svg": None, "note": f"not measured yet (no {rel})"})
-        elif not rows:
-            plots.append({"title": title, "svg": None, "note": f"no rows yet in {rel}"})
-        else:
-            svg = DRAW[filename](rows, f"dnlrepro-{name}-{filename}")
-            plots.append({"title": title, "svg": Markup(svg), "note": ""})
-    return plots + trajectory_plot.plots(folder, name)  # vs the reference training log
 
 
 def diff_context(diff: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -302,7 +284,9 @@ def render_page(ws: workspace.Workspace, profile: Profile, out: Path) -> str:
     diff = load_diff(ws.reports / "diff.json")
     diff_rows = diff["rows"] if diff else []
     link_root = Path(os.path.relpath(ws.root, out.parent)).as_posix() + "/"
-    paths = {"results": ws.results, "link_root": link_root}
+    runs = of_rows(plan(profile, ws), list(published.configs))
+    row_runs = {n: [(r.key, r.seed) for r in rs] for n, rs in runs.items()}
+    paths = {"results": ws.results, "link_root": link_root, "runs": row_runs}
     measured = load_rows(list(published.configs), profile, ws.results, ws)
     tables = []
     for dataset, title in TITLES.items():

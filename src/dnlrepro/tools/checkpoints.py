@@ -11,6 +11,7 @@ neither kept nor reused.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dnlrepro.acquire.download import download_url, sha256_prefix_from_name
+from dnlrepro.core.config import Config
 from dnlrepro.core.registry import PRETRAINED_URLS
 from dnlrepro.models.checkpoint import CheckpointError
 
@@ -55,3 +57,54 @@ def fetched(path_or_url: str | os.PathLike, download_dir: Path | None = None) ->
         local.unlink(missing_ok=True)
         local.with_name(local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
         raise CheckpointError(f"{e} [downloaded from {s}; the download was deleted]") from None
+
+
+def recorded_profile(checkpoint: str | os.PathLike | None) -> tuple[str | None, str | None]:
+    """(profile, config digest) our training recorded in a local checkpoint's ``meta``;
+    (None, None) for a URL, an mmseg checkpoint (no profile) or a file the loader will refuse
+    (it then says why itself)."""
+    from dnlrepro.core.profile import PROFILES
+    from dnlrepro.models.checkpoint import read_checkpoint
+
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return None, None
+    try:
+        meta = read_checkpoint(checkpoint).get("meta")
+    except (CheckpointError, OSError):
+        return None, None
+    if not isinstance(meta, dict) or meta.get("profile") not in PROFILES:
+        return None, None
+    digest = meta.get("config_digest")
+    return str(meta["profile"]), digest if isinstance(digest, str) else None
+
+
+def config_for(args: argparse.Namespace, checkpoint: str | os.PathLike | None) -> Config:
+    """The configuration to run ``checkpoint`` with. Without ``--profile`` (and unless
+    ``--config`` is a resolved file, which records its own) the profile our training recorded
+    in the checkpoint applies, so a smoke checkpoint is evaluated as it was trained; else the
+    configuration's own values. The first log line says which, and why."""
+    from dnlrepro.core.config import config_from_args, config_path, load_config, parse_overrides
+    from dnlrepro.core.schema import read_yaml
+
+    if args.profile is None and "profile" not in (read_yaml(config_path(args.config)) or {}):
+        profile, digest = recorded_profile(checkpoint)
+        if profile is not None:
+            logger.info(
+                "profile: %s (recorded in the checkpoint %s; --profile chooses another)",
+                profile,
+                checkpoint,
+            )
+            cfg = load_config(args.config, profile, parse_overrides(getattr(args, "overrides", [])))
+            if digest is not None and digest != cfg.digest():
+                logger.warning(
+                    "the checkpoint was trained with a configuration that differs from %s under "
+                    "profile %s (config digest %s, here %s), e.g. by --set: the test protocol is "
+                    "this configuration's",
+                    args.config,
+                    profile,
+                    digest[:12],
+                    cfg.digest()[:12],
+                )
+            return cfg
+    cfg, _ = config_from_args(args)
+    return cfg

@@ -12,14 +12,19 @@ import math
 
 from dnlrepro.engine import distributed
 from dnlrepro.engine.evaluate import evaluate
-from dnlrepro.tools.checkpoints import fetched
+from dnlrepro.tools.checkpoints import config_for, fetched
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dnlrepro.core.config import add_config_arguments
 
     add_config_arguments(parser)
-    parser.add_argument("--checkpoint", required=True, help=".pth file or published URL")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help=".pth file or published URL; without --profile, the profile our training recorded "
+        "in the file applies (else the configuration's own values)",
+    )
     parser.add_argument("--data-root", default=None, help="default: the config's data.data_root")
     parser.add_argument(
         "--split", default="val", help="val (Cityscapes val / ADE20K validation), train, or a name"
@@ -45,9 +50,9 @@ def _positive_int(text: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro.core.config import config_from_args
-
-    cfg, _ = config_from_args(args)
+    # first, so that the first log line names the profile: the one a local checkpoint of ours
+    # records, unless --profile (a URL is a published mmseg checkpoint, which records none)
+    cfg = config_for(args, args.checkpoint)
     info = distributed.init_distributed(args.device)
     try:
         with fetched(args.checkpoint) as local:

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from dnlrepro.core.config import Config
 from dnlrepro.engine.inference import infer_image, load_model
-from dnlrepro.tools.checkpoints import fetched
+from dnlrepro.tools.checkpoints import config_for, fetched
 from dnlrepro.tools.predict_outputs import (
     IMAGE_SUFFIXES,
     MANIFEST,
@@ -221,7 +221,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dnlrepro.core.config import add_config_arguments
 
     add_config_arguments(parser)
-    parser.add_argument("--checkpoint", required=True, help=".pth file or published URL")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help=".pth file or published URL; without --profile, the profile our training recorded "
+        "in the file applies (else the configuration's own values)",
+    )
     parser.add_argument(
         "--images",
         required=True,
@@ -256,9 +261,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro.core.config import config_from_args
-
-    cfg, _ = config_from_args(args)
+    # a local checkpoint of ours records its profile (a URL is a published mmseg checkpoint)
+    cfg = config_for(args, args.checkpoint)
     written = predict(
         cfg,
         args.checkpoint,

@@ -26,7 +26,6 @@ import argparse
 import logging
 import os
 import re
-import sqlite3
 import subprocess
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +33,8 @@ from typing import Any
 
 from dnlrepro.core import workspace
 from dnlrepro.core.config import Config
+from dnlrepro.track import runs, store
+from dnlrepro.track.store import StoreError, artifact_location, check_store
 
 logger = logging.getLogger(__name__)
 
@@ -55,92 +56,14 @@ def tracking_uri() -> str:
     return f"sqlite:///{tracking_root() / 'mlflow.db'}"
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///") :])
-
-
-class StoreError(RuntimeError):
-    """The sqlite tracking store exists but is damaged; it is never recreated over."""
-
-
-def check_store(uri: str) -> None:
-    """Refuse a sqlite store that exists but is empty, truncated or otherwise not a database.
-
-    A missing file is fine (:func:`init_db` creates it); other stores (servers) are not checked.
-
-    Raises:
-        StoreError: naming the file and how to recover.
-    """
-    db = _sqlite_path(uri)
-    if db is None or not db.exists():
-        return
-    problem = _damage(db)
-    if problem is not None:
-        raise StoreError(
-            f"the MLflow store {db} is {problem}; it is never recreated over, so that the runs "
-            f"it recorded are not lost silently. Restore it from a backup, or move it away "
-            f"(mv {db} {db}.broken) and run `dnlrepro mlflow-init` to start a new, empty store"
-        )
-
-
-def _damage(db: Path) -> str | None:
-    """What is wrong with the existing file ``db``, or None when sqlite reads it intact."""
-    if not db.is_file():
-        return "not a file"
-    if db.stat().st_size == 0:
-        return "empty (0 bytes)"
-    try:
-        # mode=rw: never creates the file, and lets sqlite roll back a crashed writer's journal
-        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True, timeout=60)
-        try:
-            found = con.execute("PRAGMA quick_check").fetchall()
-        finally:
-            con.close()
-    except sqlite3.OperationalError as e:
-        if "locked" in str(e):  # a writer held it for a minute: busy, not damaged
-            logger.warning("could not check the MLflow store %s: %s", db, e)
-            return None
-        return f"unreadable ({e}; {db.stat().st_size} bytes)"
-    except sqlite3.DatabaseError as e:
-        return f"damaged or truncated ({e}; {db.stat().st_size} bytes)"
-    if found != [("ok",)]:
-        return f"damaged (sqlite quick_check: {found[0][0]})"
-    return None
-
-
-def artifact_location(uri: str) -> str | None:
-    """Where new experiments keep artifacts: ``mlruns/`` next to a sqlite DB (absolute)."""
-    db = _sqlite_path(uri)
-    if db is None:
-        return None  # a server or other store decides itself
-    return (db.parent / "mlruns").resolve().as_uri()
-
-
 def init_db(uri: str | None = None) -> str:
-    """Create (or migrate) the tracking store once; returns the URI used.
+    """Create (or migrate) the store at ``uri`` (default :func:`tracking_uri`) once; its URI.
 
     Raises:
         StoreError: the sqlite file exists but is empty or damaged (:func:`check_store`).
         RuntimeError: when MLflow cannot open the store (the message names the URI).
     """
-    uri = uri or tracking_uri()
-    check_store(uri)  # an existing store is migrated, never replaced
-    db = _sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    from mlflow.tracking import MlflowClient
-
-    try:
-        # Opening the sqlite store runs the Alembic migrations; a query proves it works.
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    except Exception as e:
-        raise RuntimeError(
-            f"cannot open the MLflow tracking store {uri!r}: {e}. Set MLFLOW_TRACKING_URI to a "
-            "writable sqlite:////abs/path/mlflow.db"
-        ) from e
-    return uri
+    return store.init_db(uri or tracking_uri())
 
 
 # What the pipeline itself writes while it runs: a change there does not make the code dirty
@@ -177,28 +100,21 @@ def git_state(root: Path) -> tuple[str, bool | None]:
         return "unknown", None
 
 
-def run_name(config: str, stage: str, profile: str, seed: int = 0) -> str:
-    """``r50-d8_512x1024_40k_cityscapes seed0 evaluate (smoke)``: what differs first.
-
-    Every configuration starts with ``dnl_``, and MLflow's runs table cuts long names, so the
-    prefix goes; the profile is named unless it is the paper's. A row's seeds share the tag
-    ``config`` (``mlflow ui``: Group by -> tags.config).
-    """
-    short = config.removeprefix("dnl_")
-    return f"{short} seed{seed} {stage}" + ("" if profile == "paper" else f" ({profile})")
-
-
 def metric_key(name: str) -> str:
     """An MLflow-safe metric key (class names may hold characters MLflow rejects)."""
     return _METRIC_KEY_BAD.sub("_", name.strip())
 
 
 class Tracker:
-    """One MLflow run as a context manager; a no-op when ``enabled`` is False (non-zero ranks).
+    """The MLflow run of one (configuration, seed) as a context manager; a no-op when
+    ``enabled`` is False (non-zero ranks).
 
     Args:
         cfg: the resolved config: experiment = ``cfg.data.dataset``, params = ``cfg.flat()``.
-        stage: ``"train"``, ``"evaluate"``, ...; run name is ``$DVC_STAGE`` or ``stage@cfg.name``.
+        stage: ``"train"`` starts a new run named by :func:`dnlrepro.track.runs.run_name`;
+            any other stage (``"evaluate"``) joins the newest training run of the same
+            configuration, seed and profile (:func:`dnlrepro.track.runs.find_run`), or starts
+            one when there is none (a published checkpoint).
         enabled: False on every rank but 0, or when the user turns tracking off.
 
     Every method swallows its exception and logs one WARNING per method name, so tracking never
@@ -216,6 +132,9 @@ class Tracker:
         self.started = started  # time.time() when the work began (default: now)
         self.uri = tracking_uri()
         self.run_id: str | None = None
+        # how many times this stage logged into the run before: a re-evaluation logs its
+        # metrics at the next step, so no step of a metric's history is logged twice
+        self.repeat = 0
         self._client: Any = None
         self._warned: set[str] = set()
 
@@ -250,44 +169,58 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=self.uri)
-        name = self.cfg.data.dataset
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            try:
-                exp_id = client.create_experiment(
-                    name, artifact_location=artifact_location(self.uri)
-                )
-            except Exception:
-                # Another process created it between our lookup and create (parallel stages).
-                exp = client.get_experiment_by_name(name)
-                if exp is None:
-                    raise
-                exp_id = exp.experiment_id
+        cfg, seed = self.cfg, self.cfg.schedule.seed
+        exp_id = runs.experiment_id(client, cfg.data.dataset, artifact_location(self.uri))
+        found = None
+        if self.stage != "train":  # evaluation joins its training's run (one row per run)
+            found = runs.find_run(client, exp_id, cfg.name, seed, cfg.profile)
+        self._client = client
+        stage_tags = {f"dvc.stage.{self.stage}": os.environ.get("DVC_STAGE", "") or "none"}
+        if found is not None:
+            self._join(found, stage_tags)
         else:
-            exp_id = exp.experiment_id
+            self._create(exp_id, stage_tags)
+
+    def _join(self, found: Any, stage_tags: dict[str, str]) -> None:
+        """Add this stage to the existing run ``found`` (its status is RUNNING until exit)."""
+        self.run_id = found.info.run_id
+        stages = [x for x in found.data.tags.get("stages", "").split(",") if x]
+        stage_tags["stages"] = ",".join(dict.fromkeys([*stages, self.stage]))
+        self.repeat = int(found.data.tags.get(f"{self.stage}_count", "0") or 0)
+        stage_tags[f"{self.stage}_count"] = str(self.repeat + 1)
+        self._client.update_run(self.run_id, status="RUNNING")
+        self.set_tags(stage_tags)
+        logger.info("MLflow run %s (%s): %s joins it", self.run_id, found.info.run_name,
+                    self.stage)  # fmt: skip
+
+    def _create(self, exp_id: str, stage_tags: dict[str, str]) -> None:
+        """A new run for this (configuration, seed), named and tagged, with the config as params."""
+        cfg, seed, client = self.cfg, self.cfg.schedule.seed, self._client
         commit, dirty = git_state(workspace.find().root)
-        dvc_stage = os.environ.get("DVC_STAGE", "")
+        name = runs.run_name(cfg.name, seed, cfg.profile)
         tags = {
-            "config": self.cfg.name,  # the row: its seeds' runs share it
-            "seed": str(self.cfg.schedule.seed),
-            "dataset": self.cfg.data.dataset,
-            "profile": self.cfg.profile,
-            "stage": self.stage,
+            "config": cfg.name,  # the row: its seeds' runs share it (Group by -> tags.config)
+            "seed": str(seed),
+            "dataset": cfg.data.dataset,
+            "profile": cfg.profile,
+            "stages": self.stage,
+            f"{self.stage}_count": "1",
+            "trained": str(self.stage == "train").lower(),
             "git_commit": commit,
             "git_dirty": str(dirty).lower() if dirty is not None else "unknown",
-            "dvc.stage": dvc_stage or "none",
-            "mlflow.runName": run_name(
-                self.cfg.name, self.stage, self.cfg.profile, self.cfg.schedule.seed
-            ),
+            **stage_tags,
+            "mlflow.runName": name,
         }
         start_ms = int(self.started * 1000) if self.started is not None else None
-        run = client.create_run(
-            exp_id, start_time=start_ms, run_name=tags["mlflow.runName"], tags=tags
-        )
-        self._client = client
+        run = client.create_run(exp_id, start_time=start_ms, run_name=name, tags=tags)
         self.run_id = run.info.run_id
-        logger.info("MLflow run %s in experiment %r at %s", self.run_id, name, self.uri)
-        self.log_params(self.cfg.flat())
+        logger.info(
+            "MLflow run %s (%s) in experiment %r at %s; to browse: mlflow ui --backend-store-uri "
+            "%s, then %s",
+            self.run_id, name, cfg.data.dataset, self.uri, self.uri,
+            runs.view_url("http://127.0.0.1:5000", exp_id),
+        )  # fmt: skip
+        self.log_params(cfg.flat())
 
     # -- logging API ----------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
@@ -332,6 +265,24 @@ class Tracker:
 
     def log_figure(self, fig: Any, artifact_file: str) -> None:
         self._call("log_figure", lambda: self._client.log_figure(self.run_id, fig, artifact_file))
+
+    def log_plot(self, kind: str, data: Any, artifact_file: str) -> None:
+        """A PNG of :mod:`dnlrepro.track.figures` (``kind``: ``training_curves`` or
+        ``per_class_iou``) titled with the run's name; nothing is drawn when tracking is off."""
+        if not self.enabled or self.run_id is None:
+            return
+
+        def call() -> None:
+            from dnlrepro.track import figures
+
+            title = runs.run_name(self.cfg.name, self.cfg.schedule.seed, self.cfg.profile)
+            fig = getattr(figures, kind)(data, title)
+            try:
+                self._client.log_figure(self.run_id, fig, artifact_file)
+            finally:
+                figures.close(fig)
+
+        self._guard("log_plot", call)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self._call("log_text", lambda: self._client.log_text(self.run_id, text, artifact_file))
