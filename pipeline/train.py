@@ -76,12 +76,14 @@ def reference_args(ws: Workspace, plan: RunPlan) -> list[str]:
         if ref.source == "published":
             raise FileNotFoundError(
                 f"{log}: the published training log of {plan.config} (the reference trajectory) "
-                f"is missing; `{ref.how}` fetches and pins it (or set settings.reference.source: "
-                "off in params/profiles.yaml)"
+                f"is missing; `dvc repro download@{plan.dataset}` fetches and pins it (or set "
+                "settings.reference.source: off in params/profiles.yaml)"
             )
         logger.warning(
-            "%s: no recorded reference trajectory yet, nothing compared; `%s`", log, ref.how
-        )
+            "%s: no recorded reference trajectory yet, nothing compared; once train@%s has "
+            "completed, `dnlrepro reflog record %s` records one",
+            log, plan.run, plan.config,
+        )  # fmt: skip
         return []
     argv = ["--reference-log", str(log), "--miou-tolerance", str(ref.miou_tolerance)]
     argv += ["--loss-band", str(ref.loss_band)]

@@ -45,7 +45,6 @@ class ReferenceSettings:
 class ReferencePlan:
     source: str  # "published" | "recorded"
     log: str  # workspace-relative path of the reference log
-    how: str  # the command that puts it there
     miou_tolerance: float
     loss_band: float
     stop_if_off_track: bool
@@ -57,7 +56,7 @@ def recorded_path(ws: Workspace, profile: str, config: str) -> Path:
 
 
 def plan(
-    ws: Workspace, profile: str, settings: ReferenceSettings, config: str, dataset: str
+    ws: Workspace, profile: str, settings: ReferenceSettings, config: str
 ) -> ReferencePlan | None:
     """The reference of one run (None: ``off``)."""
     if settings.source == "off":
@@ -67,14 +66,11 @@ def plan(
     if settings.source == "published":
         name = registry.entry(config).log.rsplit("/", 1)[-1]
         log = ws.relative(ws.downloads / "reference_logs" / name)
-        how = f"dvc repro download@{dataset}"
     else:
         log = ws.relative(recorded_path(ws, profile, config))
-        how = f"dnlrepro reflog record {config}  (after a complete run of train@{config})"
     return ReferencePlan(
         source=settings.source,
         log=log,
-        how=how,
         miou_tolerance=DEFAULT_MIOU_TOLERANCE if tolerance is None else tolerance,
         loss_band=settings.loss_band,
         stop_if_off_track=settings.stop_if_off_track,

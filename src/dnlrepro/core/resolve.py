@@ -103,9 +103,7 @@ def resolve_run(ws: Workspace, profile: Profile, run: Run) -> tuple[Config, RunP
     source = "train" if s.train else "published"
     where = f"params/profiles.yaml: {profile.name}.settings.gpus"
     layout = layout_for(cfg, s.gpus, s.nnodes, where)
-    ref = (
-        reference.plan(ws, profile.name, s.reference, run.config, run.dataset) if s.train else None
-    )
+    ref = reference.plan(ws, profile.name, s.reference, run.config) if s.train else None
     train = TrainPlan(
         source, checkpoint, file, s.gpus, s.nnodes, layout.per_gpu_batch, s.eval_max_images, ref
     )

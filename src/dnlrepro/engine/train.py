@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import resource
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -191,7 +190,7 @@ def _finish(
         # Only when resuming a checkpoint of max_iters written by an older run without val.
         state.last_val = _validate(state.model, cfg, info, max_iters, eval_max_images)
         tracker.log_metrics(train_summary.val_metrics(state.last_val), max_iters)
-    memory_mb = distributed.reduce_max(_memory_mb(info.device), info)
+    memory_mb = distributed.reduce_max(train_summary.memory_mb(info.device), info)
     if not info.is_main:
         return None
     save_final(final, state.model, cfg, max_iters)
@@ -200,7 +199,7 @@ def _finish(
         last_val=state.last_val, final=final,
     )  # fmt: skip
     timing = train_summary.build_timing(
-        cfg, info, memory_mb=memory_mb, memory_kind=_memory_kind(info.device),
+        cfg, info, memory_mb=memory_mb, memory_kind=train_summary.memory_kind(info.device),
         wall_time_s=time.perf_counter() - started, iterations_run=max_iters - state.start_iter,
     )  # fmt: skip
     write_json(summary_path, summary)
@@ -252,7 +251,7 @@ def _log_interval(
 ) -> None:
     """The log line with ETA, lr, time, memory and losses; the history point; MLflow metrics."""
     losses = meter.averages()
-    memory_mb = distributed.reduce_max(_memory_mb(info.device), info)
+    memory_mb = distributed.reduce_max(train_summary.memory_mb(info.device), info)
     eta = datetime.timedelta(seconds=int(sec_per_iter * (max_iters - done)))
     memory = (
         f"memory: {memory_mb:.0f}"
@@ -310,17 +309,6 @@ def _save(work_dir: Path, state: TrainState, done: int, cfg: Config, info: DistI
             history=state.history,
         )  # fmt: skip
     distributed.barrier(info)
-
-
-def _memory_mb(dev: torch.device) -> float:
-    """mmcv's ``memory`` figure on GPU; the process's peak RSS on CPU (§5.5)."""
-    if dev.type == "cuda":
-        return torch.cuda.max_memory_allocated(dev) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _memory_kind(dev: torch.device) -> str:
-    return "cuda_max_memory_allocated" if dev.type == "cuda" else "cpu_max_rss"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -12,8 +12,11 @@ view of the JSON, so every tracking failure only warns (:class:`dnlrepro.track.t
 from __future__ import annotations
 
 import math
+import resource
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from dnlrepro.core import workspace
 from dnlrepro.core.config import Config
@@ -89,8 +92,6 @@ def build_timing(
 def device_name(device: Any) -> str:
     """``NVIDIA H100 80GB HBM3`` on CUDA, the CPU architecture otherwise."""
     import platform
-
-    import torch
 
     if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
@@ -176,3 +177,14 @@ def track_final(
     tracker.log_artifact(summary_path)
     if history is not None:
         tracker.log_plot("training_curves", history, "training_curves.png")
+
+
+def memory_mb(dev: torch.device) -> float:
+    """mmcv's ``memory`` figure on GPU; the process's peak RSS on CPU (§5.5)."""
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def memory_kind(dev: torch.device) -> str:
+    return "cuda_max_memory_allocated" if dev.type == "cuda" else "cpu_max_rss"
