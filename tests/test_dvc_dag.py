@@ -48,9 +48,9 @@ NEW_ENTRY = f"""\
       mIoU_ms_flip: not published
       mem_gb: not published
       fps: not published
-    checkpoint: https://example.invalid/{NEW}.pth
+    checkpoint: https://example.invalid/{NEW}_20201202_000000-00000000.pth
     sha256_prefix: "00000000"
-    log: https://example.invalid/{NEW}.log.json
+    log: https://example.invalid/{NEW}-20201202_000000.log.json
 """
 
 
@@ -356,7 +356,8 @@ def test_a_13th_configuration_is_one_params_file_and_one_registry_entry(
         monkeypatch.setenv("DNLREPRO_WORKSPACE", str(locked_copy))
         from dnlrepro.acquire import download
 
-        assert download.checkpoint_urls()[NEW] == f"https://example.invalid/{NEW}.pth"
+        url = f"https://example.invalid/{NEW}_20201202_000000-00000000.pth"
+        assert download.checkpoint_urls()[NEW] == url
 
         new_and_reports = {f"{s}@{NEW}" for s in RUN_STAGES} | {"tables", "diff", "report"}
         new_and_reports |= {"download@cityscapes", "download@ade20k"}  # a new row's weights

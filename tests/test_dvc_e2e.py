@@ -84,7 +84,7 @@ def table_rows(path: Path) -> dict[str, list[str]]:
     for line in path.read_text().splitlines():
         if line.startswith("| DNL"):
             cells = [c.strip() for c in line.strip("|").split("|")]
-            rows[cells[8].split("params/")[1].removesuffix(".yaml)")] = cells
+            rows[cells[9].split("params/")[1].removesuffix(".yaml)")] = cells
     return rows
 
 
@@ -97,7 +97,7 @@ def check_tables(repo: Path, rows: tuple[str, ...]) -> None:
     assert list(ade) == [n for n in registry if registry[n]["dataset"] == "ade20k"]
     for name in rows:
         cells = {**city, **ade}[name]
-        mem, fps, miou, ms = cells[4:8]
+        layout, mem, fps, miou, ms = cells[4:9]
         if name in RUN:
             metrics = json.loads((repo / "results" / name / "metrics.json").read_text())
             if name == RUN[1]:  # two seeds: mean ± sample std (n=2)
@@ -113,6 +113,8 @@ def check_tables(repo: Path, rows: tuple[str, ...]) -> None:
                 assert miou.split(" (const. ")[0] == f"{metrics['mIoU']:.2f}"
                 assert ms == f"{metrics['mIoU_ms_flip']:.2f}"
             assert miou.endswith(f" (const. {metrics['baseline_mIoU']:.2f})")
+            # smoke trains runtime.gpus 1 x 2: another protocol than the published 4 x 2 / 4 x 4
+            assert layout in ("1x2 (paper 4x2)", "1x4 (paper 4x4)"), layout
             speed = json.loads((repo / "timings" / name / "speed.json").read_text())
             assert speed["fps"] > 0 and speed["mem_gb"] is None  # CPU: no CUDA Mem (§5.5)
             assert (mem, fps) == ("-", "-")  # CPU timings stay out of the tables
@@ -147,17 +149,18 @@ def test_dvc_repro_end_to_end(repo: Path):
     baseline = [r for r in report["rows"] if r["reference"] == "smoke baseline"]
     assert {r["verdict"] for r in baseline} == {"missing"}
 
-    # MLflow: one training and one evaluation run per run, named by DVC stage; a row's seeds
-    # share the tag `config` (mlflow ui: group by it) and differ in the tag `seed`
+    # MLflow: one run per (configuration, seed) holding its training and its evaluation, each
+    # stage named in a tag `dvc.stage.<stage>`; a row's seeds share the tag `config` (mlflow
+    # ui: group by it) and differ in the tag `seed`
     with sqlite3.connect(repo / "mlflow.db") as db:
-        stages = {v for (v,) in db.execute("SELECT value FROM tags WHERE key = 'dvc.stage'")}
+        stages = {v for (v,) in db.execute("SELECT value FROM tags WHERE key LIKE 'dvc.stage.%'")}
         seeds = db.execute(
             "SELECT s.value, COUNT(*) FROM tags c JOIN tags s ON s.run_uuid = c.run_uuid "
             "WHERE c.key = 'config' AND c.value = ? AND s.key = 'seed' GROUP BY s.value",
             (RUN[1],),
         ).fetchall()
     assert {s for s in per_row if not s.startswith("resolve@")} <= stages  # resolve@: no MLflow
-    assert sorted(seeds) == [("0", 2), ("1", 2)]  # train + evaluate per seed
+    assert sorted(seeds) == [("0", 1), ("1", 1)]  # one run per seed: train + evaluate in it
 
     # the documented baseline workflow: record, re-run the diff stage, everything recorded passes
     cmd = ["-m", "dnlrepro.cli", "diff", "--update-baseline", "--configs", *RUN]
