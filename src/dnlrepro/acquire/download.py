@@ -468,14 +468,7 @@ def checkpoint_urls(names: Iterable[str] | None = None) -> dict[str, str]:
     The file names end in ``-<first 8 hex of sha256>.pth`` (docs/reference.md §6.1), which
     :func:`download_url` verifies.
     """
-    from dnlrepro.core.registry import load_published
-
-    rows = load_published().configs
-    names = list(names) if names else list(rows)
-    unknown = [n for n in names if n not in rows]
-    if unknown:
-        raise ValueError(f"unknown config(s) {unknown}; choose from {', '.join(rows)}")
-    return {n: rows[n].checkpoint for n in names}
+    return _registry_urls(names, "checkpoint")
 
 
 def log_urls(names: Iterable[str] | None = None) -> dict[str, str]:
@@ -484,6 +477,10 @@ def log_urls(names: Iterable[str] | None = None) -> dict[str, str]:
     No hash is published for them: the first download is pinned (``params/download_pins.json``)
     and every later one must match it (:mod:`dnlrepro.acquire.verify`).
     """
+    return _registry_urls(names, "log")
+
+
+def _registry_urls(names: Iterable[str] | None, field: str) -> dict[str, str]:
     from dnlrepro.core.registry import load_published
 
     rows = load_published().configs
@@ -491,7 +488,7 @@ def log_urls(names: Iterable[str] | None = None) -> dict[str, str]:
     unknown = [n for n in names if n not in rows]
     if unknown:
         raise ValueError(f"unknown config(s) {unknown}; choose from {', '.join(rows)}")
-    return {n: rows[n].log for n in names}
+    return {n: getattr(rows[n], field) for n in names}
 
 
 def pretrained_for(configs: Iterable[str]) -> list[str]:
