@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -25,6 +26,26 @@ def _isolated_mlflow(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_scratch_removed(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+):
+    """Delete the temporary folders a test module made once it ends without a failure.
+
+    Module fixtures here hold whole workspace copies with 200-400 MB checkpoints; pytest keeps
+    ``tmp_path_factory`` folders until the session ends, so one session once held 16 GB and a
+    checkpoint write near its end ran out of disk. With this and ``tmp_path_retention_policy =
+    "failed"`` (pyproject.toml) only a failing module's or test's folders stay, for inspection.
+    """
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(base.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture()
@@ -54,7 +75,6 @@ def clone_repo():
     ``git=True`` makes the copy a git repository with one commit (what ``dvc exp`` needs);
     otherwise DVC is told there is no SCM (``core.no_scm``).
     """
-    import shutil
     import subprocess
 
     repo = Path(__file__).resolve().parents[1]

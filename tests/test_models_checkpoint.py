@@ -219,3 +219,37 @@ def test_sync_batchnorm_conversion(model: EncoderDecoder) -> None:
     reverted = revert_sync_batchnorm(head)
     assert type(reverted[1]) is nn.BatchNorm2d
     torch.testing.assert_close(reverted(x), expected)
+
+
+def test_a_short_write_fails_naming_the_file_and_the_space_and_keeps_the_old_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A write the OS cuts short (here RLIMIT_FSIZE, as a full disk would) names the checkpoint,
+    its size and the free space; the previous file at that path and the folder stay as they were."""
+    import subprocess
+    import sys
+    import textwrap
+
+    target = tmp_path / "latest.pth"
+    target.write_bytes(b"previous checkpoint")
+    script = textwrap.dedent(
+        f"""
+        import resource, signal, sys
+        from torch import nn
+        from dnlrepro.models import save_checkpoint
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        try:
+            save_checkpoint({str(target)!r}, nn.Linear(1000, 1000))
+        except OSError as err:
+            print(err)
+            sys.exit(3)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"writing checkpoint {target} failed" in done.stdout
+    assert "the file needs about 4 MB" in done.stdout
+    assert "MB are free on the disk of" in done.stdout
+    assert target.read_bytes() == b"previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]

@@ -24,9 +24,10 @@ import os
 import pickle
 import pickletools
 import re
+import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -267,11 +268,42 @@ def save_checkpoint(
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
         os.replace(tmp, path)  # readers never see a half-written checkpoint
+    except (OSError, RuntimeError) as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(_write_failed(path, payload, err)) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     logger.info("saved checkpoint %s", path)
     return path
+
+
+def _write_failed(path: Path, payload: Mapping[str, Any], err: BaseException) -> str:
+    """The message of a failed checkpoint write, with the disk space it needed and had.
+
+    A full disk reaches torch.save as ``[enforce fail at inline_container.cc] unexpected pos``
+    (a short write inside its zip writer), which names neither the file nor the cause.
+    """
+    need = sum(t.numel() * t.element_size() for t in _tensors(payload))
+    free = shutil.disk_usage(path.parent).free
+    return (
+        f"writing checkpoint {path} failed: {err}\n"
+        f"  the file needs about {need / 2**20:,.0f} MB; {free / 2**20:,.0f} MB are free on the "
+        f"disk of {path.parent}. Free space there (old work_dirs/, temporary folders) or make "
+        "work_dirs/ a link to a larger disk, then run the same command again: training resumes "
+        "from its last complete checkpoint (nothing half-written was kept)."
+    )
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, Mapping):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
 
 
 _SYNC_DEVICES = ("cuda", "hpu", "xpu")
