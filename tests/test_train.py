@@ -442,16 +442,21 @@ def test_sigkill_then_same_command_resumes_to_the_same_weights(
     full_run: dict[str, Any], cityscapes_root: Path, tmp_path: Path
 ) -> None:
     """A real kill -9 of `dnlrepro train` right after its first checkpoint; the same command
-    again finishes with the weights of the uninterrupted in-process run (same config digest)."""
+    again finishes with the weights of the uninterrupted in-process run (same config digest),
+    and goes on in the killed session's MLflow run: one row, each step logged."""
+    from mlflow.tracking import MlflowClient
+
     work_dir = tmp_path / "wd"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [
         sys.executable, "-m", "dnlrepro.cli", "train", "--config", CFG, "--profile", "smoke",
-        "--work-dir", str(work_dir), "--no-track", "--device", "cpu",
+        "--work-dir", str(work_dir), "--device", "cpu",
         "--set", f"data.data_root={cityscapes_root}", "--set", "schedule.max_iters=4",
         "--set", "schedule.checkpoint_interval=2", "--set", "schedule.eval_interval=4",
         "--set", "schedule.log_interval=1",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same kernels as the 1-thread reference
+    # the same kernels as the 1-thread reference
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": uri}
     log = tmp_path / "killed.log"  # a file, not a pipe: a full pipe would block the child
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -476,6 +481,15 @@ def test_sigkill_then_same_command_resumes_to_the_same_weights(
     reference = state_dict_of(full_run["dir"] / "final.pth")
     different = [k for k in reference if not torch.equal(resumed[k], reference[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cityscapes").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["train_count"] == "2"
+    assert f"MLflow run {run.info.run_id} (r50 512x1024 40k s0 smoke): the resumed" in done.stderr
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/lr")]
+    # iterations 1-2 from the killed session (its checkpoint at 2), 3-4 from the resumed one;
+    # a step the killed session logged after its checkpoint would come again
+    assert steps[:2] == [1, 2] and set(steps) == {1, 2, 3, 4}, steps
 
 
 def test_loader_workers_do_not_change_the_batches(cityscapes_root: Path, tmp_path: Path) -> None:

@@ -73,6 +73,7 @@ def save_train_checkpoint(
     rng: list[Any],
     scaler: dict[str, Any] | None = None,
     history: dict[str, Any] | None = None,
+    mlflow_run_id: str | None = None,
     max_keep: int = 2,
 ) -> Path:
     """Write ``iter_<iteration>.pth`` atomically, point ``latest.pth`` at it, prune old ones.
@@ -80,6 +81,7 @@ def save_train_checkpoint(
     Args:
         model: the bare model (not the DDP wrapper).
         rng: one RNG state per rank (``torch.get_rng_state()``), restored on resume.
+        mlflow_run_id: the run a resumed training goes on logging to (None: not tracked).
         max_keep: keep this many ``iter_*.pth`` (newest first); ``<= 0`` keeps all (mmcv default).
 
     Returns:
@@ -100,6 +102,7 @@ def save_train_checkpoint(
         rng=rng,
         scaler=scaler,
         history=history or {},
+        mlflow_run_id=mlflow_run_id,
     )
     _point_latest(work_dir, path)
     if max_keep > 0:

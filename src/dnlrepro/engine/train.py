@@ -102,7 +102,9 @@ def train(
         state = train_setup.start(cfg, work_dir, info, pretrained, resume)
         loader = train_setup.build_loader(cfg, info, layout, start_iter=state.start_iter)
         ref = trajectory.live(reference)  # every rank: the values compared are rank-averaged
-        with Tracker(cfg, "train", enabled=info.is_main and track) as tracker:
+        tracking = Tracker(cfg, "train", enabled=info.is_main and track, resume=state.tracking_run)
+        with tracking as tracker:
+            state.tracking_run = tracker.run_id  # checkpointed: a resume continues this run
             tracker.set_tags({**record(cfg, layout), "device": str(info.device)})
             with preempt.StopOnSignal() as stop:  # a scheduler's warning: checkpoint, stop
                 _loop(cfg, state, iter(loader), info, work_dir, tracker, eval_max_images, stop, ref)
@@ -306,7 +308,7 @@ def _save(work_dir: Path, state: TrainState, done: int, cfg: Config, info: DistI
         save_train_checkpoint(
             work_dir, state.model, state.optimizer, done, cfg, rng=rng,
             scaler=state.scaler.state_dict() if state.scaler.is_enabled() else None,
-            history=state.history,
+            history=state.history, mlflow_run_id=state.tracking_run,
         )  # fmt: skip
     distributed.barrier(info)
 

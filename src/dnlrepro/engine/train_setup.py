@@ -42,6 +42,9 @@ class TrainState:
     start_iter: int  # 0, or the iteration of the resumed checkpoint
     history: dict[str, list[dict[str, Any]]]  # {"train": [log points], "val": [validations]}
     last_val: dict[str, Any] | None  # the newest validation (restored from the history)
+    # the MLflow run this training logs to: kept in its checkpoints, so that a resumed training
+    # continues the interrupted run's row instead of starting a second one
+    tracking_run: str | None = None
 
 
 @contextlib.contextmanager
@@ -210,6 +213,7 @@ def restore(ckpt: dict[str, Any], state: TrainState, info: DistInfo) -> None:
     state.start_iter = int(ckpt["iter"])
     state.history = ckpt.get("history") or {"train": [], "val": []}
     state.last_val = state.history["val"][-1] if state.history.get("val") else None
+    state.tracking_run = ckpt.get("mlflow_run_id")
 
 
 def build_loader(

@@ -113,12 +113,34 @@ def find_run(client: Any, exp_id: str, config: str, seed: int, profile: str) -> 
     return found[0] if found else None
 
 
+def resumed_run(
+    client: Any, run_id: str, exp_id: str, config: str, seed: int, profile: str
+) -> Any | None:
+    """The run ``run_id`` if this store holds it as (config, seed, profile)'s training run in
+    the experiment, else None (logged: e.g. the checkpoint came from another machine's store)."""
+    try:
+        run = client.get_run(run_id)
+    except Exception as e:  # MLflow raises its own "not found" error
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        logger.info("MLflow run %s of the resumed checkpoint is not in this store (%s): "
+                    "a new run starts", run_id, first)  # fmt: skip
+        return None
+    want = {"config": config, "seed": str(seed), "profile": profile, "trained": "true"}
+    got = {k: run.data.tags.get(k) for k in want}
+    if run.info.experiment_id != exp_id or got != want:
+        logger.info("MLflow run %s of the resumed checkpoint is another run's (%s): a new run "
+                    "starts", run_id, got)  # fmt: skip
+        return None
+    return run
+
+
 __all__ = [
     "EXPERIMENT_KIND",
     "EXPERIMENT_KIND_TAG",
     "VIEW_STATE",
     "experiment_id",
     "find_run",
+    "resumed_run",
     "run_name",
     "view_url",
 ]

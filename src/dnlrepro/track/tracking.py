@@ -111,11 +111,15 @@ class Tracker:
 
     Args:
         cfg: the resolved config: experiment = ``cfg.data.dataset``, params = ``cfg.flat()``.
-        stage: ``"train"`` starts a new run named by :func:`dnlrepro.track.runs.run_name`;
-            any other stage (``"evaluate"``) joins the newest training run of the same
-            configuration, seed and profile (:func:`dnlrepro.track.runs.find_run`), or starts
-            one when there is none (a published checkpoint).
+        stage: ``"train"`` starts a new run named by :func:`dnlrepro.track.runs.run_name`
+            (with ``resume``: goes on in the interrupted one); any other stage
+            (``"evaluate"``) joins the newest training run of the same configuration, seed
+            and profile (:func:`dnlrepro.track.runs.find_run`), or starts one when there is
+            none (a published checkpoint).
         enabled: False on every rank but 0, or when the user turns tracking off.
+        resume: the run id that a resumed training's checkpoint recorded. That run goes on (its
+            ``train_count`` tag counts the sessions) when this store holds it as the training
+            run of the same configuration, seed and profile; else a new run starts (logged).
 
     Every method swallows its exception and logs one WARNING per method name, so tracking never
     ends a run. When the run cannot be started at all, the tracker disables itself. The one
@@ -124,12 +128,18 @@ class Tracker:
     """
 
     def __init__(
-        self, cfg: Config, stage: str, enabled: bool = True, started: float | None = None
+        self,
+        cfg: Config,
+        stage: str,
+        enabled: bool = True,
+        started: float | None = None,
+        resume: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.stage = stage
         self.enabled = enabled
         self.started = started  # time.time() when the work began (default: now)
+        self.resume = resume  # run id of the interrupted training this one continues
         self.uri = tracking_uri()
         self.run_id: str | None = None
         # how many times this stage logged into the run before: a re-evaluation logs its
@@ -172,7 +182,9 @@ class Tracker:
         cfg, seed = self.cfg, self.cfg.schedule.seed
         exp_id = runs.experiment_id(client, cfg.data.dataset, artifact_location(self.uri))
         found = None
-        if self.stage != "train":  # evaluation joins its training's run (one row per run)
+        if self.resume:  # a resumed training goes on in the run its checkpoint names
+            found = runs.resumed_run(client, self.resume, exp_id, cfg.name, seed, cfg.profile)
+        elif self.stage != "train":  # evaluation joins its training's run (one row per run)
             found = runs.find_run(client, exp_id, cfg.name, seed, cfg.profile)
         self._client = client
         stage_tags = {f"dvc.stage.{self.stage}": os.environ.get("DVC_STAGE", "") or "none"}
@@ -190,8 +202,8 @@ class Tracker:
         stage_tags[f"{self.stage}_count"] = str(self.repeat + 1)
         self._client.update_run(self.run_id, status="RUNNING")
         self.set_tags(stage_tags)
-        logger.info("MLflow run %s (%s): %s joins it", self.run_id, found.info.run_name,
-                    self.stage)  # fmt: skip
+        how = "the resumed training goes on in it" if self.resume else f"{self.stage} joins it"
+        logger.info("MLflow run %s (%s): %s", self.run_id, found.info.run_name, how)
 
     def _create(self, exp_id: str, stage_tags: dict[str, str]) -> None:
         """A new run for this (configuration, seed), named and tagged, with the config as params."""
