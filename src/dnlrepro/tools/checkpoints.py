@@ -19,9 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dnlrepro.acquire.download import download_url, sha256_prefix_from_name
-from dnlrepro.core.config import Config
+from dnlrepro.core.config import Config, config_from_args, config_path, load_config, parse_overrides
+from dnlrepro.core.profile import PROFILES
 from dnlrepro.core.registry import PRETRAINED_URLS
-from dnlrepro.models.checkpoint import CheckpointError
+from dnlrepro.core.schema import read_yaml
+from dnlrepro.models.checkpoint import CheckpointError, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +65,6 @@ def recorded_profile(checkpoint: str | os.PathLike | None) -> tuple[str | None, 
     """(profile, config digest) our training recorded in a local checkpoint's ``meta``;
     (None, None) for a URL, an mmseg checkpoint (no profile) or a file the loader will refuse
     (it then says why itself)."""
-    from dnlrepro.core.profile import PROFILES
-    from dnlrepro.models.checkpoint import read_checkpoint
-
     if checkpoint is None or not Path(checkpoint).is_file():
         return None, None
     try:
@@ -83,9 +82,6 @@ def config_for(args: argparse.Namespace, checkpoint: str | os.PathLike | None) -
     ``--config`` is a resolved file, which records its own) the profile our training recorded
     in the checkpoint applies, so a smoke checkpoint is evaluated as it was trained; else the
     configuration's own values. The first log line says which, and why."""
-    from dnlrepro.core.config import config_from_args, config_path, load_config, parse_overrides
-    from dnlrepro.core.schema import read_yaml
-
     if args.profile is None and "profile" not in (read_yaml(config_path(args.config)) or {}):
         profile, digest = recorded_profile(checkpoint)
         if profile is not None:

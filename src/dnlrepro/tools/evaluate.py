@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import math
 
+from dnlrepro.core.config import add_config_arguments
 from dnlrepro.engine import distributed
 from dnlrepro.engine.evaluate import evaluate
 from dnlrepro.tools.checkpoints import config_for, fetched
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.core.config import add_config_arguments
-
     add_config_arguments(parser)
     parser.add_argument(
         "--checkpoint",

@@ -38,7 +38,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dnlrepro.core.config import Config
+from dnlrepro.core.config import Config, add_config_arguments
+from dnlrepro.data import classes
+from dnlrepro.data.datasets import load_image
 from dnlrepro.engine.inference import infer_image, load_model
 from dnlrepro.tools.checkpoints import config_for, fetched
 from dnlrepro.tools.predict_outputs import (
@@ -95,46 +97,17 @@ def label_lut(dataset: str, convention: str) -> np.ndarray:
     return lut
 
 
-def read_image(path: Path) -> np.ndarray:
-    """cv2 BGR uint8 decode, like mmcv ``imread(flag='color')`` (§3.3 step 1).
-
-    Raises:
-        dnlrepro.data.datasets.DataError: the file is not a decodable image (names the file).
-    """
-    from dnlrepro.data.datasets import load_image
-
-    return load_image(path)
-
-
 def overlay(img_bgr: np.ndarray, label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     """mmseg ``show_result``: ``img * 0.5 + colour * 0.5`` in BGR, truncated to uint8.
 
-    Args:
-        img_bgr: HxWx3 uint8 BGR image.
-        label: HxW class ids (ids without a palette entry are drawn black).
-        palette: RGB colours per class id.
-
-    Returns:
-        HxWx3 uint8 BGR image.
+    ``img_bgr``: HxWx3 uint8; ``label``: HxW class ids (ids without a palette entry are drawn
+    black); ``palette``: RGB colours per class id. Returns HxWx3 uint8 BGR.
     """
     pal = np.zeros((256, 3), dtype=np.uint8)
     pal[: len(palette)] = np.asarray(palette, dtype=np.uint8)
     color_bgr = pal[label][..., ::-1]  # palette is RGB; cv2 writes BGR
     blended = img_bgr * (1 - OVERLAY_OPACITY) + color_bgr * OVERLAY_OPACITY
     return blended.astype(np.uint8)
-
-
-def _png_bytes_label(label: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(label, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _png_bytes_bgr(img: np.ndarray) -> bytes:
-    ok, enc = cv2.imencode(".png", img)
-    if not ok:  # pragma: no cover - cv2 encodes any uint8 HxWx3 array
-        raise RuntimeError("cv2 could not encode the overlay as PNG")
-    return enc.tobytes()
 
 
 def predict(
@@ -147,23 +120,13 @@ def predict(
     with_overlay: bool = False,
     labels: str = "train_ids",
 ) -> list[Path]:
-    """Write one label PNG (and optionally one overlay) per image, and the manifest.
+    """Write one label PNG (and with ``with_overlay`` a ``<stem>_overlay.png``) per image and
+    the manifest; returns the label PNG paths, in input order.
 
-    Args:
-        cfg: the resolved config (test pipeline, classes, palette).
-        checkpoint: ``.pth`` file or URL; keys and shapes must match ``cfg``.
-        images: image files and/or directories (searched recursively; the sub-folder structure is
-            kept below ``out_dir``).
-        out_dir: output folder (created); may be an input folder or inside one as long as no
-            output path is an input or a file predict did not write.
-        ms_flip: average the softmax of 6 ratios x flip (§5.3).
-        device: default: CUDA when available.
-        with_overlay: also write ``<stem>_overlay.png``.
-        labels: ``train_ids`` (Cityscapes 0..18, ADE20K 0..149) or ``dataset`` (Cityscapes
-            labelIds, ADE20K 1..150); see :data:`LABEL_VALUES`.
-
-    Returns:
-        The label PNG paths, in input order.
+    ``images``: files and/or folders (searched recursively; the sub-folder structure is kept
+    below ``out_dir``, which may be an input folder or inside one as long as no output path is an
+    input or a file predict did not write). ``ms_flip``: 6 ratios x flip (§5.3). ``labels``: the
+    convention of :data:`LABEL_VALUES`. ``device``: default CUDA when available.
 
     Raises:
         FileNotFoundError: missing inputs or checkpoint. ValueError: an output path is an input
@@ -173,17 +136,16 @@ def predict(
         decoded (checked for every image before the model is built). ValueError / RuntimeError:
         a checkpoint that does not match the config (from the model's ``load_checkpoint``).
     """
-    from dnlrepro.data import classes
-
     dataset = cfg.data.dataset
     lut = label_lut(dataset, labels)
     values = LABEL_VALUES.get((dataset, labels), f"{dataset} {labels}")
     out = Path(out_dir).expanduser()
     plan = plan_outputs(images, out, with_overlay)
     check_outputs(plan, out)
-    # Decode everything first so a bad file fails fast, before minutes of model loading.
+    # Decode everything first (cv2 BGR, like mmcv ``imread``, §3.3 step 1) so a bad file fails
+    # fast, before minutes of model loading.
     for item in plan:
-        read_image(item.source)
+        load_image(item.source)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     with fetched(checkpoint) as local:  # a URL is downloaded; nothing runs code
@@ -198,17 +160,18 @@ def predict(
     try:
         with torch.no_grad():
             for item in tqdm(plan, desc="predict", unit="img", disable=not sys.stderr.isatty()):
-                img = read_image(item.source)
+                img = load_image(item.source)
                 probs_ss, probs_ms = infer_image(model, img, cfg, ms_flip, device)
                 probs = probs_ms if probs_ms is not None else probs_ss
                 # argmax of the softmax at original size (§1.1 step 3); ids < 256 fit uint8.
                 label = probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
                 source = {"dataset": dataset, "source": str(item.source)}
-                data = _png_bytes_label(lut[label])
-                manifest.write(item.label, data, kind="label", labels=labels, **source)
+                buf = io.BytesIO()
+                Image.fromarray(lut[label], mode="L").save(buf, format="PNG")
+                manifest.write(item.label, buf.getvalue(), kind="label", labels=labels, **source)
                 written.append(item.label)
                 if item.overlay is not None:  # colours of the train ids, whatever --labels says
-                    data = _png_bytes_bgr(overlay(img, label, palette))
+                    data = cv2.imencode(".png", overlay(img, label, palette))[1].tobytes()
                     manifest.write(item.overlay, data, kind="overlay", **source)
     finally:
         if written:  # also after an error or Ctrl-C: what was written stays predict's own
@@ -218,8 +181,6 @@ def predict(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.core.config import add_config_arguments
-
     add_config_arguments(parser)
     parser.add_argument(
         "--checkpoint",

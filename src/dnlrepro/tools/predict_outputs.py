@@ -36,28 +36,19 @@ def load_manifest(folder: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        return None
-    if not isinstance(data.get("files"), dict):
-        return None
-    return data
+    ours = isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT
+    return data if ours and isinstance(data.get("files"), dict) else None
 
 
 def owned_files(folder: Path, manifest: dict[str, Any] | None) -> set[Path]:
     """Resolved paths of files the manifest lists that still hold the content predict wrote."""
     owned: set[Path] = set()
-    if manifest is None:
-        return owned
-    root = folder.resolve()
-    for rel, entry in manifest["files"].items():
-        path = (folder / rel).resolve()
-        if not isinstance(entry, dict) or not path.is_relative_to(root):
-            continue
+    for rel, entry in (manifest or {"files": {}})["files"].items():
         p = folder / rel
-        if p.is_symlink() or not p.is_file():
+        if not isinstance(entry, dict) or not p.resolve().is_relative_to(folder.resolve()):
             continue
-        if file_digest(p) == entry.get("sha256"):
-            owned.add(path)
+        if not p.is_symlink() and p.is_file() and file_digest(p) == entry.get("sha256"):
+            owned.add(p.resolve())
     return owned
 
 
@@ -135,7 +126,6 @@ class Planned:
     """One input image and the files predict writes for it."""
 
     source: Path
-    name: PurePosixPath  # output path relative to the out folder, without ``.png``
     label: Path
     overlay: Path | None
 
@@ -145,12 +135,10 @@ def plan_outputs(
 ) -> list[Planned]:
     """Every output path, checked before anything is written (see :func:`check_outputs`)."""
     out = Path(out_dir).expanduser()
-    plan = []
-    for f, name in scan(images, out):
-        label = out / f"{name}.png"
-        ov = out / f"{name}_overlay.png" if with_overlay else None
-        plan.append(Planned(f, name, label, ov))
-    return plan
+    return [
+        Planned(f, out / f"{name}.png", out / f"{name}_overlay.png" if with_overlay else None)
+        for f, name in scan(images, out)
+    ]
 
 
 def check_outputs(plan: Sequence[Planned], out_dir: str | Path) -> None:
@@ -161,9 +149,8 @@ def check_outputs(plan: Sequence[Planned], out_dir: str | Path) -> None:
     sha256 (predict's own earlier output: re-running into the same folder works).
     """
     out = Path(out_dir).expanduser()
-    how = _HOW
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder -- {how}")
+        raise ValueError(f"--out {out} exists and is not a folder -- {_HOW}")
     sources = {p.source.resolve(): p.source for p in plan}
     targets: dict[Path, tuple[Path, str]] = {}
     for p in plan:
@@ -174,7 +161,7 @@ def check_outputs(plan: Sequence[Planned], out_dir: str | Path) -> None:
             if res in sources:
                 raise ValueError(
                     f"refusing to write the {kind} of {p.source} to {dest}: that is the input "
-                    f"image {sources[res]}, which would be overwritten -- {how} (one outside the "
+                    f"image {sources[res]}, which would be overwritten -- {_HOW} (one outside the "
                     "input folders, or a sub-folder of them)"
                 )
             if res in targets:
@@ -185,7 +172,7 @@ def check_outputs(plan: Sequence[Planned], out_dir: str | Path) -> None:
                     "folders"
                 )
             targets[res] = (p.source, kind)
-    _check_existing(plan, out, set(sources))
+    _check_existing(plan, out)
 
 
 def _refuse_escaping_link(dest: Path, out: Path) -> None:
@@ -201,18 +188,15 @@ def _refuse_escaping_link(dest: Path, out: Path) -> None:
             )
 
 
-def _check_existing(plan: Sequence[Planned], out: Path, sources: set[Path]) -> None:
+def _check_existing(plan: Sequence[Planned], out: Path) -> None:
     """Refuse a foreign manifest, a file where a folder must go, and any foreign output file."""
-    how = _HOW
     manifest_path = out / MANIFEST
     manifest = load_manifest(out)
     if (manifest_path.exists() or manifest_path.is_symlink()) and manifest is None:
         raise ValueError(
             f"refusing to overwrite {manifest_path}: it is not a manifest written by dnlrepro "
-            f"predict -- {how} or delete the file"
+            f"predict -- {_HOW} or delete the file"
         )
-    if manifest_path.resolve() in sources:  # a .json is never an image; defensive
-        raise ValueError(f"refusing to overwrite the input {manifest_path} -- {how}")
     owned = owned_files(out, manifest)
     foreign: list[Path] = []
     for p in plan:
@@ -223,18 +207,18 @@ def _check_existing(plan: Sequence[Planned], out: Path, sources: set[Path]) -> N
                 d = out / parent
                 if d.exists() and not d.is_dir():
                     raise ValueError(
-                        f"cannot write {dest}: {d} exists and is not a folder -- {how} or delete "
+                        f"cannot write {dest}: {d} exists and is not a folder -- {_HOW} or delete "
                         f"{d}"
                     )
             if dest.is_dir():
-                raise ValueError(f"cannot write {dest}: a folder has that name -- {how}")
+                raise ValueError(f"cannot write {dest}: a folder has that name -- {_HOW}")
             if dest.is_symlink() or (dest.exists() and dest.resolve() not in owned):
                 foreign.append(dest)
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise ValueError(
             f"refusing to overwrite {foreign[0]}{more}: the file exists and was not written by "
-            f"dnlrepro predict (not listed with its current sha256 in {manifest_path}) -- {how} "
+            f"dnlrepro predict (not listed with its current sha256 in {manifest_path}) -- {_HOW} "
             "or delete the file"
         )
 

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from dnlrepro.core import workspace
+from dnlrepro.core.files import write_json
+from dnlrepro.core.profile import read_params
 from dnlrepro.core.reference import recorded_path
 from dnlrepro.core.registry import load_published
-from dnlrepro.core.runs import config_of
+from dnlrepro.core.runs import config_of, plan
 from dnlrepro.engine import reflog
 from dnlrepro.engine.trajectory import LOG_FILE
 
@@ -64,9 +66,6 @@ def record(ws: workspace.Workspace, run: str) -> Path:
 
 def first_seed_runs(ws: workspace.Workspace) -> list[str]:
     """The active profile's runs whose key is their configuration (each row's first seed)."""
-    from dnlrepro.core.profile import read_params
-    from dnlrepro.core.runs import plan
-
     return [key for key, run in plan(read_params(ws), ws).items() if key == run.config]
 
 
@@ -114,8 +113,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dnlrepro.core.files import write_json
-
     ws = workspace.find()
     if args.action == "record":
         for run in [args.run] if args.run else first_seed_runs(ws):
