@@ -36,7 +36,7 @@ from dnlrepro.core.registry import METRICS, Published, load_published
 from dnlrepro.core.runs import of_rows, plan
 from dnlrepro.reports import trajectory
 from dnlrepro.reports.outputs import json_bytes, write_all
-from dnlrepro.reports.results import Measured, aggregate, load_measured
+from dnlrepro.reports.results import Measured, aggregate, load_measured, num
 from dnlrepro.reports.seeds import (
     SEED_RULE,
     allowed,
@@ -93,96 +93,65 @@ LABELS = {
 }
 
 
-def _published_rows(name: str, pub: Published, meas: Measured, profile: str) -> list[dict]:
+def _published_row(
+    name: str, pub: Published, meas: Measured, profile: str, metric: str, note: str | None = None
+) -> dict:
+    """``metric`` of row ``name`` against the published number (``mIoU_ms_flip_alt``: against
+    the published ms+flip one); ``note`` replaces the registry's."""
+    published = "mIoU_ms_flip" if metric == "mIoU_ms_flip_alt" else metric
     entry = pub.entry(name)  # raises on a missing entry: never skip a configuration
-    rows = []
-    for metric in METRICS:
-        tol = pub.tolerance(name, metric, profile)
-        value = entry.metrics[metric]
-        spread = meas.spread.get(metric)
-        limit, rule = allowed(tol.value, spread)
-        if profile == "smoke":
-            # Random weights and synthetic data: shown for orientation, never judged.
-            result, delta = "not comparable", None
-            note = "smoke profile: synthetic data, a few iterations from random weights"
-        else:
-            result, delta = verdict(value, meas.metrics[metric], limit)
+    tol, spread = pub.tolerance(name, published, profile), meas.spread.get(metric)
+    value = entry.metrics[published]
+    limit, rule = allowed(tol.value, spread)
+    if profile == "smoke":
+        # Random weights and synthetic data: shown for orientation, never judged.
+        result, delta = "not comparable", None
+        note = note or "smoke profile: synthetic data, a few iterations from random weights"
+    else:
+        result, delta = verdict(value, meas.metrics[metric], limit)
+        if note is None:
             note = entry.notes.get(metric, "") if value is None else ""
             if value is not None and tol.value is None:
                 note = "hardware-dependent: " + tol.reason
-        rows.append(
-            {
-                "config": name,
-                "dataset": entry.dataset,
-                "metric": metric,
-                "reference": "published",
-                "published": value,
-                "reproduced": meas.metrics[metric],
-                "delta": delta,
-                "tolerance": tol.value,
-                "tolerance_reason": tol.reason,
-                "allowed": limit,
-                "rule": rule,
-                **seed_fields(spread),
-                "verdict": result,
-                "note": note,
-            }
-        )
-    return rows
+    return {
+        "config": name,
+        "dataset": entry.dataset,
+        "metric": metric,
+        "reference": "published",
+        "published": value,
+        "reproduced": meas.metrics[metric],
+        "delta": delta,
+        "tolerance": tol.value,
+        "tolerance_reason": tol.reason,
+        "allowed": limit,
+        "rule": rule,
+        **seed_fields(spread),
+        "verdict": result,
+        "note": note,
+    }
 
 
-def _small_window_row(name: str, pub: Published, meas: Measured, profile: str) -> list[dict]:
-    """Slide rows evaluated both ways (§5.2): the other small-window mode's ms+flip number.
+def _published_rows(name: str, pub: Published, meas: Measured, profile: str) -> list[dict]:
+    """Every published metric of row ``name``, and for slide rows evaluated both ways (§5.2) the
+    other small-window mode's ms+flip number.
 
-    Which mode produced the published ms+flip number is not recorded upstream, so the row names
+    Which mode produced the published ms+flip number is not recorded upstream, so that row names
     the mode and whether it reproduces it; the main ``mIoU_ms_flip`` row keeps the configured
     mode (``test.small_window``) and its note names the mode that is within tolerance.
     """
-    alt = meas.metrics.get("mIoU_ms_flip_alt")
-    if alt is None:
-        return []
-    entry = pub.entry(name)
-    tol = pub.tolerance(name, "mIoU_ms_flip", profile)
-    value = entry.metrics["mIoU_ms_flip"]
-    ours_mode = meas.protocol.get("small_window", "unpadded")
-    alt_mode = "pad" if ours_mode == "unpadded" else "unpadded"
-    spread = meas.spread.get("mIoU_ms_flip_alt")
-    limit, rule = allowed(tol.value, spread)
-    if profile == "smoke":
-        result, delta = "not comparable", None
-    else:
-        result, delta = verdict(value, alt, limit)
-    return [
-        {
-            "config": name,
-            "dataset": entry.dataset,
-            "metric": "mIoU_ms_flip_alt",
-            "reference": "published",
-            "published": value,
-            "reproduced": alt,
-            "delta": delta,
-            "tolerance": tol.value,
-            "tolerance_reason": tol.reason,
-            "allowed": limit,
-            "rule": rule,
-            **seed_fields(spread),
-            "verdict": result,
-            "note": f"ms+flip with small windows '{alt_mode}' (configured: '{ours_mode}', §5.2)",
-        }
-    ]
-
-
-def _which_mode(rows: list[dict], protocol: dict[str, Any]) -> None:
-    """Name, on the main ms+flip row, which small-window mode reproduces the published number."""
-    main = next((r for r in rows if r["metric"] == "mIoU_ms_flip"), None)
-    alt = next((r for r in rows if r["metric"] == "mIoU_ms_flip_alt"), None)
-    if main is None or alt is None or main["delta"] is None or alt["delta"] is None:
-        return
-    ours = protocol.get("small_window", "unpadded")
+    rows = [_published_row(name, pub, meas, profile, metric) for metric in METRICS]
+    if meas.metrics.get("mIoU_ms_flip_alt") is None:
+        return rows
+    ours = meas.protocol.get("small_window", "unpadded")
     other = "pad" if ours == "unpadded" else "unpadded"
-    ok = [m for m, r in ((ours, main), (other, alt)) if r["verdict"] == "pass"]
-    found = " and ".join(f"'{m}'" for m in ok) if ok else "neither mode"
-    main["note"] = (main["note"] + "; " if main["note"] else "") + f"reproduced by: {found}"
+    note = f"ms+flip with small windows '{other}' (configured: '{ours}', §5.2)"
+    alt = _published_row(name, pub, meas, profile, "mIoU_ms_flip_alt", note)
+    main = rows[METRICS.index("mIoU_ms_flip")]
+    if main["delta"] is not None and alt["delta"] is not None:
+        ok = [m for m, r in ((ours, main), (other, alt)) if r["verdict"] == "pass"]
+        found = " and ".join(f"'{m}'" for m in ok) if ok else "neither mode"
+        main["note"] = (main["note"] + "; " if main["note"] else "") + f"reproduced by: {found}"
+    return [*rows, alt]
 
 
 def protocol_match(train: dict[str, Any], published_batch: Any) -> tuple[bool | None, str]:
@@ -195,15 +164,10 @@ def protocol_match(train: dict[str, Any], published_batch: Any) -> tuple[bool | 
 
 def our_protocol(meas: Measured) -> dict[str, Any]:
     """The protocol fields we ran with (evaluation, then training), next to the published ones."""
-    out: dict[str, Any] = {}
-    for key in PROTOCOL_EVAL_KEYS:
-        if key in meas.protocol:
-            out[key] = meas.protocol[key]
+    out = {k: meas.protocol[k] for k in PROTOCOL_EVAL_KEYS if k in meas.protocol}
     if meas.protocol.get("checkpoint_sha256"):
         out["checkpoint_sha256"] = str(meas.protocol["checkpoint_sha256"])[:8]
-    for key in PROTOCOL_TRAIN_KEYS:
-        if key in meas.train:
-            out[f"train.{key}"] = meas.train[key]
+    out |= {f"train.{k}": meas.train[k] for k in PROTOCOL_TRAIN_KEYS if k in meas.train}
     if meas.benchmark.get("device"):
         out["benchmark.device"] = meas.benchmark["device"]
     return out
@@ -236,8 +200,6 @@ def build_diff(
         if learned_factor is not None:
             rows.append(learned_row(name, meas, learned_factor))
         published_rows = _published_rows(name, published, meas, profile)
-        published_rows += _small_window_row(name, published, meas, profile)
-        _which_mode(published_rows, meas.protocol)
         same, text = protocol_match(meas.train, published.entry(name).protocol.get("batch"))
         for row in published_rows:  # the verdict says which protocol it judged
             row["protocol"] = {True: "same", False: "different", None: "unknown"}[same]
@@ -268,21 +230,15 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def _cell(value: Any, digits: int = 2, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
 def render_markdown(report: dict[str, Any]) -> str:
     rows = [
         {
             **r,
             "label": LABELS[r["metric"]],
             "config": r.get("run", r["config"]),
-            "published_s": _cell(r["published"]),
+            "published_s": num(r["published"]),
             "reproduced_s": reproduced_text(r),
-            "delta_s": _cell(r["delta"], signed=True),
+            "delta_s": num(r["delta"], signed=True),
             "tolerance_s": tolerance_text(r),
             "rule_s": rule_text(r),
         }

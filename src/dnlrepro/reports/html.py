@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from markupsafe import Markup
 
 from dnlrepro.core import workspace
@@ -31,9 +30,9 @@ from dnlrepro.reports import charts, row_views
 from dnlrepro.reports.diff import LABELS, VERDICTS
 from dnlrepro.reports.diff import our_protocol as protocol_fields
 from dnlrepro.reports.outputs import write_all
-from dnlrepro.reports.results import Measured, device_of, load_rows, read_json, with_spread
+from dnlrepro.reports.results import Measured, device_of, load_rows, num, read_json, with_spread
 from dnlrepro.reports.seeds import reproduced_text, rule_text, tolerance_text
-from dnlrepro.reports.tables import TEMPLATES, TITLES
+from dnlrepro.reports.tables import TITLES, environment
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +57,6 @@ PROFILE_NOTES: dict[str, tuple[str, str]] = {
         "the real validation sets (no training, so no training curves).",
     ),
 }
-
-
-def environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        undefined=jinja2.StrictUndefined,
-        autoescape=True,  # every value is text; only the SVG is marked safe
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
 
 
 def load_diff(path: Path) -> dict[str, Any] | None:
@@ -103,12 +91,6 @@ def size(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "x".join(str(v) for v in value)
     return str(value)
-
-
-def num(value: float | None, digits: int = 2, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
 def fields(mapping: dict[str, Any]) -> list[tuple[str, str]]:
@@ -294,8 +276,9 @@ def render_page(ws: workspace.Workspace, profile: Profile, out: Path) -> str:
         rows = [row_context(n, published, measured[n], diff_rows, paths) for n in names]
         tables.append({"dataset": dataset, "title": title, "rows": rows})
     devices = sorted({d for m in measured.values() if (d := device_of(m))})
+    # autoescape: every value is text; only the SVG is marked safe
     return (
-        environment()
+        environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
         .get_template("index.html.j2")
         .render(
             profile=profile,

@@ -100,26 +100,6 @@ def _number(block: Any, key: str, path: Path, where: str) -> float | None:
     return float(value)
 
 
-def _first_number(block: dict[str, Any], keys: tuple[str, ...], path: Path) -> float | None:
-    for key in keys:
-        value = _number(block, key, path, "")
-        if value is not None:
-            return value
-    return None
-
-
-def _mem_gb(train: dict[str, Any], path: Path) -> float | None:
-    """Training memory in GiB (§5.5: max_memory_allocated, MB/1024), whatever unit was logged."""
-    gb = _first_number(train, ("mem_gb", "max_memory_gb", "max_mem_gb", "memory_gb"), path)
-    if gb is not None:
-        return gb
-    mb = _first_number(train, ("max_memory_mb", "mem_mb", "memory_mb"), path)
-    if mb is not None:
-        return mb / 1024
-    nbytes = _first_number(train, ("max_memory_allocated", "max_memory_bytes"), path)
-    return None if nbytes is None else nbytes / 1024**3
-
-
 def _read_mapping(path: Path, files: dict[str, str], key: str, writer: str) -> dict[str, Any]:
     """The JSON mapping at ``path`` (recorded in ``files[key]``), or ``{}`` when it is absent."""
     if not path.is_file():
@@ -144,9 +124,17 @@ def load_measured(
     troot = (Path(timings_dir) if timings_dir is not None else base.parent / "timings") / name
     files: dict[str, str] = {}
     metrics: dict[str, float | None] = dict.fromkeys(
-        ("mIoU", "mIoU_ms_flip", "mAcc", "aAcc", "mem_gb", "fps", "baseline_mIoU")
+        (
+            "mIoU",
+            "mIoU_ms_flip",
+            "mAcc",
+            "aAcc",
+            "mem_gb",
+            "fps",
+            "baseline_mIoU",
+            "mIoU_ms_flip_alt",
+        )
     )
-    metrics["mIoU_ms_flip_alt"] = None
     protocol: dict[str, Any] = {}
     path = root / "eval.json"
     if path.is_file():
@@ -174,7 +162,8 @@ def load_measured(
     if train and train.get("memory_kind", "cuda_max_memory_allocated") == (
         "cuda_max_memory_allocated"
     ):
-        metrics["mem_gb"] = _mem_gb(train, path)
+        # GiB = MB / 1024 (§5.5), as engine/train_summary.py's build_timing writes it
+        metrics["mem_gb"] = _number(train, "max_memory_gb", path, "")
     path = troot / "benchmark.json"
     bench = _read_mapping(path, files, "benchmark", "`dnlrepro benchmark`")
     # The published fps / Mem are V100 figures (§5.4, §5.5): a CPU timing is not that quantity,
@@ -230,6 +219,13 @@ def load_rows(
     """Each row of ``names`` over the runs ``profile`` lists for it (:func:`load_row`)."""
     rows = of_rows(plan(profile, ws), list(names))
     return {n: load_row(n, [(r.key, r.seed) for r in rows[n]], results_dir) for n in names}
+
+
+def num(value: float | None, digits: int = 2, signed: bool = False) -> str:
+    """A number as the reports print it; ``-`` when it was not measured."""
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
 def with_spread(meas: Measured, metric: str, digits: int = 2) -> str:

@@ -22,7 +22,7 @@ from dnlrepro.core.layout import compare
 from dnlrepro.core.profile import Profile, load_profile, read_params
 from dnlrepro.core.registry import Published, load_published
 from dnlrepro.reports.outputs import write_all
-from dnlrepro.reports.results import Measured, device_of, load_rows, with_spread
+from dnlrepro.reports.results import Measured, device_of, load_rows, num, with_spread
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +44,14 @@ HEADER = (
 RIGHT_ALIGNED = {"Lr schd", "Mem (GB)", "mIoU"}  # as in the seed table
 
 
-def environment() -> jinja2.Environment:
+def environment(**options: bool) -> jinja2.Environment:
+    """The templates' environment: markdown (no autoescape) unless ``options`` say otherwise."""
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
-        autoescape=False,  # markdown, not HTML
+        **{"autoescape": False, **options},
     )
-
-
-def fmt(value: float | None, digits: int) -> str:
-    """A measured number, or ``-`` when it was not measured."""
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 @dataclass(frozen=True)
@@ -113,8 +109,8 @@ def row_cells(
         _beside(ran.crop, entry.crop_size) if ran else entry.crop_size,
         _beside(str(ran.iters), str(entry.lr_schd)) if ran else str(entry.lr_schd),
         layout_cell(entry.protocol, measured.train),
-        fmt(m["mem_gb"], 1),
-        fmt(m["fps"], 2),
+        num(m["mem_gb"], 1),
+        num(m["fps"], 2),
         miou,
         with_spread(measured, "mIoU_ms_flip"),
         f"[config](../params/{name}.yaml)",
