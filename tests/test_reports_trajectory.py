@@ -45,15 +45,15 @@ def test_unreadable_record_names_the_file_and_the_stage(tmp_path: Path) -> None:
 
 
 def test_index_overlay_only_for_compared_runs(tmp_path: Path) -> None:
-    from dnlrepro.reports import trajectory_plot
+    from dnlrepro.reports import row_views
 
-    assert trajectory_plot.plots(tmp_path / "none", "none") == []
+    assert row_views.trajectory_plots(tmp_path / "none", "none") == []
     _record(
         tmp_path / "a",
         train=[{"iter": 50, "loss": 1.2, "lr": 0.00999}],
         published={"train": [{"iter": 50, "loss": 1.1, "lr": 0.00999}],
                    "val": [{"iter": 4000, "mIoU": 72.0}]},
     )  # fmt: skip
-    (plot,) = trajectory_plot.plots(tmp_path / "a", "a")
+    (plot,) = row_views.trajectory_plots(tmp_path / "a", "a")
     assert plot["title"] == "trajectory vs x-20200904_233629.log.json"
     assert plot["svg"].startswith("<svg") and "reference" in plot["svg"]

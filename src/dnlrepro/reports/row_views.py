@@ -2,8 +2,9 @@
 
 A row with several seeds has one results folder per run (:mod:`dnlrepro.core.runs`); the page
 draws each run's curves, captioned with its seed, so a second seed is never hidden behind the
-first. Mem and fps are per machine: a cell shows the number with the machine it was measured
-on, or says why there is none, instead of a bare "-".
+first, and each run's overlay on its reference training log (``trajectory.json``). Mem and fps
+are per machine: a cell shows the number with the machine it was measured on, or says why there
+is none, instead of a bare "-".
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from markupsafe import Markup
+from matplotlib.figure import Figure
 
-from dnlrepro.reports import charts, trajectory_plot
+from dnlrepro.reports import charts, trajectory
 from dnlrepro.reports.results import Measured, device_of
 
 PLOTS: tuple[tuple[str, str, charts.CsvSpec], ...] = (
@@ -48,10 +50,53 @@ def run_plots(runs: list[tuple[str, int]], results: Path) -> list[dict[str, Any]
                 svg = DRAW[filename](rows, f"dnlrepro-{key}-{filename}")
                 plots.append({"title": caption, "svg": Markup(svg), "note": ""})
     for key, seed in runs:  # each run against its reference training log, if it compared
-        for plot in trajectory_plot.plots(results / key, key):
+        for plot in trajectory_plots(results / key, key):
             plot["title"] += f", seed {seed}" if len(runs) > 1 else ""
             plots.append(plot)
     return plots
+
+
+def _line(ax: Any, points: list[tuple[float, float]], **style: Any) -> None:
+    if points:
+        ax.plot(*zip(*points, strict=True), **style)
+
+
+def overlay_svg(record: dict[str, Any], salt: str) -> str:
+    """Loss and lr (left) and val mIoU (right): ours solid, the reference grey/dashed."""
+    fig = Figure(figsize=(7.8, 3.0), layout="constrained")  # no pyplot: no global state
+    loss_ax, val_ax = fig.subplots(1, 2)
+    ref = record.get("published", {})
+    ours = record.get("train", [])
+    grey, blue = charts.COLORS["published"], charts.COLORS["reproduced"]
+    _line(loss_ax, [(p["iter"], p["loss"]) for p in ref.get("train", [])], color=grey,
+          label="reference loss")  # fmt: skip
+    _line(loss_ax, [(p["iter"], p["loss"]) for p in ours], color=blue, marker="o", ms=3,
+          label="our loss")  # fmt: skip
+    lr_ax = loss_ax.twinx()
+    _line(lr_ax, [(p["iter"], p["lr"]) for p in ref.get("train", [])], color=grey, ls="--")
+    _line(lr_ax, [(p["iter"], p["lr"]) for p in ours], color=charts.COLORS["ms_flip"], ls=":")
+    lr_ax.set_ylabel("lr (dashed: reference, dotted: ours)", fontsize=7)
+    loss_ax.set_xlabel("iteration")
+    loss_ax.set_title("loss and lr vs the reference log", fontsize=9)
+    loss_ax.legend(fontsize=7, frameon=False)
+    _line(val_ax, [(p["iter"], p["mIoU"]) for p in ref.get("val", [])], color=grey, marker="s",
+          ms=4, label="reference")  # fmt: skip
+    _line(val_ax, [(p["iter"], p["mIoU"]) for p in record.get("val", [])], color=blue,
+          marker="o", ms=4, label="ours")  # fmt: skip
+    val_ax.set_xlabel("iteration")
+    val_ax.set_ylabel("mIoU (%)")
+    val_ax.set_title(f"val mIoU (tolerance {record.get('miou_tolerance')})", fontsize=9)
+    val_ax.legend(fontsize=7, frameon=False)
+    return charts.to_svg(fig, salt)
+
+
+def trajectory_plots(folder: Path, name: str) -> list[dict[str, Any]]:
+    """The overlay as a row plot of the page; none when the run compared nothing."""
+    record = trajectory.read(folder, name)
+    if record is None:
+        return []
+    svg = overlay_svg(record, f"dnlrepro-{name}-trajectory")
+    return [{"title": f"trajectory vs {record['reference']}", "svg": Markup(svg), "note": ""}]
 
 
 def machine(meas: Measured) -> str | None:
@@ -90,6 +135,3 @@ def speed_cell(metric: str, meas: Measured) -> dict[str, str]:
         return {"text": "-", "machine": "not trained yet", "why": ""}
     why = f"{where}: {kind}, not CUDA max_memory_allocated (timings/{meas.name}/train.json)"
     return {"text": "-", "machine": "CPU run: no CUDA memory", "why": why}
-
-
-__all__ = ["DRAW", "PLOTS", "SPEED_METRICS", "machine", "run_plots", "speed_cell"]

@@ -20,30 +20,33 @@ logger = logging.getLogger(__name__)
 FILE = "trajectory.json"
 
 
+def read(folder: Path, run: str) -> dict[str, Any] | None:
+    """``<folder>/trajectory.json`` of ``run``; None when the run compared itself with nothing."""
+    path = folder / FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"{path}: not readable JSON ({e}); re-run `dvc repro train@{run}`"
+        ) from None
+    return record if record.get("reference") else None
+
+
 def collect(results: str | Path, runs: Sequence[str]) -> list[dict[str, Any]]:
     """One entry per run that compared itself with a reference, in ``runs`` order."""
     out = []
+    keys = ("max_lr_rel_error", "lr_rtol", "loss_band", "loss_verdict", "miou_tolerance")
     for run in runs:
-        path = Path(results) / run / FILE
-        if not path.is_file():
-            continue
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(
-                f"{path}: not readable JSON ({e}); re-run `dvc repro train@{run}`"
-            ) from None
-        if not record.get("reference"):
+        record = read(Path(results) / run, run)
+        if record is None:
             continue
         out.append(
             {
                 "run": run,
                 "reference": record["reference"],
-                "max_lr_rel_error": record.get("max_lr_rel_error"),
-                "lr_rtol": record.get("lr_rtol"),
-                "loss_band": record.get("loss_band"),
-                "loss_verdict": record.get("loss_verdict"),
-                "miou_tolerance": record.get("miou_tolerance"),
+                **{k: record.get(k) for k in keys},
                 "val": [
                     {k: p[k] for k in ("iter", "mIoU", "ref_mIoU", "below", "on_track")}
                     for p in record.get("val", [])
