@@ -230,20 +230,22 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+def shown(r: dict[str, Any]) -> dict[str, Any]:
+    """Verdict row ``r`` with its cells as diff.md and index.html print them (``*_s``)."""
+    return {
+        **r,
+        "label": LABELS.get(r["metric"], r["metric"]),
+        "config": r.get("run", r["config"]),
+        "published_s": num(r.get("published")),
+        "reproduced_s": reproduced_text(r),
+        "delta_s": num(r.get("delta"), signed=True),
+        "tolerance_s": tolerance_text(r),
+        "rule_s": rule_text(r),
+    }
+
+
 def render_markdown(report: dict[str, Any]) -> str:
-    rows = [
-        {
-            **r,
-            "label": LABELS[r["metric"]],
-            "config": r.get("run", r["config"]),
-            "published_s": num(r["published"]),
-            "reproduced_s": reproduced_text(r),
-            "delta_s": num(r["delta"], signed=True),
-            "tolerance_s": tolerance_text(r),
-            "rule_s": rule_text(r),
-        }
-        for r in report["rows"]
-    ]
+    rows = [shown(r) for r in report["rows"]]
     reasons = sorted(
         {
             (r["label"], "n/a" if r["tolerance"] is None else f"±{r['tolerance']:.2f}",

@@ -27,11 +27,10 @@ from dnlrepro.core.profile import Profile, load_profile, read_params
 from dnlrepro.core.registry import METRICS, Published, PublishedEntry, load_published
 from dnlrepro.core.runs import of_rows, plan
 from dnlrepro.reports import charts, row_views
-from dnlrepro.reports.diff import LABELS, VERDICTS
+from dnlrepro.reports.diff import LABELS, VERDICTS, shown
 from dnlrepro.reports.diff import our_protocol as protocol_fields
 from dnlrepro.reports.outputs import write_all
 from dnlrepro.reports.results import Measured, device_of, load_rows, num, read_json, with_spread
-from dnlrepro.reports.seeds import reproduced_text, rule_text, tolerance_text
 from dnlrepro.reports.tables import TITLES, environment
 
 logger = logging.getLogger(__name__)
@@ -223,22 +222,7 @@ def diff_context(diff: dict[str, Any] | None) -> dict[str, Any] | None:
     """The diff rows formatted for the page (``None``: no ``diff.json`` yet)."""
     if diff is None:
         return None
-    rows = [
-        {
-            "config": r.get("run", r["config"]),
-            "label": LABELS.get(r["metric"], r["metric"]),
-            "reference": r["reference"],
-            "published": num(r.get("published")),
-            "reproduced": reproduced_text(r),
-            "delta": num(r.get("delta"), signed=True),
-            "tolerance": tolerance_text(r),
-            "tolerance_reason": r.get("tolerance_reason", ""),
-            "rule": rule_text(r),
-            "verdict": r["verdict"],
-            "note": r.get("note", ""),
-        }
-        for r in diff["rows"]
-    ]
+    rows = [{"tolerance_reason": "", "note": "", **shown(r)} for r in diff["rows"]]
     summary = diff.get("summary") or {}
     return {
         "profile": diff.get("profile", "?"),

@@ -154,7 +154,6 @@ def render(
     ran = ran or {}
     if dataset not in TITLES:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(TITLES)}")
-    title = TITLES[dataset]
     header, rule, rows = _pad([row_cells(n, published, measured[n], ran.get(n)) for n in names])
     devices = sorted({d for n in names if (d := device_of(measured[n]))})
     notes = []
@@ -174,14 +173,13 @@ def render(
     if dataset == "cityscapes":
         notes.append(
             "The mmseg README publishes no mIoU(ms+flip) for the 512x1024 rows "
-            "(docs/reference.md §5.3); "
-            "see diff.md."
+            "(docs/reference.md §5.3); see diff.md."
         )
     return (
         environment()
         .get_template("table.md.j2")
         .render(
-            title=title,
+            title=TITLES[dataset],
             profile=profile,
             profile_description=" ".join(profile_description.split()),
             device=", ".join(devices) if devices else "unknown (no benchmark or training summary)",
@@ -202,14 +200,13 @@ def write_tables(
 ) -> list[Path]:
     """Render both tables and ``published_vs_reproduced.csv`` into ``out_dir``."""
     ws = ws or workspace.find()
-    description = " ".join(profile.description.split())
     out_dir = Path(out_dir)
-    files, rows = {}, []
+    files, rows = {}, [["config", "dataset", "metric", "published", "reproduced"]]
     for dataset in TITLES:
         names = [n for n, row in published.configs.items() if row.dataset == dataset]
         measured = load_rows(names, profile, results_dir, ws)
         ran = {n: ran_as(n, profile, ws) for n in names}
-        text = render(dataset, names, published, measured, profile.name, description, ran)
+        text = render(dataset, names, published, measured, profile.name, profile.description, ran)
         rows += comparison_rows(dataset, names, published, measured)
         files[out_dir / f"{dataset}.md"] = text.encode("utf-8")
     csv = ("\n".join(",".join(r) for r in rows) + "\n").encode()
@@ -222,22 +219,14 @@ def write_tables(
 def comparison_rows(
     dataset: str, names: Sequence[str], published: Published, measured: dict[str, Measured]
 ) -> list[list[str]]:
-    """``config,dataset,metric,published,reproduced`` rows (the header on the first dataset)."""
-    rows = [] if dataset != next(iter(TITLES)) else [
-        ["config", "dataset", "metric", "published", "reproduced"]
-    ]  # fmt: skip
+    """``config,dataset,metric,published,reproduced`` rows of ``names``."""
+    rows = []
     for n in names:
         for metric in ("mIoU", "mIoU_ms_flip"):
-            pub = published.entry(n).metrics.get(metric)
-            ours = measured[n].metrics.get(metric)
-            if pub is None and ours is None:
-                continue
-            rows.append([n, dataset, metric, _csv(pub), _csv(ours)])
+            values = (published.entry(n).metrics.get(metric), measured[n].metrics.get(metric))
+            if values != (None, None):
+                rows.append([n, dataset, metric, *("" if v is None else f"{v:g}" for v in values)])
     return rows
-
-
-def _csv(value: float | None) -> str:
-    return "" if value is None else f"{value:g}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
