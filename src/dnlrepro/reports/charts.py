@@ -13,7 +13,8 @@ missing value (e.g. a class absent from the validation set, a README ``-`` cell)
 
 The SVG is byte-for-byte reproducible: a fixed ``svg.hashsalt`` per figure (so clip-path ids are
 stable and also unique within the page), ``svg.fonttype: none`` (text stays text, no glyph paths
-whose ids depend on the font cache) and no metadata block (no date, no creator URL).
+whose ids depend on the font cache) and no metadata block (no date, no creator URL). Figures are
+bare ``Figure`` objects (no pyplot): no global figure registry to leak, no GUI backend.
 """
 
 from __future__ import annotations
@@ -126,14 +127,9 @@ def _drop_unused_ids(svg: str) -> str:
     return _ID.sub(lambda m: m.group(0) if m.group(1) in used else "", svg)
 
 
-def _figure(width: float, height: float) -> Figure:
-    # A bare Figure (no pyplot): no global figure registry to leak, no GUI backend.
-    return Figure(figsize=(width, height), layout="constrained")
-
-
 def train_curve_svg(rows: Sequence[dict[str, Any]], salt: str) -> str:
     """Training loss (left axis) and learning rate (right axis) against the iteration."""
-    fig = _figure(5.2, 3.0)
+    fig = Figure(figsize=(5.2, 3.0), layout="constrained")
     ax = fig.add_subplot()
     points = [(r["iter"], r["loss"]) for r in rows if r["loss"] is not None]
     if points:
@@ -155,7 +151,7 @@ def train_curve_svg(rows: Sequence[dict[str, Any]], salt: str) -> str:
 
 def val_curve_svg(rows: Sequence[dict[str, Any]], salt: str) -> str:
     """Validation mIoU against the iteration."""
-    fig = _figure(5.2, 3.0)
+    fig = Figure(figsize=(5.2, 3.0), layout="constrained")
     ax = fig.add_subplot()
     points = [(r["iter"], r["mIoU"]) for r in rows if r["mIoU"] is not None]
     if points:
@@ -179,7 +175,7 @@ def _barh(
 def per_class_svg(rows: Sequence[dict[str, Any]], salt: str) -> str:
     """Per-class IoU bars, single scale and ms+flip; an empty cell draws no bar ("n/a")."""
     names = [r["class"] for r in rows]
-    fig = _figure(6.5, max(2.5, 0.16 * len(names) + 1.2))
+    fig = Figure(figsize=(6.5, max(2.5, 0.16 * len(names) + 1.2)), layout="constrained")
     ax = fig.add_subplot()
     y = range(len(names))
     has_ms = any(r["IoU_ms_flip"] is not None for r in rows)
@@ -217,7 +213,7 @@ def published_vs_reproduced_svg(
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     known = [m for m in metric_labels if any(r["metric"] == m for r in rows)]
     metrics = known + sorted({r["metric"] for r in rows} - set(known))
-    fig = _figure(11.0, 0.9 + 2.3 * len(metrics))
+    fig = Figure(figsize=(11.0, 0.9 + 2.3 * len(metrics)), layout="constrained")
     axes = fig.subplots(len(metrics), len(datasets), squeeze=False)
     for i, metric in enumerate(metrics):
         for j, dataset in enumerate(datasets):

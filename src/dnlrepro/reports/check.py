@@ -181,10 +181,6 @@ def _absent(key: tuple[str, str, str, str], label: str) -> dict:
         "metric": metric,
         "reference": reference,
         "verdict": "missing",
-        "published": None,
-        "reproduced": None,
-        "delta": None,
-        "tolerance": None,
         "note": ABSENT,
     }
 

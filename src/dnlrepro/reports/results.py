@@ -46,6 +46,7 @@ class ResultsError(ValueError):
 # The metrics a row's seeds are averaged over (the rest -- Mem, fps, protocol -- is per machine
 # and configuration, not per seed: the first seed's).
 SEED_METRICS: tuple[str, ...] = ("mIoU", "mIoU_ms_flip", "mIoU_ms_flip_alt", "mAcc", "aAcc")
+CUDA_MEMORY = "cuda_max_memory_allocated"  # the memory_kind of the published Mem (§5.5)
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,7 @@ def load_measured(
     timing = _read_mapping(troot / "train.json", files, "train_timing", "`dnlrepro train`")
     train = {**train, **timing}
     # §5.5 defines Mem as CUDA max_memory_allocated; a CPU RSS figure is not that number.
-    if train and train.get("memory_kind", "cuda_max_memory_allocated") == (
-        "cuda_max_memory_allocated"
-    ):
+    if train and train.get("memory_kind", CUDA_MEMORY) == CUDA_MEMORY:
         # GiB = MB / 1024 (§5.5), as engine/train_summary.py's build_timing writes it
         metrics["mem_gb"] = _number(train, "max_memory_gb", path, "")
     path = troot / "benchmark.json"
