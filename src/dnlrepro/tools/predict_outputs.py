@@ -60,6 +60,10 @@ def scan(
     Folders are searched recursively (sorted); the output name keeps the path below the folder.
     Skipped: the output folder when it lies inside a searched folder, and files a ``predict.json``
     lists with unchanged content (predict's own earlier outputs).
+
+    Raises:
+        FileNotFoundError: an input does not exist, or a directory holds no images.
+        ValueError: two inputs map to the same output name, so one would overwrite the other.
     """
     out_res = out_dir.resolve() if out_dir is not None else None
     # predict's own outputs: those the output folder's manifest lists, plus (below) those listed
@@ -76,14 +80,11 @@ def scan(
                     n for n in dirnames if out_res is None or (d / n).resolve() != out_res
                 )
                 owned |= owned_files(d, load_manifest(d))
-                for name in sorted(filenames):
-                    f = d / name
-                    if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file():
-                        continue
-                    if f.resolve() in owned:
-                        continue
-                    rel = PurePosixPath(f.relative_to(p).as_posix())
-                    in_dir.append((f, rel.with_name(f.stem)))
+                for f in (d / name for name in sorted(filenames)):
+                    image = f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+                    if image and f.resolve() not in owned:
+                        rel = f.relative_to(p).with_suffix("")  # the stem, below the folder
+                        in_dir.append((f, PurePosixPath(rel.as_posix())))
             if not in_dir:
                 raise FileNotFoundError(
                     f"no images ({', '.join(IMAGE_SUFFIXES)}) in directory {p} or its sub-folders"
@@ -109,15 +110,7 @@ def scan(
 
 
 def collect_images(inputs: Iterable[str | Path], out_dir: str | Path | None = None) -> list[Path]:
-    """Expand directories (recursive, sorted, known image suffixes) and keep files as given.
-
-    ``out_dir``: the output folder, skipped when it lies inside an input folder. Files listed (with
-    unchanged content) in a ``predict.json`` found in a scanned folder are skipped too.
-
-    Raises:
-        FileNotFoundError: an input does not exist, or a directory holds no images.
-        ValueError: two inputs map to the same output name, so one would overwrite the other.
-    """
+    """The image files of :func:`scan` (folders expanded, files kept as given)."""
     return [f for f, _ in scan(inputs, Path(out_dir) if out_dir is not None else None)]
 
 
