@@ -50,6 +50,7 @@ BASELINE_REASON = (
     "smoke runs are seeded and single-process, so they repeat exactly on one machine; another "
     "CPU/BLAS may reorder float sums and flip a few argmax pixels of the tiny synthetic val set"
 )
+DIGEST_RULE = "a baseline recorded for this run's config digest"
 LEARNED_REASON = (
     "a trained model must score clearly above what predicting the most frequent class "
     "everywhere scores on the same labels (the profile's learned_factor times it)"
@@ -123,13 +124,6 @@ def _judgement(
     )
 
 
-def _same_machine(baseline: Mapping[str, Any], value: float | None, ours: float | None) -> dict:
-    tol = float(baseline.get("tolerance", BASELINE_TOLERANCE))
-    result, delta = verdict(value, ours, tol)
-    why = str(baseline.get("reason", BASELINE_REASON))
-    return _judgement(result, delta, tol, why, f"same machine: exact band ±{tol:g}")
-
-
 def _other_machine(
     baseline: Mapping[str, Any],
     metric: str,
@@ -170,27 +164,25 @@ def _check(
     factor: float | None,
 ) -> dict:
     """delta, tolerance, rule, verdict and note of one baseline row."""
+    # No number to compare: no baseline for the run, or one of another configuration.
+    unjudged = BASELINE_TOLERANCE, BASELINE_REASON, DIGEST_RULE
     if baseline is None or recorded is None:
-        return _unjudged(
-            "missing", "no smoke baseline for this run: run `dnlrepro diff --update-baseline`"
-        )
+        note = "no smoke baseline for this run: run `dnlrepro diff --update-baseline`"
+        return _judgement("missing", None, *unjudged, note)
     if recorded.get("config_digest") != digest:
-        return _unjudged(
-            "fail",
+        note = (
             f"stale baseline: recorded for config digest {str(recorded.get('config_digest'))[:12]}"
             f", the results are of {str(digest)[:12]}; review, then "
-            "`dnlrepro diff --update-baseline`",
+            "`dnlrepro diff --update-baseline`"
         )
+        return _judgement("fail", None, *unjudged, note)
     where = machine_rule(baseline, meas)
     if where is None:
-        return _same_machine(baseline, recorded.get(metric), meas.metrics[metric])
+        tol = float(baseline.get("tolerance", BASELINE_TOLERANCE))
+        result, delta = verdict(recorded.get(metric), meas.metrics[metric], tol)
+        why = str(baseline.get("reason", BASELINE_REASON))
+        return _judgement(result, delta, tol, why, f"same machine: exact band ±{tol:g}")
     return _other_machine(baseline, metric, recorded.get(metric), meas, where, factor)
-
-
-def _unjudged(result: str, note: str) -> dict:
-    """No number to compare: no baseline for the run, or one of another configuration."""
-    rule = "a baseline recorded for this run's config digest"
-    return _judgement(result, None, BASELINE_TOLERANCE, BASELINE_REASON, rule, note)
 
 
 def baseline_rows(
