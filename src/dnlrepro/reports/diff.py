@@ -199,24 +199,19 @@ def build_diff(
                 rows += baseline_rows(run.name, baseline, run, digest, name, learned_factor)
         if learned_factor is not None:
             rows.append(learned_row(name, meas, learned_factor))
-        published_rows = _published_rows(name, published, meas, profile)
-        same, text = protocol_match(meas.train, published.entry(name).protocol.get("batch"))
-        for row in published_rows:  # the verdict says which protocol it judged
+        protocol = published.entry(name).protocol
+        same, text = protocol_match(meas.train, protocol.get("batch"))
+        for row in _published_rows(name, published, meas, profile):
             row["protocol"] = {True: "same", False: "different", None: "unknown"}[same]
-        rows += published_rows
-        protocols[name] = {
-            "published": published.entry(name).protocol,
-            "ours": our_protocol(meas),
-            "match": text,
-        }
-    summary = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
+            rows.append(row)  # the verdict says which protocol it judged
+        protocols[name] = {"published": protocol, "ours": our_protocol(meas), "match": text}
     return {
         "profile": profile,
         "reference": "smoke baseline" if profile == "smoke" else "published",
         "published_file": _relative(published.path),
         "source": published.source,
         "definitions": published.definitions,
-        "summary": summary,
+        "summary": {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS},
         "rows": rows,
         "protocols": protocols,
     }

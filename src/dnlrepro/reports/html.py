@@ -87,9 +87,7 @@ def load_diff(path: Path) -> dict[str, Any] | None:
 
 def size(value: Any) -> str:
     """``[h, w]`` -> ``hxw``; anything else as text."""
-    if isinstance(value, list | tuple):
-        return "x".join(str(v) for v in value)
-    return str(value)
+    return "x".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
 
 
 def fields(mapping: dict[str, Any]) -> list[tuple[str, str]]:
