@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -170,13 +169,8 @@ def log_to_mlflow(cfg: Config, payload: dict[str, Any], started: float | None = 
         tracker.log_metrics({**measured, **published_metrics(cfg, measured)}, tracker.repeat)
         tracker.log_dict(payload, "eval.json")  # as results/<config>/eval.json
         rows = per_class_rows(payload)
-        with tempfile.TemporaryDirectory() as tmp:
-            for fname, text in (
-                ("per_class.csv", per_class_csv(rows)),
-                ("per_class.md", per_class_markdown(rows)),
-            ):
-                (Path(tmp) / fname).write_text(text, encoding="utf-8")
-                tracker.log_artifact(Path(tmp) / fname)
+        tracker.log_text(per_class_csv(rows), "per_class.csv")
+        tracker.log_text(per_class_markdown(rows), "per_class.md")
         tracker.log_plot("per_class_iou", rows, "per_class_iou.png")
 
 
@@ -224,9 +218,6 @@ def per_class_plot_csv(result: dict[str, Any]) -> bytes:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["class", "IoU", "IoU_ms_flip"])
     for name, value in ss.items():
-        writer.writerow([name, "" if value is None else value, _blank(ms.get(name))])
+        row = [value, ms.get(name)]
+        writer.writerow([name, *("" if v is None else v for v in row)])
     return buf.getvalue().encode()
-
-
-def _blank(value: float | None) -> str | float:
-    return "" if value is None else value

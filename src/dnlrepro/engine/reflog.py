@@ -32,7 +32,6 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 DECIMALS = 5  # mmcv TextLoggerHook._round_float
-LOG_INTERVAL = 50  # log_config.interval of the mmseg 0.x runtime (§4.1)
 META_KEYS = ("env_info", "seed", "exp_name", "config", "mmseg_version", "CLASSES", "PALETTE")
 TRAIN_REQUIRED = ("iter", "lr", "loss")
 VAL_REQUIRED = ("iter", "mIoU")
@@ -66,12 +65,6 @@ class RefLog:
     meta: dict[str, Any]
     train: tuple[TrainPoint, ...]
     val: tuple[ValPoint, ...]
-
-    def train_at(self) -> dict[int, TrainPoint]:
-        return {p.iter: p for p in self.train}
-
-    def val_at(self) -> dict[int, ValPoint]:
-        return {p.iter: p for p in self.val}
 
 
 def mmcv_round(value: float) -> float:

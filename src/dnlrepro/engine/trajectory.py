@@ -55,8 +55,8 @@ class Trajectory:
     val_points: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._train = self.ref.train_at()
-        self._val = self.ref.val_at()
+        self._train = {p.iter: p for p in self.ref.train}
+        self._val = {p.iter: p for p in self.ref.val}
 
     def on_train(self, point: dict[str, Any], tracker: Any = None) -> None:
         """``point``: our history entry (``iter``, ``lr``, ``loss``, ...) of a logged iteration."""
@@ -145,11 +145,6 @@ def _loss_verdict(compared: int, outside: list[int]) -> str:
     return "in band" if not outside else f"left the band at {len(outside)} of {compared} points"
 
 
-def empty_record(reason: str) -> dict[str, Any]:
-    """``trajectory.json`` of a run without a comparison (no reference, or switched off)."""
-    return {"reference": None, "reason": reason}
-
-
 # ---------------------------------------------------------------------------------------------
 # Wiring: what engine/train.py calls
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +187,9 @@ def write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     reflog.write(out_dir / LOG_FILE, reflog.lines_from_history(meta, history))
     if not reference:
-        write_json(out_dir / TRAJECTORY_FILE, empty_record("no reference trajectory"))
+        write_json(
+            out_dir / TRAJECTORY_FILE, {"reference": None, "reason": "no reference trajectory"}
+        )
         write_plots({}, out_dir)
         return
     log = reflog.read(reference["log"])
