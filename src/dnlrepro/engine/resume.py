@@ -18,7 +18,6 @@ module decides which files a training run keeps and which one it resumes.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import time
@@ -30,8 +29,6 @@ import yaml
 from torch import nn
 
 from dnlrepro.core.config import Config
-
-logger = logging.getLogger(__name__)
 
 LATEST = "latest.pth"
 FINAL = "final.pth"
