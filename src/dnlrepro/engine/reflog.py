@@ -182,24 +182,23 @@ def _rounded(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: mmcv_round(v) if isinstance(v, float) else v for k, v in obj.items()}
 
 
-def lines_from_history(
-    meta: dict[str, Any], history: dict[str, Any], epoch: int = 1
-) -> Iterable[dict[str, Any]]:
-    """Our history (``state.history``: percent mIoU) as mmseg 0.x log lines (fractions)."""
+def lines_from_history(meta: dict[str, Any], history: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    """Our history (``state.history``: percent mIoU) as mmseg 0.x log lines (fractions), all of
+    them in epoch 1 (an iteration-based run)."""
     yield meta
     val = {p["iter"]: p for p in history.get("val", [])}
     for point in history.get("train", []):
         it = point["iter"]
         losses = {k: v for k, v in point.items() if k not in ("iter", "lr")}
-        yield _rounded({"mode": "train", "epoch": epoch, "iter": it, "lr": point["lr"], **losses})
+        yield _rounded({"mode": "train", "epoch": 1, "iter": it, "lr": point["lr"], **losses})
         if it in val:
-            yield _val_line(val.pop(it), epoch, point["lr"])
+            yield _val_line(val.pop(it), point["lr"])
     for it in sorted(val):  # evaluations at iterations without a log line
-        yield _val_line(val[it], epoch, None)
+        yield _val_line(val[it], None)
 
 
-def _val_line(point: dict[str, Any], epoch: int, lr: float | None) -> dict[str, Any]:
-    line: dict[str, Any] = {"mode": "val", "epoch": epoch, "iter": point["iter"]}
+def _val_line(point: dict[str, Any], lr: float | None) -> dict[str, Any]:
+    line: dict[str, Any] = {"mode": "val", "epoch": 1, "iter": point["iter"]}
     if lr is not None:
         line["lr"] = lr
     for key in VAL_FRACTIONS:
