@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from dnlrepro.core import registry, workspace
 from dnlrepro.core.config import Config
 from dnlrepro.engine import machine
 from dnlrepro.engine.inference import SINGLE_SCALE, checkpoint_label
@@ -133,8 +134,6 @@ def published_metrics(cfg: Config, measured: dict[str, float]) -> dict[str, floa
     A view only: the verdict, with its tolerances and the smoke profile's own reference, is
     ``dnlrepro diff`` (reports/diff.md).
     """
-    from dnlrepro.core import registry, workspace
-
     try:
         entry = registry.load_published(workspace.find().registry_file).entry(cfg.name)
     except (registry.PublishedError, FileNotFoundError) as e:

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dnlrepro.core.files import write_bytes_atomic
+
 logger = logging.getLogger(__name__)
 
 DECIMALS = 5  # mmcv TextLoggerHook._round_float
@@ -209,8 +211,6 @@ def _val_line(point: dict[str, Any], lr: float | None) -> dict[str, Any]:
 
 def write(path: str | Path, lines: Iterable[dict[str, Any]]) -> Path:
     """One JSON object per line, as mmcv dumps them."""
-    from dnlrepro.core.files import write_bytes_atomic
-
     path = Path(path)
     text = "".join(json.dumps(line) + "\n" for line in lines)
     write_bytes_atomic(path, text.encode())

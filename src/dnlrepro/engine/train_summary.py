@@ -20,7 +20,7 @@ import torch
 
 from dnlrepro.core import workspace
 from dnlrepro.core.config import Config
-from dnlrepro.core.files import file_digest
+from dnlrepro.core.files import file_digest, write_bytes_atomic
 from dnlrepro.core.layout import layout_for, record
 from dnlrepro.engine import machine
 from dnlrepro.engine.distributed import DistInfo
@@ -103,7 +103,6 @@ def write_curves(history: dict[str, Any], out_dir: Path) -> list[Path]:
 
     The DVC plots (docs/pipeline.md, "Metrics and plots") read these files.
     """
-    from dnlrepro.core.files import write_bytes_atomic
 
     def table(header: list[str], rows: list[list[Any]]) -> bytes:
         lines = [",".join(header)]

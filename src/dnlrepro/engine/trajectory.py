@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dnlrepro.core.files import write_bytes_atomic, write_json
 from dnlrepro.engine import reflog
 from dnlrepro.engine.reflog import RefLog, mmcv_round
 
@@ -182,8 +183,6 @@ def write_outputs(
     """``log.json`` (our run in mmseg 0.x's format, the smoke references are recorded from it) and
     ``trajectory.json`` (the comparison replayed over the whole history, so a resumed run's record
     covers the iterations before the resume too; replaying never stops)."""
-    from dnlrepro.core.files import write_json
-
     out_dir.mkdir(parents=True, exist_ok=True)
     reflog.write(out_dir / LOG_FILE, reflog.lines_from_history(meta, history))
     if not reference:
@@ -209,8 +208,6 @@ def write_outputs(
 def write_plots(record: dict[str, Any], out_dir: Path) -> None:
     """``trajectory_loss.csv`` / ``trajectory_val.csv``: ours and the reference in long format
     (``iter,curve,<value>``), the DVC plots that ``.dvc/plots/overlay.json`` colours by curve."""
-    from dnlrepro.core.files import write_bytes_atomic
-
     published = record.get("published", {})
     for name, key, ours, ref in (
         ("trajectory_loss.csv", "loss", record.get("train", []), published.get("train", [])),
