@@ -377,11 +377,9 @@ def _resolved_profile(path: Path, recorded: Any, asked: str | Profile | None) ->
     return recorded
 
 
-def write_resolved(cfg: Config, path: Path) -> bytes:
-    """The text of a resolved configuration file: every key, plus the profile that resolved it."""
-    data = yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()
-    write_bytes_atomic(path, data)
-    return data
+def write_resolved(cfg: Config, path: Path) -> None:
+    """Write a resolved configuration file: every key, plus the profile that resolved it."""
+    write_bytes_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
 
 
 # --------------------------------------------------------------------------------------------

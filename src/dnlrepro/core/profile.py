@@ -16,7 +16,6 @@ own, published values), never the pipeline switch, and says so in its first log 
 from __future__ import annotations
 
 import fnmatch
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +25,6 @@ from dnlrepro.core.miniature import Miniature
 from dnlrepro.core.reference import SOURCES, ReferenceSettings
 from dnlrepro.core.schema import ConfigError, build, read_yaml
 from dnlrepro.core.workspace import Workspace
-
-logger = logging.getLogger(__name__)
 
 PROFILES: tuple[str, ...] = ("smoke", "paper", "published")
 # A configuration named without a profile runs with its own values: those of the published run.

@@ -20,7 +20,6 @@ whose unchanged output DVC then recognises. docs/pipeline.md, "What re-runs when
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,6 @@ from dnlrepro.core.registry import load_published
 from dnlrepro.core.runs import Run, stage
 from dnlrepro.core.schema import ConfigError, build, read_yaml
 from dnlrepro.core.workspace import Workspace
-
-logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 PLAN_FILE = "run.yaml"

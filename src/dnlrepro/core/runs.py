@@ -21,7 +21,6 @@ written to ``params/runs.yaml`` by ``dnlrepro profile NAME`` (which also sets ``
 from __future__ import annotations
 
 import fnmatch
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +28,11 @@ from pathlib import Path
 from dnlrepro.core import workspace
 from dnlrepro.core.files import write_bytes_atomic
 from dnlrepro.core.profile import Profile, load_profile
+from dnlrepro.core.registry import DATASETS as DATASETS
 from dnlrepro.core.registry import load_published
 from dnlrepro.core.schema import ConfigError, read_yaml
 from dnlrepro.core.workspace import Workspace
 
-logger = logging.getLogger(__name__)
-
-DATASETS: tuple[str, ...] = ("cityscapes", "ade20k")
 # The stages of dvc.yaml, in DAG order: per dataset, per run, then once. Code that builds or
 # parses a stage name goes through stage() / parse_stage().
 DATASET_STAGES: tuple[str, ...] = ("download", "prepare")

@@ -77,6 +77,16 @@ def build(
     return cls(**kwargs)
 
 
+# Scalar field type -> (what an error says it must be, the types it accepts). A bool (a
+# subclass of int in Python) is accepted only where a bool is expected.
+_SCALARS: dict[type, tuple[str, Any]] = {
+    bool: ("true or false", bool),
+    int: ("an integer", int),
+    float: ("a number", int | float),
+    str: ("a string", str),
+}
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -111,33 +121,18 @@ def check_value(
         if not isinstance(value, list | tuple):
             raise fail(f"a list of {_type_name(args[0])}")
         if len(args) == 2 and args[1] is Ellipsis:
-            out = tuple(
-                check_value(args[0], v, source, f"{key}[{i}]", choices, hint, ranges)
-                for i, v in enumerate(value)
-            )
-        else:
-            if len(value) != len(args):
-                raise fail(f"a list of {len(args)} values")
-            out = tuple(
-                check_value(a, v, source, f"{key}[{i}]", choices, hint, ranges)
-                for i, (a, v) in enumerate(zip(args, value, strict=True))
-            )
-    elif tp is bool:
-        if not isinstance(value, bool):
-            raise fail("true or false")
-        out = value
-    elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail("an integer")
-        out = value
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise fail("a number")
-        out = float(value)
-    elif tp is str:
-        if not isinstance(value, str):
-            raise fail("a string")
-        out = value
+            args = (args[0],) * len(value)
+        elif len(value) != len(args):
+            raise fail(f"a list of {len(args)} values")
+        out = tuple(
+            check_value(a, v, source, f"{key}[{i}]", choices, hint, ranges)
+            for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
+    elif tp in _SCALARS:
+        expected, accepted = _SCALARS[tp]
+        if isinstance(value, bool) is not (tp is bool) or not isinstance(value, accepted):
+            raise fail(expected)
+        out = float(value) if tp is float else value
     elif tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise fail("a mapping")

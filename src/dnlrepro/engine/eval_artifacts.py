@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dnlrepro.core import registry, workspace
 from dnlrepro.core.config import Config
 from dnlrepro.engine import machine
 from dnlrepro.engine.inference import SINGLE_SCALE, checkpoint_label
@@ -134,8 +135,6 @@ def published_metrics(cfg: Config, measured: dict[str, float]) -> dict[str, floa
     A view only: the verdict, with its tolerances and the smoke profile's own reference, is
     ``dnlrepro diff`` (reports/diff.md).
     """
-    from dnlrepro.core import registry, workspace
-
     try:
         entry = registry.load_published(workspace.find().registry_file).entry(cfg.name)
     except (registry.PublishedError, FileNotFoundError) as e:
@@ -224,9 +223,6 @@ def per_class_plot_csv(result: dict[str, Any]) -> bytes:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["class", "IoU", "IoU_ms_flip"])
     for name, value in ss.items():
-        writer.writerow([name, "" if value is None else value, _blank(ms.get(name))])
+        row = [value, ms.get(name)]
+        writer.writerow([name, *("" if v is None else v for v in row)])
     return buf.getvalue().encode()
-
-
-def _blank(value: float | None) -> str | float:
-    return "" if value is None else value

@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dnlrepro.core.files import write_bytes_atomic
+
 logger = logging.getLogger(__name__)
 
 DECIMALS = 5  # mmcv TextLoggerHook._round_float
-LOG_INTERVAL = 50  # log_config.interval of the mmseg 0.x runtime (§4.1)
 META_KEYS = ("env_info", "seed", "exp_name", "config", "mmseg_version", "CLASSES", "PALETTE")
 TRAIN_REQUIRED = ("iter", "lr", "loss")
 VAL_REQUIRED = ("iter", "mIoU")
@@ -66,12 +67,6 @@ class RefLog:
     meta: dict[str, Any]
     train: tuple[TrainPoint, ...]
     val: tuple[ValPoint, ...]
-
-    def train_at(self) -> dict[int, TrainPoint]:
-        return {p.iter: p for p in self.train}
-
-    def val_at(self) -> dict[int, ValPoint]:
-        return {p.iter: p for p in self.val}
 
 
 def mmcv_round(value: float) -> float:
@@ -189,24 +184,23 @@ def _rounded(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: mmcv_round(v) if isinstance(v, float) else v for k, v in obj.items()}
 
 
-def lines_from_history(
-    meta: dict[str, Any], history: dict[str, Any], epoch: int = 1
-) -> Iterable[dict[str, Any]]:
-    """Our history (``state.history``: percent mIoU) as mmseg 0.x log lines (fractions)."""
+def lines_from_history(meta: dict[str, Any], history: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    """Our history (``state.history``: percent mIoU) as mmseg 0.x log lines (fractions), all of
+    them in epoch 1 (an iteration-based run)."""
     yield meta
     val = {p["iter"]: p for p in history.get("val", [])}
     for point in history.get("train", []):
         it = point["iter"]
         losses = {k: v for k, v in point.items() if k not in ("iter", "lr")}
-        yield _rounded({"mode": "train", "epoch": epoch, "iter": it, "lr": point["lr"], **losses})
+        yield _rounded({"mode": "train", "epoch": 1, "iter": it, "lr": point["lr"], **losses})
         if it in val:
-            yield _val_line(val.pop(it), epoch, point["lr"])
+            yield _val_line(val.pop(it), point["lr"])
     for it in sorted(val):  # evaluations at iterations without a log line
-        yield _val_line(val[it], epoch, None)
+        yield _val_line(val[it], None)
 
 
-def _val_line(point: dict[str, Any], epoch: int, lr: float | None) -> dict[str, Any]:
-    line: dict[str, Any] = {"mode": "val", "epoch": epoch, "iter": point["iter"]}
+def _val_line(point: dict[str, Any], lr: float | None) -> dict[str, Any]:
+    line: dict[str, Any] = {"mode": "val", "epoch": 1, "iter": point["iter"]}
     if lr is not None:
         line["lr"] = lr
     for key in VAL_FRACTIONS:
@@ -217,8 +211,6 @@ def _val_line(point: dict[str, Any], epoch: int, lr: float | None) -> dict[str, 
 
 def write(path: str | Path, lines: Iterable[dict[str, Any]]) -> Path:
     """One JSON object per line, as mmcv dumps them."""
-    from dnlrepro.core.files import write_bytes_atomic
-
     path = Path(path)
     text = "".join(json.dumps(line) + "\n" for line in lines)
     write_bytes_atomic(path, text.encode())

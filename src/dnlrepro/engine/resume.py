@@ -18,7 +18,6 @@ module decides which files a training run keeps and which one it resumes.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import time
@@ -31,19 +30,14 @@ from torch import nn
 
 from dnlrepro.core.config import Config
 
-logger = logging.getLogger(__name__)
-
 LATEST = "latest.pth"
 FINAL = "final.pth"
+MAX_KEEP = 2  # iter_*.pth kept (newest first); mmcv's default keeps all
 _ITER_RE = re.compile(r"^iter_(\d+)\.pth$")
 
 
 class ResumeError(RuntimeError):
     """A checkpoint in the work dir cannot be resumed by this run."""
-
-
-def iter_path(work_dir: Path, iteration: int) -> Path:
-    return work_dir / f"iter_{iteration}.pth"
 
 
 def config_meta(cfg: Config, iteration: int) -> dict[str, Any]:
@@ -74,7 +68,6 @@ def save_train_checkpoint(
     scaler: dict[str, Any] | None = None,
     history: dict[str, Any] | None = None,
     mlflow_run_id: str | None = None,
-    max_keep: int = 2,
 ) -> Path:
     """Write ``iter_<iteration>.pth`` atomically, point ``latest.pth`` at it, prune old ones.
 
@@ -82,14 +75,13 @@ def save_train_checkpoint(
         model: the bare model (not the DDP wrapper).
         rng: one RNG state per rank (``torch.get_rng_state()``), restored on resume.
         mlflow_run_id: the run a resumed training goes on logging to (None: not tracked).
-        max_keep: keep this many ``iter_*.pth`` (newest first); ``<= 0`` keeps all (mmcv default).
 
     Returns:
         The path of the new checkpoint.
     """
     from dnlrepro.models import save_checkpoint
 
-    path = iter_path(work_dir, iteration)
+    path = work_dir / f"iter_{iteration}.pth"
     # save_checkpoint writes a temp file and renames it: a kill mid-write keeps the old files.
     save_checkpoint(
         path,
@@ -105,9 +97,8 @@ def save_train_checkpoint(
         mlflow_run_id=mlflow_run_id,
     )
     _point_latest(work_dir, path)
-    if max_keep > 0:
-        for old in sorted(_iter_checkpoints(work_dir))[:-max_keep]:
-            old[1].unlink(missing_ok=True)
+    for _, old in sorted(_iter_checkpoints(work_dir))[:-MAX_KEEP]:
+        old.unlink(missing_ok=True)
     return path
 
 
@@ -165,12 +156,8 @@ def load_resume(path: Path, cfg: Config) -> dict[str, Any]:
 
 
 def _iter_checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
-    out = []
-    for p in work_dir.glob("iter_*.pth"):
-        m = _ITER_RE.match(p.name)
-        if m:
-            out.append((int(m.group(1)), p))
-    return out
+    found = ((_ITER_RE.match(p.name), p) for p in work_dir.glob("iter_*.pth"))
+    return [(int(m.group(1)), p) for m, p in found if m]
 
 
 def _point_latest(work_dir: Path, target: Path) -> None:

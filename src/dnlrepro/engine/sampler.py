@@ -55,7 +55,6 @@ class InfiniteDistributedSampler(Sampler[tuple[int, int]]):
         world_size: number of processes of this run.
         seed: base seed (``cfg.schedule.seed``); epoch ``e`` shuffles with ``seed + e``.
         start: number of this rank's elements to skip (``iteration * batch_size`` on resume).
-        shuffle: ``False`` gives ``range(n)`` every epoch (still padded and split).
         batch_size: this rank's batch; ``world_size * batch_size`` is the global batch.
         protocol_ranks: ranks of the published layout whose stream is split (default:
             ``world_size``, i.e. this run's own layout); must divide the global batch. Each
@@ -74,7 +73,6 @@ class InfiniteDistributedSampler(Sampler[tuple[int, int]]):
         world_size: int = 1,
         seed: int = 0,
         start: int = 0,
-        shuffle: bool = True,
         batch_size: int = 1,
         protocol_ranks: int | None = None,
     ) -> None:
@@ -96,7 +94,7 @@ class InfiniteDistributedSampler(Sampler[tuple[int, int]]):
                 f"protocol_ranks={ranks} does not divide the global batch {global_batch}"
             )
         self.num_samples, self.rank, self.world_size = num_samples, rank, world_size
-        self.seed, self.start, self.shuffle, self.batch_size = seed, start, shuffle, batch_size
+        self.seed, self.start, self.batch_size = seed, start, batch_size
         self.protocol_ranks, self.protocol_batch = ranks, global_batch // ranks
         # Per published rank, DistributedSampler(drop_last=False): ceil(n / W) ...
         self.per_rank = per_rank = math.ceil(num_samples / ranks)
@@ -116,12 +114,9 @@ class InfiniteDistributedSampler(Sampler[tuple[int, int]]):
         return [idx for idx, _ in self._epoch_pairs(epoch)]
 
     def _epoch_pairs(self, epoch: int) -> list[tuple[int, int]]:
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + epoch)
-            order = torch.randperm(self.num_samples, generator=g).tolist()
-        else:
-            order = list(range(self.num_samples))
+        g = torch.Generator()
+        g.manual_seed(self.seed + epoch)
+        order = torch.randperm(self.num_samples, generator=g).tolist()
         # Pad by repeating the head (as DistributedSampler does) so every rank gets equal work.
         padding = self.total_size - len(order)
         if padding > 0:

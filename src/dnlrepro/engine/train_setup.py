@@ -63,10 +63,14 @@ def process_scope(work_dir: Path, device: str | None) -> Iterator[DistInfo]:
             work_dir.mkdir(parents=True, exist_ok=True)
             undo.enter_context(work_lock.hold(work_dir))
         distributed.barrier(info)
-        log_handler = _add_file_log(work_dir, info)
-        if log_handler is not None:
-            undo.callback(log_handler.close)
-            undo.callback(logging.getLogger("dnlrepro").removeHandler, log_handler)
+        if info.is_main:  # a copy of the dnlrepro log in work_dir/train.log
+            handler = logging.FileHandler(work_dir / "train.log")
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+            )
+            logging.getLogger("dnlrepro").addHandler(handler)
+            undo.callback(handler.close)
+            undo.callback(logging.getLogger("dnlrepro").removeHandler, handler)
         undo.callback(torch.set_deterministic_debug_mode, torch.get_deterministic_debug_mode())
         undo.callback(precision.set_tf32_flags, *precision.tf32_flags())
         yield info
@@ -248,13 +252,3 @@ def build_loader(
         # would shift the dropout stream of a resumed run by one draw.
         generator=torch.Generator().manual_seed(cfg.schedule.seed),
     )
-
-
-def _add_file_log(work_dir: Path, info: DistInfo) -> logging.Handler | None:
-    """Copy the ``dnlrepro`` log into ``work_dir/train.log`` (rank 0 only)."""
-    if not info.is_main:
-        return None
-    handler = logging.FileHandler(work_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("dnlrepro").addHandler(handler)
-    return handler

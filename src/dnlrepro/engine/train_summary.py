@@ -20,7 +20,7 @@ import torch
 
 from dnlrepro.core import workspace
 from dnlrepro.core.config import Config
-from dnlrepro.core.files import file_digest
+from dnlrepro.core.files import file_digest, write_bytes_atomic
 from dnlrepro.core.layout import layout_for, record
 from dnlrepro.engine import machine
 from dnlrepro.engine.distributed import DistInfo
@@ -103,7 +103,6 @@ def write_curves(history: dict[str, Any], out_dir: Path) -> list[Path]:
 
     The DVC plots (docs/pipeline.md, "Metrics and plots") read these files.
     """
-    from dnlrepro.core.files import write_bytes_atomic
 
     def table(header: list[str], rows: list[list[Any]]) -> bytes:
         lines = [",".join(header)]
@@ -129,14 +128,11 @@ def last_losses(history: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in last.items() if k not in ("iter", "lr")}
 
 
-def val_scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    """mIoU / mAcc / aAcc that are numbers (a class-less validation reports None: not logged)."""
-    return {k: float(metrics[k]) for k in ("mIoU", "mAcc", "aAcc") if metrics.get(k) is not None}
-
-
 def val_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """:func:`val_scalars` as MLflow metrics ``val/mIoU`` ...: one point per validation."""
-    return {f"val/{k}": v for k, v in val_scalars(metrics).items()}
+    """MLflow metrics ``val/mIoU``, ``val/mAcc``, ``val/aAcc``: one point per validation; a
+    class-less validation reports None, which is not logged."""
+    keys = ("mIoU", "mAcc", "aAcc")
+    return {f"val/{k}": float(metrics[k]) for k in keys if metrics.get(k) is not None}
 
 
 def as_float(value: Any) -> float:
@@ -150,7 +146,7 @@ def track_final(
     summary: dict[str, Any],
     timing: dict[str, Any],
     summary_path: Path,
-    history: dict[str, Any] | None = None,
+    history: dict[str, Any],
 ) -> None:
     """Training time and memory, config, summary, per-class IoU of the last validation and the
     training curves as a PNG (failures only warn).
@@ -175,8 +171,7 @@ def track_final(
         {"class": list(per_class), "IoU": list(per_class.values())}, "val_per_class_iou.json"
     )
     tracker.log_artifact(summary_path)
-    if history is not None:
-        tracker.log_plot("training_curves", history, "training_curves.png")
+    tracker.log_plot("training_curves", history, "training_curves.png")
 
 
 def memory_mb(dev: torch.device) -> float:

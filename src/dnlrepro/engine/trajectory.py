@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dnlrepro.core.files import write_bytes_atomic, write_json
 from dnlrepro.engine import reflog
 from dnlrepro.engine.reflog import RefLog, mmcv_round
 
@@ -55,8 +56,8 @@ class Trajectory:
     val_points: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._train = self.ref.train_at()
-        self._val = self.ref.val_at()
+        self._train = {p.iter: p for p in self.ref.train}
+        self._val = {p.iter: p for p in self.ref.val}
 
     def on_train(self, point: dict[str, Any], tracker: Any = None) -> None:
         """``point``: our history entry (``iter``, ``lr``, ``loss``, ...) of a logged iteration."""
@@ -145,11 +146,6 @@ def _loss_verdict(compared: int, outside: list[int]) -> str:
     return "in band" if not outside else f"left the band at {len(outside)} of {compared} points"
 
 
-def empty_record(reason: str) -> dict[str, Any]:
-    """``trajectory.json`` of a run without a comparison (no reference, or switched off)."""
-    return {"reference": None, "reason": reason}
-
-
 # ---------------------------------------------------------------------------------------------
 # Wiring: what engine/train.py calls
 # ---------------------------------------------------------------------------------------------
@@ -187,12 +183,12 @@ def write_outputs(
     """``log.json`` (our run in mmseg 0.x's format, the smoke references are recorded from it) and
     ``trajectory.json`` (the comparison replayed over the whole history, so a resumed run's record
     covers the iterations before the resume too; replaying never stops)."""
-    from dnlrepro.core.files import write_json
-
     out_dir.mkdir(parents=True, exist_ok=True)
     reflog.write(out_dir / LOG_FILE, reflog.lines_from_history(meta, history))
     if not reference:
-        write_json(out_dir / TRAJECTORY_FILE, empty_record("no reference trajectory"))
+        write_json(
+            out_dir / TRAJECTORY_FILE, {"reference": None, "reason": "no reference trajectory"}
+        )
         write_plots({}, out_dir)
         return
     log = reflog.read(reference["log"])
@@ -212,8 +208,6 @@ def write_outputs(
 def write_plots(record: dict[str, Any], out_dir: Path) -> None:
     """``trajectory_loss.csv`` / ``trajectory_val.csv``: ours and the reference in long format
     (``iter,curve,<value>``), the DVC plots that ``.dvc/plots/overlay.json`` colours by curve."""
-    from dnlrepro.core.files import write_bytes_atomic
-
     published = record.get("published", {})
     for name, key, ours, ref in (
         ("trajectory_loss.csv", "loss", record.get("train", []), published.get("train", [])),
