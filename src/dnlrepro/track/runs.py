@@ -133,14 +133,3 @@ def resumed_run(
         return None
     return run
 
-
-__all__ = [
-    "EXPERIMENT_KIND",
-    "EXPERIMENT_KIND_TAG",
-    "VIEW_STATE",
-    "experiment_id",
-    "find_run",
-    "resumed_run",
-    "run_name",
-    "view_url",
-]
