@@ -410,11 +410,9 @@ def main(args: argparse.Namespace) -> int:
     if miniature is None:
         raise ValueError("params/profiles.yaml: profile 'smoke' has no 'miniature' block")
     smoke = miniature.synthetic()
-    sizes = smoke.cityscapes if args.dataset == "cityscapes" else smoke.ade20k
+    sizes = getattr(smoke, args.dataset)
     given = {k: v for k, v in vars(args).items() if v is not None and hasattr(sizes, k)}
     seed = smoke.seed if args.seed is None else args.seed
-    spec = dataclasses.replace(
-        smoke, seed=seed, **{args.dataset: dataclasses.replace(sizes, **given)}
-    )
-    write(args.dataset, args.out, spec)
+    sizes = dataclasses.replace(sizes, **given)
+    write(args.dataset, args.out, dataclasses.replace(smoke, seed=seed, **{args.dataset: sizes}))
     return 0
