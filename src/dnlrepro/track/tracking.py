@@ -10,9 +10,7 @@ Behaviour verified on this machine (MLflow 3.17.2, DVC 3.67.1):
 * a fresh sqlite DB must be created and migrated once before parallel stages start (concurrent
   first use races in Alembic): ``dnlrepro mlflow-init`` does that;
 * only a *missing* DB is ever created: an existing one that is empty, truncated or otherwise
-  damaged fails the stage (:class:`StoreError`, :func:`check_store`), because sqlite would take
-  an empty file for a new DB and MLflow would migrate it, and a truncated one would only cost a
-  WARNING: either way every run recorded so far would be gone without a word;
+  damaged fails the stage (:class:`StoreError`, :func:`check_store`; why: :mod:`.store`);
 * artifacts are stored next to the DB (``<db dir>/mlruns``), never in the current directory;
 * MLflow is a view, not the source of truth: every call here catches its exception and logs a
   WARNING once per kind of call, so a tracking failure never ends a multi-day training run
