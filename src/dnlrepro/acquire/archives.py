@@ -19,6 +19,7 @@ temporary folder: nothing is left behind, not even an empty parent folder this c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -128,7 +129,9 @@ def safe_extract(
     limits = limits or limits_for(archive)
     if not archive.is_file():
         raise FileNotFoundError(f"archive {archive} does not exist")
-    created = _make_parent(target)
+    missing = [p for p in target.parents if not p.exists()]  # to remove after a failure
+    target.parent.mkdir(parents=True, exist_ok=True)
+    created = missing[-1] if missing else None
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.extracting-", dir=target.parent))
     try:
         n = _extract(archive, target, tmp, strip_components, limits)
@@ -140,40 +143,30 @@ def safe_extract(
     return n
 
 
-def _make_parent(target: Path) -> Path | None:
-    """Create ``target``'s parent folder; the top-most folder created (None: all existed)."""
-    missing = [p for p in target.parents if not p.exists()]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return missing[-1] if missing else None
-
-
 def _extract(archive: Path, target: Path, tmp: Path, strip: int, limits: Limits) -> int:
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                return _extract_plan(archive, _plan_zip(archive, zf, strip), target, tmp, limits)
-        if tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as tf:
-                return _extract_plan(archive, _plan_tar(archive, tf, strip), target, tmp, limits)
+        with contextlib.ExitStack() as stack:
+            if zipfile.is_zipfile(archive):
+                plan = _plan_zip(archive, stack.enter_context(zipfile.ZipFile(archive)), strip)
+            elif tarfile.is_tarfile(archive):
+                plan = _plan_tar(archive, stack.enter_context(tarfile.open(archive)), strip)
+            else:
+                raise BadArchiveError(
+                    f"{archive}: not a zip or tar archive; delete it and fetch again"
+                )
+            _check_limits(archive, plan, limits)
+            _check_clashes(archive, plan)
+            for m in plan:
+                dest = (target / m.rel).resolve()
+                if dest != target and target not in dest.parents:  # e.g. through a link in target
+                    raise _refuse(archive, m.name, f"would be written outside {target} (to {dest})")
+            n = _write_members(archive, plan, tmp, limits)
+            _move_into_place(archive, tmp, target)
+            return n
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as e:
         raise BadArchiveError(
             f"{archive}: corrupt or truncated archive ({e}); delete it and fetch again"
         ) from e
-    raise BadArchiveError(f"{archive}: not a zip or tar archive; delete it and fetch again")
-
-
-def _extract_plan(
-    archive: Path, plan: list[_Member], target: Path, tmp: Path, limits: Limits
-) -> int:
-    _check_limits(archive, plan, limits)
-    _check_clashes(archive, plan)
-    for m in plan:
-        dest = (target / m.rel).resolve()
-        if dest != target and target not in dest.parents:  # e.g. through a link in the target
-            raise _refuse(archive, m.name, f"would be written outside {target} (to {dest})")
-    n = _write_members(archive, plan, tmp, limits)
-    _move_into_place(archive, tmp, target)
-    return n
 
 
 # ---------------------------------------------------------------------------------------------

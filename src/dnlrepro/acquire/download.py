@@ -59,7 +59,6 @@ from dnlrepro.acquire.verify import (  # "X as X": re-exported, callers import t
     verify_or_pin,
 )
 from dnlrepro.acquire.verify import sha256_prefix_from_name as sha256_prefix_from_name
-from dnlrepro.acquire.verify import verify_file as verify_file
 from dnlrepro.core import workspace
 from dnlrepro.core.files import file_digest as file_digest
 from dnlrepro.core.registry import PRETRAINED_URLS  # §2.2, shared with training
@@ -80,9 +79,11 @@ CITYSCAPES_PACKAGES: dict[str, int] = {  # archive name -> packageID (§3.1)
 CITYSCAPES_ARCHIVES: tuple[str, ...] = tuple(CITYSCAPES_PACKAGES)
 
 
+WHAT = ("ade20k", "cityscapes", "pretrained", "checkpoints", "logs")  # what `fetch` fetches
 REFERENCE_LOGS = "reference_logs"  # downloads/<this>: the published training logs (§6.4)
 MIRROR_ENV = "DNLREPRO_MIRROR"
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+TIMEOUT = 60.0  # socket timeout (s)
 
 
 class CredentialsError(DownloadError):
@@ -123,15 +124,13 @@ def new_session(retries: int = 5, backoff: float = 2.0) -> requests.Session:
     return session
 
 
-def _fetch_once(
-    url: str, part: Path, session: requests.Session, timeout: float, follow: bool
-) -> None:
+def _fetch_once(url: str, part: Path, session: requests.Session, follow: bool) -> None:
     """Append the rest of ``url`` to ``part`` (Range from its size); raise on short bodies."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
         resp = session.get(
-            url, headers=headers, stream=True, timeout=timeout, allow_redirects=follow
+            url, headers=headers, stream=True, timeout=TIMEOUT, allow_redirects=follow
         )
     except requests.RequestException as e:  # the session's retries are spent
         raise DownloadError(f"{url}: {e}") from e
@@ -188,7 +187,6 @@ def download_url(
     dest_dir: Path | None = None,
     *,
     sha256_prefix: str | None = None,
-    sha256: str | None = None,
     size: int | None = None,
     md5: str | None = None,
     filename: str | None = None,
@@ -196,7 +194,6 @@ def download_url(
     follow_redirects: bool = True,
     retries: int = 5,
     backoff: float = 2.0,
-    timeout: float = 60.0,
 ) -> Path:
     """Download ``url`` into ``dest_dir`` (default ``<workspace>/downloads``); the verified path.
 
@@ -206,12 +203,12 @@ def download_url(
     is deleted and fetched again.
 
     Args:
-        sha256_prefix / sha256 / md5 / size: expectations (md5: what Cityscapes publishes).
+        sha256_prefix / md5 / size: expectations (md5: what Cityscapes publishes).
         filename: local name (default: the URL's last path component).
         session: requests session (e.g. holding the Cityscapes login cookie).
         follow_redirects: False for a login-protected URL (a redirect means "log in again").
         retries: retries after a transient failure or a checksum mismatch.
-        backoff: first retry delay in seconds, doubled each time; timeout: socket timeout (s).
+        backoff: first retry delay in seconds, doubled each time.
 
     Raises:
         DownloadError: HTTP error or retries exhausted. ChecksumError: verification failed.
@@ -221,8 +218,7 @@ def download_url(
     name = filename or Path(urllib.parse.urlparse(url).path).name
     if not name:
         raise ValueError(f"cannot derive a file name from {url!r}; pass filename=")
-    hashes = {"sha256_prefix": sha256_prefix, "sha256": sha256, "md5": md5, "size": size}
-    expect = expected_for(name, dest_dir, **hashes)
+    expect = expected_for(name, dest_dir, sha256_prefix=sha256_prefix, md5=md5, size=size)
     dest = dest_dir / name
     if dest.exists():
         problems = verify_or_pin(dest, name, expect, url)
@@ -234,9 +230,7 @@ def download_url(
     own = session is None
     session = session or new_session(retries, backoff)
     try:
-        _fetch_verified(
-            mirrored(url), dest, expect, session, (retries, backoff, timeout), follow_redirects
-        )
+        _fetch_verified(mirrored(url), dest, expect, session, retries, backoff, follow_redirects)
     finally:
         if own:
             session.close()
@@ -249,12 +243,11 @@ def _fetch_verified(
     dest: Path,
     expect: Expected,
     session: requests.Session,
-    tries: tuple[int, float, float],
+    retries: int,
+    backoff: float,
     follow: bool,
 ) -> None:
-    """Fetch into ``<dest>.part`` (resuming after a break), verify, then rename to ``dest``;
-    ``tries``: (retries, first backoff delay, socket timeout)."""
-    retries, backoff, timeout = tries
+    """Fetch into ``<dest>.part`` (resuming after a break), verify, then rename to ``dest``."""
     part = dest.with_name(dest.name + ".part")
     last, bad_content = "", False  # last failure, and whether it was a verification failure
     for attempt in range(retries + 1):
@@ -264,7 +257,7 @@ def _fetch_verified(
             logger.warning("%s: %s", dest.name, how)
             time.sleep(delay)
         try:
-            _fetch_once(url, part, session, timeout, follow)
+            _fetch_once(url, part, session, follow)
         except _TransientError as e:
             last, bad_content = str(e), False
             continue
@@ -292,14 +285,11 @@ def _fetch_verified(
 
 def cityscapes_credentials() -> tuple[str, str]:
     """``(username, password)`` from the environment, or a :class:`CredentialsError`."""
-    user = os.environ.get("CITYSCAPES_USERNAME", "")
-    password = os.environ.get("CITYSCAPES_PASSWORD", "")
-    if not user or not password:
-        missing = [
-            n
-            for n, v in (("CITYSCAPES_USERNAME", user), ("CITYSCAPES_PASSWORD", password))
-            if not v
-        ]
+    user, password = (os.environ.get(n, "") for n in ("CITYSCAPES_USERNAME", "CITYSCAPES_PASSWORD"))
+    missing = [
+        n for n, v in (("CITYSCAPES_USERNAME", user), ("CITYSCAPES_PASSWORD", password)) if not v
+    ]
+    if missing:
         raise CredentialsError(
             f"Cityscapes needs a login: set {' and '.join(missing)} in the environment (register "
             f"at {CITYSCAPES_REGISTER_URL}), or point DNLREPRO_LOCAL_DATA (pipeline) or "
@@ -308,25 +298,18 @@ def cityscapes_credentials() -> tuple[str, str]:
     return user, password
 
 
-def cityscapes_login(
-    user: str,
-    password: str,
-    base_url: str = CITYSCAPES_URL,
-    timeout: float = 60.0,
-    session: requests.Session | None = None,
-) -> requests.Session:
-    """Log in (form POST, success = 302) and return the session holding the login cookie.
+def cityscapes_login(session: requests.Session, base: str, user: str, password: str) -> None:
+    """Log in (form POST, success = 302): ``session`` then holds the login cookie.
 
     The credentials only travel in the POST body; they are never logged or written.
     """
-    session = session or new_session()
-    login = f"{base_url.rstrip('/')}/login"  # no trailing slash, as cityscapesscripts
+    login = f"{base}/login"  # no trailing slash, as cityscapesscripts
     form = {"username": user, "password": password, "submit": "Login"}
     try:
-        resp = session.get(login, timeout=timeout, allow_redirects=False)  # the csrf cookie
+        resp = session.get(login, timeout=TIMEOUT, allow_redirects=False)  # the csrf cookie
         if resp.status_code >= 400:
             raise DownloadError(f"{login}: HTTP {resp.status_code} {resp.reason}")
-        resp = session.post(login, data=form, timeout=timeout, allow_redirects=False)
+        resp = session.post(login, data=form, timeout=TIMEOUT, allow_redirects=False)
     except requests.RequestException as e:
         raise DownloadError(f"{login}: cannot reach the Cityscapes server ({e})") from None
     if resp.status_code != 302:
@@ -334,8 +317,7 @@ def cityscapes_login(
             f"Cityscapes rejected the login (HTTP {resp.status_code}); check CITYSCAPES_USERNAME "
             f"/ CITYSCAPES_PASSWORD (account from {CITYSCAPES_REGISTER_URL})"
         )
-    logger.info("logged in to %s", base_url)
-    return session
+    logger.info("logged in to %s", base)
 
 
 def download_cityscapes(
@@ -344,42 +326,29 @@ def download_cityscapes(
     *,
     retries: int = 5,
     backoff: float = 2.0,
-    timeout: float = 60.0,
 ) -> list[Path]:
     """Both Cityscapes packages (gtFine, leftImg8bit), md5-verified (§3.1 'Archive hashes')."""
     user, password = cityscapes_credentials()
     base = mirrored(base_url.rstrip("/"))
-    opts = {"retries": retries, "backoff": backoff, "timeout": timeout}
     out = []
     with new_session(retries, backoff) as session:
-        cityscapes_login(user, password, base, timeout, session)
+        cityscapes_login(session, base, user, password)
         for name, package_id in CITYSCAPES_PACKAGES.items():
-            md5 = _cityscapes_md5(session, base, name, package_id, timeout)
+            md5 = _cityscapes_md5(session, base, name, package_id)
             url = f"{base}/file-handling/?packageID={package_id}"
             # follow_redirects=False: a redirect means "log in again", never another host
-            out.append(
-                download_url(
-                    url,
-                    dest_dir,
-                    filename=name,
-                    md5=md5,
-                    session=session,
-                    follow_redirects=False,
-                    **opts,
-                )
-            )
+            opts = {"md5": md5, "session": session, "retries": retries, "backoff": backoff}
+            out.append(download_url(url, dest_dir, filename=name, follow_redirects=False, **opts))
     return out
 
 
-def _cityscapes_md5(
-    session: requests.Session, base: str, name: str, package_id: int, timeout: float
-) -> str | None:
+def _cityscapes_md5(session: requests.Session, base: str, name: str, package_id: int) -> str | None:
     """The md5 to pass on: None for the known one (verify.KNOWN), which the site's own must agree
     with; for a stand-in named in ``$DNLREPRO_EXPECTED_SHA256``, the site's (next to that)."""
     site = None
     try:
         resp = session.get(
-            f"{base}/md5-sum/?packageID={package_id}", timeout=timeout, allow_redirects=False
+            f"{base}/md5-sum/?packageID={package_id}", timeout=TIMEOUT, allow_redirects=False
         )
         if resp.status_code == 200 and re.fullmatch(r"[0-9a-f]{32}", resp.text.split()[0]):
             site = resp.text.split()[0]
@@ -447,11 +416,10 @@ def link_local(what: str, local: Path, dest_dir: Path, names: Iterable[str] = ()
     if len(found) == len(names):
         return found
     if what in EXTRACTED:
-        root = local
         if what == "ade20k" and (local / "images").is_dir() and (local / "annotations").is_dir():
             return [_link(local, dest_dir / "ADEChallengeData2016")]
-        if all((root / d).is_dir() for d in EXTRACTED[what]):
-            return [_link(root / d, dest_dir / d) for d in EXTRACTED[what]]
+        if all((local / d).is_dir() for d in EXTRACTED[what]):
+            return [_link(local / d, dest_dir / d) for d in EXTRACTED[what]]
     missing = [n for n in names if not any(p.name == n for p in found)]
     layout = f" or the extracted folders {', '.join(EXTRACTED[what])}" if what in EXTRACTED else ""
     raise FileNotFoundError(f"--local {local}: missing {', '.join(missing)}{layout}")
@@ -507,7 +475,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--what",
         required=True,
-        choices=("ade20k", "cityscapes", "pretrained", "checkpoints", "logs"),
+        choices=WHAT,
     )
     parser.add_argument(
         "--dest",
@@ -546,20 +514,18 @@ def fetch(
     configs use), ``checkpoints`` (the published weights of ``configs``; default: every row) or
     ``logs`` (their published training logs, the reference trajectories).
     """
+    names: list[str] = []
     if what == "ade20k":
         names, urls = list(ADE20K_ARCHIVES), [ADE20K_URL]
     elif what == "cityscapes":
         names, urls = list(CITYSCAPES_ARCHIVES), []
-    elif what == "pretrained":
-        rows = list(checkpoint_urls(configs))  # the registry rows (validated; default: all)
-        urls = [PRETRAINED_URLS[n] for n in pretrained_for(rows)]
-        names = [Path(u).name for u in urls]
+    elif what == "pretrained":  # the registry rows' (validated; default: all) backbones
+        urls = [PRETRAINED_URLS[n] for n in pretrained_for(checkpoint_urls(configs))]
     elif what in ("checkpoints", "logs"):
-        urls = list((checkpoint_urls if what == "checkpoints" else log_urls)(configs).values())
-        names = [Path(u).name for u in urls]
+        urls = list(_registry_urls(configs, what.removesuffix("s")).values())
     else:
-        choices = "ade20k, cityscapes, pretrained, checkpoints, logs"
-        raise ValueError(f"unknown download {what!r}; choose one of {choices}")
+        raise ValueError(f"unknown download {what!r}; choose one of {', '.join(WHAT)}")
+    names = names or [Path(u).name for u in urls]
     if local is not None:
         return link_local(what, local, dest, names)
     if what == "cityscapes":

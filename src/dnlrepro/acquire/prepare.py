@@ -218,31 +218,6 @@ def _check_pair(task: tuple[str, str, str, str]) -> tuple[dict[str, Any], list[s
     return entries, problems
 
 
-def validate(
-    dataset: str, data_root: Path, expect: tuple[int, int], nproc: int = 1
-) -> tuple[dict[str, Any], dict[str, int], list[str]]:
-    """Check every pair of both splits: (file entries, counts, problems)."""
-    layout = LAYOUTS[dataset]
-    files: dict[str, Any] = {}
-    counts: dict[str, int] = {}
-    problems: list[str] = []
-    for split, n_expected in zip(SPLITS[dataset], expect, strict=True):
-        found, n_images, missing = pair_split(data_root, layout, split)
-        pairs = [(str(i.relative_to(data_root)), str(a.relative_to(data_root))) for i, a in found]
-        problems += missing
-        counts[split] = n_images
-        if n_images != n_expected:
-            problems.append(
-                f"{data_root / layout.img_dir / split}: {n_images} images, expected {n_expected} "
-                f"(pass --expect-train/--expect-val for other counts, e.g. synthetic data)"
-            )
-        tasks = [(dataset, str(data_root), i, a) for i, a in pairs]
-        for entries, probs in _pool_map(_check_pair, tasks, nproc, f"validate {split}"):
-            files.update(entries)
-            problems += probs
-    return files, counts, problems
-
-
 def validate_or_raise(
     dataset: str,
     data_root: Path,
@@ -250,10 +225,27 @@ def validate_or_raise(
     nproc: int = 1,
     earlier: list[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """:func:`validate`, raising one :class:`PrepareError` that lists every problem found
-    (including ``earlier`` ones, e.g. from the Cityscapes conversion)."""
-    files, counts, problems = validate(dataset, data_root, expect, nproc)
-    problems = [*(earlier or []), *problems]
+    """Check every pair of both splits: (file entries, counts), or one :class:`PrepareError`
+    that lists every problem found (including ``earlier`` ones, e.g. from the Cityscapes
+    conversion)."""
+    layout = LAYOUTS[dataset]
+    files: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    problems: list[str] = list(earlier or [])
+    for split, n_expected in zip(SPLITS[dataset], expect, strict=True):
+        found, n_images, missing = pair_split(data_root, layout, split)
+        problems += missing
+        counts[split] = n_images
+        if n_images != n_expected:
+            problems.append(
+                f"{data_root / layout.img_dir / split}: {n_images} images, expected {n_expected} "
+                f"(pass --expect-train/--expect-val for other counts, e.g. synthetic data)"
+            )
+        rel = [(str(i.relative_to(data_root)), str(a.relative_to(data_root))) for i, a in found]
+        tasks = [(dataset, str(data_root), i, a) for i, a in rel]
+        for entries, probs in _pool_map(_check_pair, tasks, nproc, f"validate {split}"):
+            files.update(entries)
+            problems += probs
     if not problems:
         return files, counts
     for p in problems:  # the log gets one line per problem ...
@@ -283,9 +275,19 @@ def read_manifest(data_root: Path) -> dict[str, Any] | None:
         return None
 
 
-def _archives_match(recorded: dict[str, Any], fp: dict[str, Any], archives_dir: Path) -> bool:
-    """Same archives as recorded: size+mtime equal, or (mtime changed, e.g. re-synthesised or
-    copied) the same sha256. Refreshes the recorded mtimes after a hash match."""
+def _manifest_current(
+    man: dict[str, Any], fp: dict[str, Any], expect: Iterable[int], root: Path, archives: Path
+) -> bool:
+    """The files on disk are the manifest's (present, same size), and so are the archives:
+    size+mtime equal, or (mtime changed, e.g. re-synthesised or copied) the same sha256. Refreshes
+    the recorded mtimes after a hash match."""
+    if man.get("expected") != list(expect):
+        return False
+    for rel, info in man.get("files", {}).items():
+        p = root / rel
+        if not p.is_file() or p.stat().st_size != info["size"]:
+            return False
+    recorded = man.get("archives") or {}
     if set(recorded) != set(fp):
         return False
     for name, now in fp.items():
@@ -293,22 +295,10 @@ def _archives_match(recorded: dict[str, Any], fp: dict[str, Any], archives_dir: 
         if rec.get("size") != now["size"]:
             return False
         if rec.get("mtime") != now["mtime"]:
-            if rec.get("sha256") != file_digest(archives_dir / name):
+            if rec.get("sha256") != file_digest(archives / name):
                 return False
             rec["mtime"] = now["mtime"]
     return True
-
-
-def _manifest_current(
-    man: dict[str, Any], fp: dict[str, Any], expect: Iterable[int], root: Path, archives: Path
-) -> bool:
-    if man.get("expected") != list(expect):
-        return False
-    for rel, info in man.get("files", {}).items():
-        p = root / rel
-        if not p.is_file() or p.stat().st_size != info["size"]:
-            return False
-    return _archives_match(man.get("archives") or {}, fp, archives)
 
 
 def prepare(
@@ -402,10 +392,9 @@ def main(args: argparse.Namespace) -> int:
     ws = workspace.find()
     root = args.data_root or ws.path(DEFAULT_ROOTS[args.dataset])
     archives = args.archives if args.archives is not None else ws.downloads
-    real = REAL_COUNTS[args.dataset]
-    expect = (
-        args.expect_train if args.expect_train is not None else real[0],
-        args.expect_val if args.expect_val is not None else real[1],
+    given = (args.expect_train, args.expect_val)
+    expect = tuple(
+        r if g is None else g for g, r in zip(given, REAL_COUNTS[args.dataset], strict=True)
     )
     prepare(args.dataset, archives, root, expect, nproc=args.nproc, force=args.force)
     return 0

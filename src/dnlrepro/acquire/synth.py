@@ -21,6 +21,7 @@ byte-identical archives.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import json
@@ -28,6 +29,7 @@ import logging
 import os
 import shutil
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -189,9 +191,13 @@ def _zip_add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
     zf.writestr(info, data, compress_type=zipfile.ZIP_STORED)
 
 
-def _open_zip(path: Path) -> tuple[zipfile.ZipFile, Path]:
+@contextlib.contextmanager
+def _zip_writer(path: Path) -> Iterator[zipfile.ZipFile]:
+    """A zip written as ``<path>.part`` and renamed to ``path`` once complete."""
     tmp = path.with_name(path.name + ".part")
-    return zipfile.ZipFile(tmp, "w"), tmp
+    with zipfile.ZipFile(tmp, "w") as zf:
+        yield zf
+    os.replace(tmp, path)
 
 
 def write_cityscapes(
@@ -217,9 +223,8 @@ def write_cityscapes(
         if lab.id >= 0:
             colors[lab.id] = lab.color[::-1]  # RGB -> BGR
     tex = _texture_params(256, seed=12345)
-    gt_zip, gt_tmp = _open_zip(out / "gtFine_trainvaltest.zip")
-    img_zip, img_tmp = _open_zip(out / "leftImg8bit_trainvaltest.zip")
-    with gt_zip, img_zip:
+    paths = [out / "gtFine_trainvaltest.zip", out / "leftImg8bit_trainvaltest.zip"]
+    with _zip_writer(paths[0]) as gt_zip, _zip_writer(paths[1]) as img_zip:
         for zf in (gt_zip, img_zip):
             _zip_add(zf, "README", b"Synthetic stand-in written by `dnlrepro synth`.\n")
             _zip_add(zf, "license.txt", b"Synthetic data, no license restrictions.\n")
@@ -243,9 +248,6 @@ def write_cityscapes(
                 _zip_add(
                     img_zip, f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png", _png_bytes(img)
                 )
-    paths = [out / "gtFine_trainvaltest.zip", out / "leftImg8bit_trainvaltest.zip"]
-    os.replace(gt_tmp, paths[0])
-    os.replace(img_tmp, paths[1])
     logger.info(
         "wrote synthetic Cityscapes (%d train, %d val, %dx%d) to %s",
         n_train,
@@ -314,12 +316,11 @@ def write_ade20k(
     colors[1:] = np.asarray(ADE20K_PALETTE, np.float32)[:, ::-1]  # RGB -> BGR
     tex = _texture_params(151, seed=54321)
     path = out / "ADEChallengeData2016.zip"
-    zf, tmp = _open_zip(path)
     # For objectInfo150.txt: pixels per raw label, and images containing it per split.
     pixels = np.zeros(151, np.int64)
     present = {"train": np.zeros(151, np.int64), "val": np.zeros(151, np.int64)}
     scenes = []
-    with zf:
+    with _zip_writer(path) as zf:
         for s, (split, n) in enumerate((("train", n_train), ("val", n_val))):
             folder = ADE20K_SPLITS[split]
             for i in tqdm(range(n), desc=f"synth ade20k {split}", leave=False, disable=None):
@@ -347,7 +348,6 @@ def write_ade20k(
         ]
         _zip_add(zf, "ADEChallengeData2016/objectInfo150.txt", "".join(rows).encode())
         _zip_add(zf, "ADEChallengeData2016/sceneCategories.txt", "".join(scenes).encode())
-    os.replace(tmp, path)
     logger.info("wrote synthetic ADE20K (%d train, %d val) to %s", n_train, n_val, path)
     return [path]
 
@@ -410,11 +410,9 @@ def main(args: argparse.Namespace) -> int:
     if miniature is None:
         raise ValueError("params/profiles.yaml: profile 'smoke' has no 'miniature' block")
     smoke = miniature.synthetic()
-    sizes = smoke.cityscapes if args.dataset == "cityscapes" else smoke.ade20k
+    sizes = getattr(smoke, args.dataset)
     given = {k: v for k, v in vars(args).items() if v is not None and hasattr(sizes, k)}
     seed = smoke.seed if args.seed is None else args.seed
-    spec = dataclasses.replace(
-        smoke, seed=seed, **{args.dataset: dataclasses.replace(sizes, **given)}
-    )
-    write(args.dataset, args.out, spec)
+    sizes = dataclasses.replace(sizes, **given)
+    write(args.dataset, args.out, dataclasses.replace(smoke, seed=seed, **{args.dataset: sizes}))
     return 0

@@ -145,7 +145,6 @@ def expected_for(
     dest_dir: Path,
     *,
     sha256_prefix: str | None = None,
-    sha256: str | None = None,
     md5: str | None = None,
     size: int | None = None,
 ) -> Expected:
@@ -153,27 +152,23 @@ def expected_for(
     override = expected_sha256(name)
     if override is not None:
         return Expected({"sha256": override, "md5": md5, "size": size}, f"${EXPECTED_SHA256_ENV}")
-    from_name = None if (sha256_prefix or sha256) else sha256_prefix_from_name(name)
-    known = {} if (sha256_prefix or sha256 or md5 or from_name) else KNOWN.get(name, {})
-    hashes = {
-        "sha256_prefix": sha256_prefix or from_name,
-        "sha256": sha256 or known.get("sha256"),
-        "md5": md5 or known.get("md5"),
-        "size": size or known.get("size"),
-    }
-    if sha256_prefix or sha256 or md5:
-        return Expected(hashes, "the caller")
-    if from_name or known:
-        return Expected(hashes, "its name" if from_name else "verify.KNOWN (docs/reference.md §3)")
+    from_name = sha256_prefix_from_name(name)
+    hashes = {"sha256_prefix": sha256_prefix or from_name, "md5": md5, "size": size}
+    if sha256_prefix or md5 or from_name:
+        return Expected(hashes, "the caller" if sha256_prefix or md5 else "its name")
+    if name in KNOWN:
+        known = {**hashes, **KNOWN[name], "size": size or KNOWN[name].get("size")}
+        return Expected(known, "verify.KNOWN (docs/reference.md §3)")
     pins = pins_path(dest_dir)
     pinned = _read_json(pins, str(pins), f"or delete {pins}").get(name) if pins.is_file() else None
     if pinned is None:
         return Expected(hashes, "nothing: no hash is known, it is pinned on first use", pins)
     if not isinstance(pinned, dict) or not pinned.get("sha256"):
         raise DownloadError(f"{pins}: the entry {name!r} has no sha256; fix or delete it")
-    hashes["sha256"] = pinned["sha256"]
     fix = f"if the new file is right, delete the entry {name!r} there"
-    return Expected(hashes, f"the sha256 pinned on first use in {pins} ({fix})")
+    return Expected(
+        {**hashes, "sha256": pinned["sha256"]}, f"the sha256 pinned on first use in {pins} ({fix})"
+    )
 
 
 def verify_or_pin(path: Path, name: str, expect: Expected, url: str = "") -> list[str]:

@@ -186,10 +186,8 @@ def _result(
     notes: list[str],
 ) -> dict[str, Any]:
     """The benchmark JSON: the README columns first (ours, then mmseg's), then how."""
-    if device.type == "cuda":
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        device_name = platform.processor() or platform.machine()
+    cpu = platform.processor() or platform.machine()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     return {
         "config": cfg.name,
         "profile": cfg.profile,

@@ -72,16 +72,14 @@ def experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            exp_id = client.create_experiment(name, artifact_location=artifact_location)
+            exp_id, tags = client.create_experiment(name, artifact_location=artifact_location), {}
         except Exception:
             # Another process created it between our lookup and create (parallel stages).
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
-            exp_id = exp.experiment_id
-    else:
-        exp_id = exp.experiment_id
-    tags = {} if exp is None else exp.tags
+    if exp is not None:
+        exp_id, tags = exp.experiment_id, exp.tags
     view = json.dumps(VIEW_STATE, separators=(",", ":"))
     # also on experiments created by older versions of this code
     for key, value in ((EXPERIMENT_KIND_TAG, EXPERIMENT_KIND), (VIEW_TAG, view)):
@@ -132,15 +130,3 @@ def resumed_run(
                     "starts", run_id, got)  # fmt: skip
         return None
     return run
-
-
-__all__ = [
-    "EXPERIMENT_KIND",
-    "EXPERIMENT_KIND_TAG",
-    "VIEW_STATE",
-    "experiment_id",
-    "find_run",
-    "resumed_run",
-    "run_name",
-    "view_url",
-]

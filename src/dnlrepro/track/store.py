@@ -1,4 +1,5 @@
-"""The sqlite tracking store: refuse one that exists but is damaged, never recreate over it.
+"""The tracking store: where it is, creating it once, and refusing a sqlite one that exists but
+is damaged (never recreated over).
 
 sqlite would take an empty file for a new database and MLflow would migrate it, and a truncated
 one would only cost a WARNING: either way every run recorded so far would be gone without a word.
@@ -7,16 +8,29 @@ one would only cost a WARNING: either way every run recorded so far would be gon
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from pathlib import Path
+
+from dnlrepro.core import workspace
 
 logger = logging.getLogger(__name__)
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///") :])
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` or the absolute ``sqlite:///.../mlflow.db`` in ``$DVC_ROOT``
+    inside a DVC stage, else in the workspace."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    dvc_root = os.environ.get("DVC_ROOT")
+    root = Path(dvc_root).resolve() if dvc_root else workspace.find().root
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None: another kind of store)."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 class StoreError(RuntimeError):
@@ -31,7 +45,7 @@ def check_store(uri: str) -> None:
     Raises:
         StoreError: naming the file and how to recover.
     """
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is None or not db.exists():
         return
     problem = _damage(db)
@@ -68,23 +82,16 @@ def _damage(db: Path) -> str | None:
     return None
 
 
-def artifact_location(uri: str) -> str | None:
-    """Where new experiments keep artifacts: ``mlruns/`` next to a sqlite DB (absolute)."""
-    db = _sqlite_path(uri)
-    if db is None:
-        return None  # a server or other store decides itself
-    return (db.parent / "mlruns").resolve().as_uri()
-
-
-def init_db(uri: str) -> str:
-    """Create (or migrate) the tracking store once; returns the URI used.
+def init_db(uri: str | None = None) -> str:
+    """Create (or migrate) the store at ``uri`` (default :func:`tracking_uri`) once; its URI.
 
     Raises:
         StoreError: the sqlite file exists but is empty or damaged (:func:`check_store`).
         RuntimeError: when MLflow cannot open the store (the message names the URI).
     """
+    uri = uri or tracking_uri()
     check_store(uri)  # an existing store is migrated, never replaced
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     from mlflow.tracking import MlflowClient
@@ -98,6 +105,3 @@ def init_db(uri: str) -> str:
             "writable sqlite:////abs/path/mlflow.db"
         ) from e
     return uri
-
-
-__all__ = ["StoreError", "artifact_location", "check_store", "init_db"]

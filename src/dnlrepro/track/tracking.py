@@ -10,9 +10,7 @@ Behaviour verified on this machine (MLflow 3.17.2, DVC 3.67.1):
 * a fresh sqlite DB must be created and migrated once before parallel stages start (concurrent
   first use races in Alembic): ``dnlrepro mlflow-init`` does that;
 * only a *missing* DB is ever created: an existing one that is empty, truncated or otherwise
-  damaged fails the stage (:class:`StoreError`, :func:`check_store`), because sqlite would take
-  an empty file for a new DB and MLflow would migrate it, and a truncated one would only cost a
-  WARNING: either way every run recorded so far would be gone without a word;
+  damaged fails the stage (:class:`StoreError`, :func:`check_store`; why: :mod:`.store`);
 * artifacts are stored next to the DB (``<db dir>/mlruns``), never in the current directory;
 * MLflow is a view, not the source of truth: every call here catches its exception and logs a
   WARNING once per kind of call, so a tracking failure never ends a multi-day training run
@@ -27,43 +25,20 @@ import logging
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from dnlrepro.core import workspace
 from dnlrepro.core.config import Config
-from dnlrepro.track import runs, store
-from dnlrepro.track.store import StoreError, artifact_location, check_store
+from dnlrepro.track import runs
+from dnlrepro.track.store import StoreError as StoreError  # re-exported: callers import it here
+from dnlrepro.track.store import check_store, init_db, sqlite_path, tracking_uri
 
 logger = logging.getLogger(__name__)
 
 PARAM_MAX_CHARS = 500  # the conservative MLflow param value limit (older servers reject more)
 _METRIC_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. /:]")
-
-
-def tracking_root() -> Path:
-    """The folder that holds ``mlflow.db``: ``$DVC_ROOT`` inside a DVC stage, else the workspace."""
-    dvc_root = os.environ.get("DVC_ROOT")
-    return Path(dvc_root).resolve() if dvc_root else workspace.find().root
-
-
-def tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` or the absolute ``sqlite:///.../mlflow.db`` of this workspace."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{tracking_root() / 'mlflow.db'}"
-
-
-def init_db(uri: str | None = None) -> str:
-    """Create (or migrate) the store at ``uri`` (default :func:`tracking_uri`) once; its URI.
-
-    Raises:
-        StoreError: the sqlite file exists but is empty or damaged (:func:`check_store`).
-        RuntimeError: when MLflow cannot open the store (the message names the URI).
-    """
-    return store.init_db(uri or tracking_uri())
 
 
 # What the pipeline itself writes while it runs: a change there does not make the code dirty
@@ -78,24 +53,18 @@ def git_state(root: Path) -> tuple[str, bool | None]:
     (``dvc.lock``, ``results/``, ``reports/``, ``timings/``), so the flag says whether the code
     and parameters that produced the run are the committed ones.
     """
+
+    def git(timeout: int, *args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=timeout, check=True
+        )
+        return done.stdout.strip()
+
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *_OUTPUTS],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-        return sha, bool(status.strip())
+        sha = git(10, "rev-parse", "HEAD")
+        return sha, bool(
+            git(30, "status", "--porcelain", "--untracked-files=no", "--", ".", *_OUTPUTS)
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown", None
 
@@ -157,20 +126,12 @@ class Tracker:
                 self.enabled = False
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if self.run_id is None:
             return
-        if exc_type is None:
-            status = "FINISHED"
-        elif issubclass(exc_type, KeyboardInterrupt):
+        status = "FINISHED" if exc_type is None else "FAILED"
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             status = "KILLED"
-        else:
-            status = "FAILED"
         self._guard("end", lambda: self._client.set_terminated(self.run_id, status=status))
         if exc_type is None:
             check_store(self.uri)  # damaged while the run was logging: its record is gone
@@ -180,7 +141,9 @@ class Tracker:
 
         client = MlflowClient(tracking_uri=self.uri)
         cfg, seed = self.cfg, self.cfg.schedule.seed
-        exp_id = runs.experiment_id(client, cfg.data.dataset, artifact_location(self.uri))
+        db = sqlite_path(self.uri)  # artifacts in mlruns/ next to a sqlite DB, absolute
+        artifacts = None if db is None else (db.parent / "mlruns").resolve().as_uri()
+        exp_id = runs.experiment_id(client, cfg.data.dataset, artifacts)
         found = None
         if self.resume:  # a resumed training goes on in the run its checkpoint names
             found = runs.resumed_run(client, self.resume, exp_id, cfg.name, seed, cfg.profile)
@@ -236,32 +199,17 @@ class Tracker:
 
     # -- logging API ----------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
-        from_params = [(k, str(v)[:PARAM_MAX_CHARS]) for k, v in params.items()]
-
-        def call() -> None:
-            from mlflow.entities import Param
-
-            self._client.log_batch(self.run_id, params=[Param(k, v) for k, v in from_params])
-
-        self._call("log_params", call)
+        rows = [(k, str(v)[:PARAM_MAX_CHARS]) for k, v in params.items()]
+        self._call("log_params", lambda: self._log_batch(params=rows))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        def call() -> None:
-            from mlflow.entities import RunTag
-
-            self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-        self._call("set_tags", call)
+        self._call("set_tags", lambda: self._log_batch(tags=[(k, str(v)) for k, v in tags.items()]))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         def call() -> None:
-            import time
-
-            from mlflow.entities import Metric
-
             now = int(time.time() * 1000)
-            items = [Metric(metric_key(k), float(v), now, step or 0) for k, v in metrics.items()]
-            self._client.log_batch(self.run_id, metrics=items)
+            rows = [(metric_key(k), float(v), now, step or 0) for k, v in metrics.items()]
+            self._log_batch(metrics=rows)
 
         self._call("log_metrics", call)
 
@@ -281,8 +229,6 @@ class Tracker:
     def log_plot(self, kind: str, data: Any, artifact_file: str) -> None:
         """A PNG of :mod:`dnlrepro.track.figures` (``kind``: ``training_curves`` or
         ``per_class_iou``) titled with the run's name; nothing is drawn when tracking is off."""
-        if not self.enabled or self.run_id is None:
-            return
 
         def call() -> None:
             from dnlrepro.track import figures
@@ -294,12 +240,16 @@ class Tracker:
             finally:
                 figures.close(fig)
 
-        self._guard("log_plot", call)
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        self._call("log_text", lambda: self._client.log_text(self.run_id, text, artifact_file))
+        self._call("log_plot", call)
 
     # -- internals ------------------------------------------------------------------------
+    def _log_batch(self, **rows: list[tuple[Any, ...]]) -> None:
+        from mlflow import entities
+
+        kinds = {"params": entities.Param, "tags": entities.RunTag, "metrics": entities.Metric}
+        batch = {k: [kinds[k](*row) for row in v] for k, v in rows.items()}
+        self._client.log_batch(self.run_id, **batch)
+
     def _call(self, kind: str, fn: Any) -> None:
         if not self.enabled or self.run_id is None:
             return
@@ -340,16 +290,3 @@ def main(args: argparse.Namespace) -> int:
     logger.info("MLflow tracking store ready: %s", uri)
     print(uri)
     return 0
-
-
-__all__ = [
-    "StoreError",
-    "Tracker",
-    "artifact_location",
-    "check_store",
-    "git_state",
-    "init_db",
-    "metric_key",
-    "tracking_root",
-    "tracking_uri",
-]
