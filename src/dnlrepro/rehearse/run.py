@@ -30,7 +30,7 @@ from dnlrepro.core import workspace
 from dnlrepro.core.files import write_json
 from dnlrepro.core.runs import config_of, parse_stage, stage
 from dnlrepro.core.workspace import Workspace
-from dnlrepro.rehearse import checks, mirror, report, shrink, stages, trajectory_checks
+from dnlrepro.rehearse import checks, mirror, report, shrink, stages
 
 logger = logging.getLogger(__name__)
 
@@ -201,11 +201,11 @@ def _run(
     rec.checks.append(checks.check_command(root, env))
     rec.checks.append(checks.tables(root, configs))
     rec.checks.append(checks.mlflow_profile(root / "mlflow.db", rec.profile, configs))
-    if plan.settings["train"]:  # the reference trajectories (rehearse/trajectory_checks.py)
+    if plan.settings["train"]:  # the reference trajectories (rehearse/checks.py)
         trained = [k for kind, k in map(parse_stage, expected) if kind == "train"]
-        rec.checks.append(trajectory_checks.compared(root, trained))
+        rec.checks.append(checks.compared(root, trained))
         config = config_of(trained[0])
-        check = trajectory_checks.wrong_lr_stops(root, env, trained[0], config, rec.stage_device)
+        check = checks.wrong_lr_stops(root, env, trained[0], config, rec.stage_device)
         rec.checks.append(check)
     report.add_costs(rec, ws, sws, configs)
 
