@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dnlrepro.core.files import write_json
 from dnlrepro.core.profile import Profile, read_params
 from dnlrepro.core.workspace import Workspace
 from dnlrepro.launch.slurm import plan, queue
-from dnlrepro.launch.slurm.scripts import write_scripts
 from dnlrepro.launch.stages import final_stages, shared_stages
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def main(args: argparse.Namespace, ws: Workspace, configs: Sequence[str]) -> int
         launch_dir = launch_dir.with_name(launch_dir.name + "x")
     if args.dry_run:
         shutil.rmtree(launch_dir, ignore_errors=True)  # only this plan's scripts
-    scripts = write_scripts(jobs, launch_dir, ws.root)
+    scripts = plan.write_scripts(jobs, launch_dir, ws.root)
     if args.dry_run:
         print_plan(jobs, scripts, ws)
         return 0
@@ -152,7 +152,7 @@ def saver(path: Path, receipt: dict[str, Any]) -> Callable[[list[dict[str, Any]]
 
     def save(records: list[dict[str, Any]]) -> None:
         receipt["jobs"] = records
-        queue.save_receipt(path, receipt)
+        write_json(path, receipt)
 
     return save
 
