@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import logging
+import re
 import secrets
 import shutil
 import threading
@@ -304,7 +305,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(404, b"not in the mirror")
             return
         size = path.stat().st_size
-        start = _range_start(self.headers.get("Range"))
+        # The first byte of ``Range: bytes=N-`` (the only form the downloader sends).
+        m = re.fullmatch(r"bytes=(\d+)(-.*)?", self.headers.get("Range") or "")
+        start = int(m.group(1)) if m else None
         if start is not None and start >= size:
             self._reply(416, b"", [("Content-Range", f"bytes */{size}")])
             return
@@ -333,11 +336,3 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-
-def _range_start(header: str | None) -> int | None:
-    """The first byte of ``Range: bytes=N-`` (the only form the downloader sends)."""
-    if not header or not header.startswith("bytes="):
-        return None
-    first = header[len("bytes=") :].split("-", 1)[0]
-    return int(first) if first.isdigit() else None
