@@ -307,18 +307,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         size = path.stat().st_size
         # The first byte of ``Range: bytes=N-`` (the only form the downloader sends).
         m = re.fullmatch(r"bytes=(\d+)(-.*)?", self.headers.get("Range") or "")
-        start = int(m.group(1)) if m else None
-        if start is not None and start >= size:
+        start = int(m.group(1)) if m else 0
+        if m and start >= size:
             self._reply(416, b"", [("Content-Range", f"bytes */{size}")])
             return
-        code, start = (206, start) if start is not None else (200, 0)
-        self.send_response(code)
-        for key, value in headers:
-            self.send_header(key, value)
-        if code == 206:
-            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-        self.send_header("Content-Length", str(size - start))
-        self.end_headers()
+        if m:
+            headers = [*headers, ("Content-Range", f"bytes {start}-{size - 1}/{size}")]
+        self._head(206 if m else 200, headers, size - start)
         served = self.mirror.served
         with open(path, "rb") as f:
             f.seek(start)
@@ -330,9 +325,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _reply(self, code: int, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> None:
         if code >= 400:
             self.mirror.refused.append(f"{code} {self.path}")
-        self.send_response(code)
-        for key, value in headers:
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        self._head(code, headers, len(body))
         self.wfile.write(body)
+
+    def _head(self, code: int, headers: Sequence[tuple[str, str]], length: int) -> None:
+        self.send_response(code)
+        for key, value in [*headers, ("Content-Length", str(length))]:
+            self.send_header(key, value)
+        self.end_headers()

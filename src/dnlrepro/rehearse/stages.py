@@ -161,11 +161,24 @@ def run_dvc(
             cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             bufsize=1, start_new_session=True,
         )  # fmt: skip
-        state = {"timed_out": False}
-        watcher = threading.Thread(
-            target=_watch, args=(proc, reader, kill, time.monotonic() + timeout, state)
-        )
-        watcher.daemon = True
+        deadline, timed_out = time.monotonic() + timeout, threading.Event()
+
+        def watch() -> None:  # the planned kill, or the timeout
+            while proc.poll() is None:
+                cur = reader.current
+                victim_running = kill is not None and cur is not None and cur.stage == kill.stage
+                if victim_running and not kill.done and kill.ready():
+                    n = kill_tree(proc.pid)
+                    kill.done = True
+                    logger.info("killed %s mid-run (SIGKILL to %d processes)", kill.stage, n)
+                    return
+                if time.monotonic() > deadline:
+                    timed_out.set()
+                    kill_tree(proc.pid)
+                    return
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -176,7 +189,7 @@ def run_dvc(
     final = "ok" if rc == 0 else "failed"
     if kill is not None and kill.done:
         final = "killed"
-    elif state["timed_out"]:
+    elif timed_out.is_set():
         final = "failed"
         reader.error = reader.error or f"timed out after {timeout:.0f} s"
     elif rc != 0 and not reader.error:
@@ -184,24 +197,6 @@ def run_dvc(
         reader.error = f"dvc repro exited with {rc}{why} without naming a failed stage"
     reader._close(end, final)
     return DvcRun(index, cmd, rc, reader.stages, log_path, reader.error, list(reader.tail))
-
-
-def _watch(
-    proc: subprocess.Popen, reader: _Reader, kill: Kill | None, deadline: float, state: dict
-) -> None:
-    while proc.poll() is None:
-        cur = reader.current
-        victim_running = kill is not None and cur is not None and cur.stage == kill.stage
-        if victim_running and not kill.done and kill.ready():
-            n = kill_tree(proc.pid)
-            kill.done = True
-            logger.info("killed %s mid-run (SIGKILL to %d processes)", kill.stage, n)
-            return
-        if time.monotonic() > deadline:
-            state["timed_out"] = True
-            kill_tree(proc.pid)
-            return
-        time.sleep(0.05)
 
 
 def stage_list(root: Path, env: dict[str, str]) -> list[str]:
