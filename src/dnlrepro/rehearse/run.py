@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from configobj import ConfigObj
 
 from dnlrepro.core import workspace
 from dnlrepro.core.files import write_json
@@ -62,16 +63,10 @@ def copy_workspace(src: Path, dest: Path) -> int:
     for f in files:
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / f, dest / f)
-    config = dest / ".dvc" / "config"
-    config.parent.mkdir(exist_ok=True)
-    text = config.read_text(encoding="utf-8") if config.is_file() else ""
-    if re.search(r"^\s*no_scm\s*=", text, re.MULTILINE):
-        text = re.sub(r"^(\s*no_scm\s*=).*$", r"\1 true", text, flags=re.MULTILINE)
-    elif "[core]\n" in text:
-        text = text.replace("[core]\n", "[core]\n    no_scm = true\n", 1)
-    else:
-        text += "[core]\n    no_scm = true\n"
-    config.write_text(text, encoding="utf-8")
+    (dest / ".dvc").mkdir(exist_ok=True)
+    config = ConfigObj(str(dest / ".dvc" / "config"))  # DVC's own reader and writer of the file
+    config.setdefault("core", {})["no_scm"] = "true"
+    config.write()
     venv = src / ".venv"
     if (venv / "bin" / "python").exists():  # pipeline/run.sh then picks it as in the workspace
         (dest / ".venv").symlink_to(venv.resolve(), target_is_directory=True)

@@ -69,9 +69,7 @@ def resources(args: argparse.Namespace, profile: Profile) -> plan.Resources:
     torchrun = s.gpus > 1  # as engine.launcher.run_training decides
     per_node = s.gpus // s.nnodes
     nodes = args.nodes if args.nodes is not None else s.nnodes
-    gpus = args.gpus_per_node
-    if gpus is None:
-        gpus = per_node if torchrun else 0
+    gpus = args.gpus_per_node if args.gpus_per_node is not None else per_node if torchrun else 0
     if nodes < 1 or gpus < 0:
         raise ValueError(f"--nodes {nodes} / --gpus-per-node {gpus}: need nodes >= 1, GPUs >= 0")
     if torchrun and 0 < gpus < per_node:
