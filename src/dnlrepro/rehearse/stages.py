@@ -20,7 +20,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from dnlrepro.launch.stages import dvc_command
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def run_dvc(
     timeout: float = 3600.0,
 ) -> DvcRun:
     """``python -m dvc repro`` in ``root``; its output goes to ``log_path`` and is parsed."""
-    cmd = [sys.executable, "-m", "dvc", "repro"]
+    cmd = dvc_command("repro")
     logger.info("dvc run %d: %s (log: %s)", index, " ".join(cmd[1:]), log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8", buffering=1) as log_file:  # line-buffered
@@ -202,7 +203,7 @@ def run_dvc(
 def stage_list(root: Path, env: dict[str, str]) -> list[str]:
     """The stage names of the copy's ``dvc.yaml`` (``dvc stage list --name-only``)."""
     out = subprocess.run(
-        [sys.executable, "-m", "dvc", "stage", "list", "--name-only"],
+        dvc_command("stage", "list", "--name-only"),
         cwd=root, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     if out.returncode != 0:
