@@ -40,6 +40,7 @@ from dnlrepro.core import workspace
 from dnlrepro.core.profile import read_params
 from dnlrepro.core.resolve import resolve_run
 from dnlrepro.core.runs import plan, select, stage
+from dnlrepro.launch.slurm import cli as slurm_cli
 from dnlrepro.launch.stages import dvc_command, final_stages, shared_stages, stage_command
 
 logger = logging.getLogger(__name__)
@@ -201,10 +202,6 @@ def summary(jobs: Sequence[Job]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.launch.slurm import (
-        cli as slurm_cli,
-    )  # here: dnlrepro.launch.slurm imports this module
-
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -242,8 +239,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     ws = workspace.find()
     if args.backend == "slurm":
-        from dnlrepro.launch.slurm import cli as slurm_cli
-
         return slurm_cli.main(args, ws, [] if args.status else _configs(args, ws))
     if args.status or args.wait:
         raise ValueError("--status and --wait belong to --backend slurm")
