@@ -133,21 +133,20 @@ def test_trajectory_loss_band_and_miou(tmp_path: Path, caplog: pytest.LogCapture
 
 def test_rehearsal_miniature_log_has_the_schedule_lr(tmp_path: Path) -> None:
     from dnlrepro.core.config import load_config
+    from dnlrepro.core.profile import read_params
     from dnlrepro.core.workspace import find
     from dnlrepro.engine import schedule
-    from dnlrepro.rehearse import mirror, reflogs
+    from dnlrepro.rehearse import mirror
 
     ws = find()
     ((name, url, path, _sha),) = [
-        f
-        for f in reflogs.miniature_logs(tmp_path, ws, mirror.local_path)
-        if "r50-d8_512x1024_40k" in f[0]
+        (f.name, f.url, f.path, f.sha256)
+        for f in mirror.reference_logs(tmp_path, ws)
+        if "r50-d8_512x1024_40k" in f.name
     ]
     assert url.endswith(f"/{name}") and path == mirror.local_path(tmp_path, url)
     log = reflog.read(path)
-    sched = load_config(
-        "dnl_r50-d8_512x1024_40k_cityscapes", reflogs.read_params(ws), ws=ws
-    ).schedule
+    sched = load_config("dnl_r50-d8_512x1024_40k_cityscapes", read_params(ws), ws=ws).schedule
     assert [p.lr for p in log.train] == [
         reflog.mmcv_round(schedule.lr_at(p.iter - 1, sched)) for p in log.train
     ]

@@ -27,7 +27,7 @@ from dnlrepro.core.config import load_config
 from dnlrepro.core.profile import load_profile
 from dnlrepro.core.registry import config_names, names_of
 from dnlrepro.core.workspace import Workspace
-from dnlrepro.rehearse import checks, cost, mirror, reflogs, report, run, shrink, stages
+from dnlrepro.rehearse import checks, cost, mirror, report, run, shrink, stages
 
 WS = workspace.find(Path(__file__).parent)
 
@@ -233,7 +233,7 @@ def test_ade20k_downloads_without_a_cityscapes_login(tmp_path: Path) -> None:
         path.write_bytes(name.encode() * 100)  # any bytes: the mirror's own sha256 is checked
         files.append(mirror.MirrorFile(path.name, url, path, dl.file_digest(path)))
     repo = Workspace(Path(__file__).resolve().parents[1])
-    files += [mirror.MirrorFile(*f) for f in reflogs.miniature_logs(root, repo, mirror.local_path)]
+    files += mirror.reference_logs(root, repo)
     (root / mirror.HASHES).write_text(json.dumps({f.name: f.sha256 for f in files}))
     ws = tmp_path / "ws"
     run.copy_workspace(Path(__file__).resolve().parents[1], ws)

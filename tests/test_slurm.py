@@ -37,7 +37,6 @@ from dnlrepro.core.workspace import Workspace
 from dnlrepro.engine.distributed import DistInfo
 from dnlrepro.engine.preempt import StopOnSignal, parse_signals
 from dnlrepro.launch.slurm import cli, plan, queue
-from dnlrepro.launch.slurm.scripts import write_scripts
 
 CANCELLED = "dnl_r50-d8_512x1024_40k_cityscapes"  # trains 8 iterations; the others 1
 # One row per family (512x1024 whole, 769x769 slide, ADE20K): every kind of job, a third of the
@@ -115,7 +114,7 @@ def test_resources_follow_the_profile_and_refuse_mismatches():
 def test_scripts_are_valid_bash_and_run_the_dvc_command(tmp_path: Path, capsys):
     res = plan.Resources(gpus_per_node=4, nodes=2, time="2-00:00:00")
     jobs, _ = plan.plan_jobs(["a"], "all", {"prepare"}, res, FINAL)
-    scripts = write_scripts(jobs, tmp_path / "launch", tmp_path)
+    scripts = plan.write_scripts(jobs, tmp_path / "launch", tmp_path)
     assert sorted(p.name for p in (tmp_path / "launch").iterdir()) == [
         "evaluate@a.sbatch", "logs", "prepare.sbatch", "reports.sbatch", "torchrun-node.sh",
         "train@a.sbatch",

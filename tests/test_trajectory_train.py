@@ -192,7 +192,7 @@ def test_rehearsal_checks_compared_runs_and_a_wrong_lr(
 
     from dnlrepro.core.config import write_resolved
     from dnlrepro.core.registry import load_published
-    from dnlrepro.rehearse import trajectory_checks
+    from dnlrepro.rehearse import checks
 
     root = tmp_path / "ws"
     (root / "params").mkdir(parents=True)
@@ -207,8 +207,8 @@ def test_rehearsal_checks_compared_runs_and_a_wrong_lr(
     off = root / "results" / "other"
     off.mkdir()
     (off / "trajectory.json").write_text('{"reference": null, "reason": "no reference"}')
-    assert trajectory_checks.compared(root, [CFG]).ok
-    check = trajectory_checks.compared(root, [CFG, "other"])
+    assert checks.compared(root, [CFG]).ok
+    check = checks.compared(root, [CFG, "other"])
     assert not check.ok and "other (no reference)" in check.detail
     env = {
         **os.environ,
@@ -216,6 +216,6 @@ def test_rehearsal_checks_compared_runs_and_a_wrong_lr(
         "OMP_NUM_THREADS": "1",
     }
     env.pop("DNLREPRO_WORKSPACE", None)
-    check = trajectory_checks.wrong_lr_stops(root, env, CFG, CFG, "cpu")
+    check = checks.wrong_lr_stops(root, env, CFG, CFG, "cpu")
     assert check.ok, check.detail
     assert "iteration 1" in check.detail

@@ -40,7 +40,8 @@ from dnlrepro.core import workspace
 from dnlrepro.core.profile import read_params
 from dnlrepro.core.resolve import resolve_run
 from dnlrepro.core.runs import plan, select, stage
-from dnlrepro.launch.stages import dvc_command, final_stages, shared_stages
+from dnlrepro.launch.slurm import cli as slurm_cli
+from dnlrepro.launch.stages import dvc_command, final_stages, shared_stages, stage_command
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def parse_gpus(text: str) -> list[str]:
 
 
 def stage_commands(job: Job) -> list[list[str]]:
-    return [dvc_command("--wait-for-lock", "repro", "-s", stage(s, job.config)) for s in job.stages]
+    return [stage_command(stage(s, job.config)) for s in job.stages]
 
 
 def _run(cmd: list[str], repo: Path, env: dict[str, str] | None = None) -> int:
@@ -95,19 +96,6 @@ def _run(cmd: list[str], repo: Path, env: dict[str, str] | None = None) -> int:
     return subprocess.call(cmd, cwd=repo, env={**os.environ, **env} if env else None)
 
 
-def _run_job(job: Job, devices: list[str], repo: Path, stagger: float) -> None:
-    job.gpu = ",".join(devices)
-    start = time.monotonic()
-    for cmd in stage_commands(job):
-        job.returncode = _run(cmd, repo, {"CUDA_VISIBLE_DEVICES": job.gpu})
-        if job.returncode:
-            break  # evaluating a failed training makes no sense
-        time.sleep(stagger)  # spread dvc.lock writes of runs finishing together
-    job.seconds = time.monotonic() - start
-    result = "done" if job.returncode == 0 else f"FAILED ({job.returncode})"
-    logger.info("GPU %s: %s %s in %.0f s", job.gpu, job.config, result, job.seconds)
-
-
 def pack(jobs: Sequence[Job], gpus: Sequence[str], repo: Path, stagger: float) -> None:
     """Run every job on ``job.need`` of ``gpus`` at a time: whenever GPUs come free, the first
     waiting job that fits starts (in order, so a 1-GPU job may pass a 4-GPU one that waits)."""
@@ -115,8 +103,16 @@ def pack(jobs: Sequence[Job], gpus: Sequence[str], repo: Path, stagger: float) -
     cond = threading.Condition()
 
     def run(job: Job, devices: list[str]) -> None:
+        job.gpu, start = ",".join(devices), time.monotonic()
         try:
-            _run_job(job, devices, repo, stagger)
+            for cmd in stage_commands(job):
+                job.returncode = _run(cmd, repo, {"CUDA_VISIBLE_DEVICES": job.gpu})
+                if job.returncode:
+                    break  # evaluating a failed training makes no sense
+                time.sleep(stagger)  # spread dvc.lock writes of runs finishing together
+            job.seconds = time.monotonic() - start
+            result = "done" if job.returncode == 0 else f"FAILED ({job.returncode})"
+            logger.info("GPU %s: %s %s in %.0f s", job.gpu, job.config, result, job.seconds)
         finally:
             with cond:
                 free.extend(devices)
@@ -206,10 +202,6 @@ def summary(jobs: Sequence[Job]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dnlrepro.launch.slurm import (
-        cli as slurm_cli,
-    )  # here: dnlrepro.launch.slurm imports this module
-
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -247,8 +239,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     ws = workspace.find()
     if args.backend == "slurm":
-        from dnlrepro.launch.slurm import cli as slurm_cli
-
         return slurm_cli.main(args, ws, [] if args.status else _configs(args, ws))
     if args.status or args.wait:
         raise ValueError("--status and --wait belong to --backend slurm")

@@ -26,6 +26,17 @@ def dvc_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
+def stage_command(*stages: str) -> list[str]:
+    """``dvc --wait-for-lock repro -s STAGE...``: what both backends run for a stage.
+
+    Single-item (``-s``, run in the order given): a job runs only its own stages, so the Slurm
+    reports job never trains a configuration left out of this launch (its rows stay as they
+    are). The shared stages are the exception (the local ``dvc repro`` of them, the Slurm
+    ``prepare`` job): they run with their upstream ``download@<dataset>``.
+    """
+    return dvc_command("--wait-for-lock", "repro", "-s", *stages)
+
+
 def is_shared(name: str) -> bool:
     """``download@ade20k`` / ``prepare@cityscapes`` / ``resolve@<run>`` (or a group name)."""
     return parse_stage(name)[0] in SHARED

@@ -98,19 +98,15 @@ def measure(cfg: Config, gpus: int, device: str = "cuda") -> Fit:
             points[batch] = None  # does not fit: neither does anything larger
         torch.cuda.empty_cache()
     ok = {k: v for k, v in points.items() if v is not None}
-    if len(ok) == 2:
-        (b1, m1), (b2, m2) = sorted(ok.items())
-        slope = (m2 - m1) / (b2 - b1)
+    failed = [k for k, v in points.items() if v is None]
 
-        def peak(x: int) -> float:
-            return round(ok.get(x, m1 + slope * (x - b1)), 1)
-    else:
-
-        def peak(x: int) -> float | str | None:
-            if x in ok:
-                return round(ok[x], 1)
-            failed = [k for k, v in points.items() if v is None]
-            return OOM if failed and x >= min(failed) else None
+    def peak(x: int) -> float | str | None:
+        if x in ok:
+            return round(ok[x], 1)
+        if len(ok) == 2:  # the line through the two measurements
+            (b1, m1), (b2, m2) = sorted(ok.items())
+            return round(m1 + (m2 - m1) / (b2 - b1) * (x - b1), 1)
+        return OOM if failed and x >= min(failed) else None
 
     fit = Fit(cfg.name, "cuda-measured", round(capacity, 1))
     fit.device = torch.cuda.get_device_name(device)

@@ -14,7 +14,12 @@ URL, so ``$DNLREPRO_MIRROR`` (:func:`dnlrepro.acquire.download.mirrored`) maps e
 * profile published: the twelve ``<config>_<date>-<hash>.pth`` in the mmseg layout
   (``{"meta", "state_dict"}``, §1.7), random weights;
 * both: the twelve training logs ``<config>-<date>.log.json`` in miniature
-  (:mod:`dnlrepro.rehearse.reflogs`).
+  (:func:`reference_logs`): the published log's format (docs/reference.md §6.4: metadata line, a
+  train line every ``log_interval`` iterations, a val line at every evaluation, fractions, 5
+  decimals) and the lr that the rehearsed profile's schedule gives at each logged iteration, so
+  the while-training comparison (:mod:`dnlrepro.engine.trajectory`) runs in full and passes its
+  lr check. Its losses and mIoU are placeholders (loss 1.0, mIoU 0): the loss band may warn, the
+  mIoU never.
 
 A miniature cannot have the hash in its published name, so :func:`build` also writes
 ``expected_sha256.json`` ({file name: sha256}); the rehearsal hands it to the download code
@@ -27,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import logging
+import re
 import secrets
 import shutil
 import threading
@@ -34,6 +40,7 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,9 +48,11 @@ from dnlrepro.acquire import download, synth
 from dnlrepro.core.config import load_config
 from dnlrepro.core.files import file_digest, write_json
 from dnlrepro.core.miniature import Synthetic
+from dnlrepro.core.profile import read_params
 from dnlrepro.core.registry import load_published
 from dnlrepro.core.workspace import Workspace
-from dnlrepro.rehearse import reflogs
+from dnlrepro.engine import reflog
+from dnlrepro.engine.schedule import lr_at
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +60,10 @@ HASHES = synth.EXPECTED_SHA256
 CITYSCAPES_HOST = urllib.parse.urlsplit(download.CITYSCAPES_URL).netloc
 LOGIN_PATH = f"/{CITYSCAPES_HOST}/login"  # no trailing slash, as cityscapesscripts
 CHUNK = 1 << 20
+LOG_META = {
+    "env_info": "sys.platform: linux\nGPU 0,1: rehearsal miniature\nPyTorch: 1.5.0\nMMCV: 1.1.1",
+    "seed": None,
+}
 
 
 @dataclass(frozen=True)
@@ -82,7 +95,7 @@ def build(root: Path, ws: Workspace, train: bool, sizes: Synthetic) -> list[Mirr
     root.mkdir(parents=True, exist_ok=True)
     files = _datasets(root, sizes)
     files += _backbones(root, ws) if train else _checkpoints(root, ws)
-    files += [MirrorFile(*log) for log in reflogs.miniature_logs(root, ws, local_path)]
+    files += reference_logs(root, ws)
     write_json(root / HASHES, {f.name: f.sha256 for f in files}, sort_keys=True)
     logger.info("mirror: %d miniature files in %s", len(files), root)
     return files
@@ -138,7 +151,8 @@ def _backbones(root: Path, ws: Workspace) -> list[MirrorFile]:
         state["fc.weight"] = torch.randn(1000, width) * 0.01  # the ImageNet classifier
         state["fc.bias"] = torch.zeros(1000)
         dest = local_path(root, url)
-        _save(dest, {"state_dict": state})
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": state}, dest)
         files.append(MirrorFile(dest.name, url, dest, file_digest(dest)))
     return files
 
@@ -156,9 +170,33 @@ def _checkpoints(root: Path, ws: Workspace) -> list[MirrorFile]:
     return files
 
 
-def _save(dest: Path, payload: dict) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, dest)
+def _log_lines(name: str, ws: Workspace, profile: str) -> list[dict[str, Any]]:
+    """The miniature log of row ``name`` under ``profile`` (its resolved schedule)."""
+    sched = load_config(name, profile, ws=ws).schedule
+    out: list[dict[str, Any]] = [{**LOG_META, "exp_name": f"{name}.py"}]
+    for done in range(1, sched.max_iters + 1):
+        lr = reflog.mmcv_round(lr_at(done - 1, sched))
+        if done % sched.log_interval == 0 or done == sched.max_iters:
+            out.append({"mode": "train", "epoch": 1, "iter": done, "lr": lr, "loss": 1.0})
+        if done % sched.eval_interval == 0 or done == sched.max_iters:
+            out.append({"mode": "val", "epoch": 1, "iter": done, "lr": lr, "mIoU": 0.0})
+    return out
+
+
+def reference_logs(root: Path, ws: Workspace) -> list[MirrorFile]:
+    """Write every row's miniature training log where the mirror serves its real URL."""
+    try:
+        profile = read_params(ws).name
+    except (OSError, ValueError):  # no params.yaml yet: the configuration files' own values
+        profile = "paper"
+    files = []
+    for name, entry in load_published(ws.registry_file).configs.items():
+        dest = local_path(root, entry.log)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        reflog.write(dest, _log_lines(name, ws, profile))
+        files.append(MirrorFile(dest.name, entry.log, dest, file_digest(dest)))
+    logger.info("mirror: %d miniature training logs (profile %s)", len(files), profile)
+    return files
 
 
 def corrupt(file: MirrorFile) -> None:
@@ -267,18 +305,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(404, b"not in the mirror")
             return
         size = path.stat().st_size
-        start = _range_start(self.headers.get("Range"))
-        if start is not None and start >= size:
+        # The first byte of ``Range: bytes=N-`` (the only form the downloader sends).
+        m = re.fullmatch(r"bytes=(\d+)(-.*)?", self.headers.get("Range") or "")
+        start = int(m.group(1)) if m else 0
+        if m and start >= size:
             self._reply(416, b"", [("Content-Range", f"bytes */{size}")])
             return
-        code, start = (206, start) if start is not None else (200, 0)
-        self.send_response(code)
-        for key, value in headers:
-            self.send_header(key, value)
-        if code == 206:
-            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-        self.send_header("Content-Length", str(size - start))
-        self.end_headers()
+        if m:
+            headers = [*headers, ("Content-Range", f"bytes {start}-{size - 1}/{size}")]
+        self._head(206 if m else 200, headers, size - start)
         served = self.mirror.served
         with open(path, "rb") as f:
             f.seek(start)
@@ -290,17 +325,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _reply(self, code: int, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> None:
         if code >= 400:
             self.mirror.refused.append(f"{code} {self.path}")
-        self.send_response(code)
-        for key, value in headers:
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        self._head(code, headers, len(body))
         self.wfile.write(body)
 
-
-def _range_start(header: str | None) -> int | None:
-    """The first byte of ``Range: bytes=N-`` (the only form the downloader sends)."""
-    if not header or not header.startswith("bytes="):
-        return None
-    first = header[len("bytes=") :].split("-", 1)[0]
-    return int(first) if first.isdigit() else None
+    def _head(self, code: int, headers: Sequence[tuple[str, str]], length: int) -> None:
+        self.send_response(code)
+        for key, value in [*headers, ("Content-Length", str(length))]:
+            self.send_header(key, value)
+        self.end_headers()

@@ -149,7 +149,6 @@ def _error_lines(log: list[str], limit: int = 8) -> list[str]:
 def add_costs(rec: Receipt, ws: Workspace, sws: Workspace, configs: list[str]) -> None:
     """Fill each train/evaluate row's ``cost`` (CPU: FLOP-scaled estimate; CUDA: measured)."""
     real_profile = load_profile(rec.profile, ws)
-    gpus = rec.gpus  # training rows: the rehearsed layout (--gpus)
     flops = cost.Flops()
     for row in rec.rows:
         kind, name = parse_stage(row["stage"])
@@ -159,11 +158,15 @@ def add_costs(rec: Receipt, ws: Workspace, sws: Workspace, configs: list[str]) -
             continue
         real = load_config(name, real_profile, ws=ws)
         mini = load_config(name, rec.profile, ws=sws)
-        row_cost = _row_cost(rec, kind, real, mini, flops, rec.logs.get(row["stage"], []), gpus)
+        row_cost = _row_cost(rec, kind, real, mini, flops, rec.logs.get(row["stage"], []))
         if row_cost is not None:
             row["cost"], row["cost_text"] = row_cost.to_dict(), row_cost.text()
-        if kind == "train":
-            rec.fits.append(_fit(rec, real, ws))
+        if kind == "train":  # which layouts fit: measured on this GPU, or estimated (fit.py)
+            if rec.device == "cuda":
+                rec.fits.append(fit.measure(real, rec.gpus))
+            else:
+                capacity = rec.gpu_memory or fit.DEFAULT_GPU_GB
+                rec.fits.append(fit.estimate(real, load_published(ws.registry_file), capacity))
     if rec.device == "cuda":
         rec.cost_note = (
             "measured on CUDA: training iterations at the real crop and per-GPU batch on one GPU "
@@ -178,14 +181,6 @@ def add_costs(rec: Receipt, ws: Workspace, sws: Workspace, configs: list[str]) -
         )
 
 
-def _fit(rec: Receipt, real: Config, ws: Workspace) -> fit.Fit:
-    """Which layouts of the row fit: measured on this GPU, or estimated (rehearse/fit.py)."""
-    if rec.device == "cuda":
-        return fit.measure(real, rec.gpus)
-    capacity = rec.gpu_memory or fit.DEFAULT_GPU_GB
-    return fit.estimate(real, load_published(ws.registry_file), capacity)
-
-
 def _row_cost(
     rec: Receipt,
     kind: str,
@@ -193,8 +188,8 @@ def _row_cost(
     mini: Config,
     flops: cost.Flops,
     log: list[str],
-    gpus: int,
 ) -> cost.RowCost | None:
+    gpus = rec.gpus  # training rows: the rehearsed layout (--gpus)
     dataset = real.data.dataset
     images = REAL_COUNTS[dataset][1]
     real_wh = image_size(dataset)
@@ -209,9 +204,9 @@ def _row_cost(
         measured = cost.measured_iteration(log)
         return None if measured is None else cost.cpu_train(flops, real, mini, measured, gpus)
     measured = cost.measured_image(log)
-    mini_wh = image_size(dataset, shrink.FACTORS.of(dataset))
     if measured is None:
         return None
+    mini_wh = image_size(dataset, shrink.FACTORS.of(dataset))
     return cost.cpu_evaluate(flops, real, mini, measured, images, real_wh, mini_wh)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -26,11 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from configobj import ConfigObj
+
 from dnlrepro.core import workspace
 from dnlrepro.core.files import write_json
 from dnlrepro.core.runs import config_of, parse_stage, stage
 from dnlrepro.core.workspace import Workspace
-from dnlrepro.rehearse import checks, mirror, report, shrink, stages, trajectory_checks
+from dnlrepro.rehearse import checks, mirror, report, shrink, stages
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +63,10 @@ def copy_workspace(src: Path, dest: Path) -> int:
     for f in files:
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / f, dest / f)
-    config = dest / ".dvc" / "config"
-    config.parent.mkdir(exist_ok=True)
-    text = config.read_text(encoding="utf-8") if config.is_file() else ""
-    if re.search(r"^\s*no_scm\s*=", text, re.MULTILINE):
-        text = re.sub(r"^(\s*no_scm\s*=).*$", r"\1 true", text, flags=re.MULTILINE)
-    elif "[core]\n" in text:
-        text = text.replace("[core]\n", "[core]\n    no_scm = true\n", 1)
-    else:
-        text += "[core]\n    no_scm = true\n"
-    config.write_text(text, encoding="utf-8")
+    (dest / ".dvc").mkdir(exist_ok=True)
+    config = ConfigObj(str(dest / ".dvc" / "config"))  # DVC's own reader and writer of the file
+    config.setdefault("core", {})["no_scm"] = "true"
+    config.write()
     venv = src / ".venv"
     if (venv / "bin" / "python").exists():  # pipeline/run.sh then picks it as in the workspace
         (dest / ".venv").symlink_to(venv.resolve(), target_is_directory=True)
@@ -175,7 +170,12 @@ def _run(
     files = mirror.build(
         base / "mirror", sws, bool(plan.settings["train"]), plan.miniature.synthetic()
     )
-    _corrupt(files, corrupt)
+    for name in corrupt:
+        match = [f for f in files if f.name == name]
+        if not match:
+            known = ", ".join(f.name for f in files)
+            raise ValueError(f"--corrupt {name}: not a file of this mirror; choose from {known}")
+        mirror.corrupt(match[0])
     rec.setup("build mirror miniatures", f"{len(files)} files", time.monotonic() - t)
     rec.mirror_files = [report.file_entry(f) for f in files]
     with mirror.serve(base / "mirror") as served:
@@ -183,7 +183,12 @@ def _run(
         rec.mirror_url, rec.environment = served.url, report.env_differences(env)
         expected = stages.stage_list(root, env)
         configs = [k for kind, k in map(parse_stage, expected) if kind == "evaluate"]
-        kill = _kill_plan(root, plan.victim) if plan.victim else None
+        kill = None
+        if plan.victim:  # killed as soon as its first checkpoint (iter_1.pth) exists
+            scratch = root / "work_dirs" / plan.victim / "scratch"
+            kill = stages.Kill(
+                stage("train", plan.victim), lambda: any(scratch.glob("*/iter_1.pth"))
+            )
         runs = [stages.run_dvc(root, env, out / "dvc-repro-1.log", 1, kill, timeout)]
         if kill is not None and kill.done:
             runs.append(stages.run_dvc(root, env, out / "dvc-repro-2.log", 2, None, timeout))
@@ -201,28 +206,13 @@ def _run(
     rec.checks.append(checks.check_command(root, env))
     rec.checks.append(checks.tables(root, configs))
     rec.checks.append(checks.mlflow_profile(root / "mlflow.db", rec.profile, configs))
-    if plan.settings["train"]:  # the reference trajectories (rehearse/trajectory_checks.py)
+    if plan.settings["train"]:  # the reference trajectories (rehearse/checks.py)
         trained = [k for kind, k in map(parse_stage, expected) if kind == "train"]
-        rec.checks.append(trajectory_checks.compared(root, trained))
+        rec.checks.append(checks.compared(root, trained))
         config = config_of(trained[0])
-        check = trajectory_checks.wrong_lr_stops(root, env, trained[0], config, rec.stage_device)
+        check = checks.wrong_lr_stops(root, env, trained[0], config, rec.stage_device)
         rec.checks.append(check)
     report.add_costs(rec, ws, sws, configs)
-
-
-def _corrupt(files: list[mirror.MirrorFile], names: tuple[str, ...]) -> None:
-    for name in names:
-        match = [f for f in files if f.name == name]
-        if not match:
-            known = ", ".join(f.name for f in files)
-            raise ValueError(f"--corrupt {name}: not a file of this mirror; choose from {known}")
-        mirror.corrupt(match[0])
-
-
-def _kill_plan(root: Path, config: str) -> stages.Kill:
-    """Kill ``train@config`` as soon as its first checkpoint (``iter_1.pth``) exists."""
-    scratch = root / "work_dirs" / config / "scratch"
-    return stages.Kill(stage("train", config), lambda: any(scratch.glob("*/iter_1.pth")))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,7 +102,14 @@ def plan(ws: Workspace, profile: str, gpus: int) -> Plan:
         changes += [(f"{name}: {k}", real.flat()[k], v) for k, v in shrunk.items()]
     if problems:
         raise ShrinkError("; ".join(problems))
-    settings = _settings(base.settings, gpus if train else None, changes)
+    settings = dataclasses.asdict(base.settings)
+    changes.append(("benchmark (images, warm-up, memory iterations)", REAL_BENCHMARK, BENCHMARK))
+    settings["benchmark"] = dict(BENCHMARK)
+    for dataset in ("cityscapes", "ade20k"):
+        changes.append((f"{dataset} (train, val) images", REAL_COUNTS[dataset], COUNTS.of(dataset)))
+    if train:
+        changes.append(("GPUs, torchrun processes (gpus)", settings["gpus"], gpus))
+        settings["gpus"] = gpus
     syn = mini.synthetic()
     changes.append(
         ("cityscapes image (w, h)", CITYSCAPES_FRAME, (syn.cityscapes.width, syn.cityscapes.height))
@@ -111,18 +118,6 @@ def plan(ws: Workspace, profile: str, gpus: int) -> Plan:
         ("ade20k image sides (min, max)", ADE20K_SIDES, (syn.ade20k.min_size, syn.ade20k.max_size))
     )
     return Plan(profile, gpus, victim, mini, overrides, settings, changes)
-
-
-def _settings(base: Any, gpus: int | None, changes: list[tuple[str, Any, Any]]) -> dict[str, Any]:
-    settings = dataclasses.asdict(base)
-    changes.append(("benchmark (images, warm-up, memory iterations)", REAL_BENCHMARK, BENCHMARK))
-    settings["benchmark"] = dict(BENCHMARK)
-    for dataset in ("cityscapes", "ade20k"):
-        changes.append((f"{dataset} (train, val) images", REAL_COUNTS[dataset], COUNTS.of(dataset)))
-    if gpus is not None:
-        changes.append(("GPUs, torchrun processes (gpus)", settings["gpus"], gpus))
-        settings["gpus"] = gpus
-    return settings
 
 
 def apply(ws: Workspace, p: Plan) -> None:
@@ -166,8 +161,5 @@ def summary(p: Plan) -> list[str]:
 
 
 def _fmt(v: Any, sep: str = "/") -> str:
-    if isinstance(v, dict):
-        return sep.join(str(x) for x in v.values())
-    if isinstance(v, list | tuple):
-        return sep.join(str(x) for x in v)
-    return str(v)
+    values = v.values() if isinstance(v, dict) else v if isinstance(v, list | tuple) else [v]
+    return sep.join(map(str, values))

@@ -20,7 +20,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from dnlrepro.launch.stages import dvc_command
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def run_dvc(
     timeout: float = 3600.0,
 ) -> DvcRun:
     """``python -m dvc repro`` in ``root``; its output goes to ``log_path`` and is parsed."""
-    cmd = [sys.executable, "-m", "dvc", "repro"]
+    cmd = dvc_command("repro")
     logger.info("dvc run %d: %s (log: %s)", index, " ".join(cmd[1:]), log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8", buffering=1) as log_file:  # line-buffered
@@ -161,11 +162,24 @@ def run_dvc(
             cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             bufsize=1, start_new_session=True,
         )  # fmt: skip
-        state = {"timed_out": False}
-        watcher = threading.Thread(
-            target=_watch, args=(proc, reader, kill, time.monotonic() + timeout, state)
-        )
-        watcher.daemon = True
+        deadline, timed_out = time.monotonic() + timeout, threading.Event()
+
+        def watch() -> None:  # the planned kill, or the timeout
+            while proc.poll() is None:
+                cur = reader.current
+                victim_running = kill is not None and cur is not None and cur.stage == kill.stage
+                if victim_running and not kill.done and kill.ready():
+                    n = kill_tree(proc.pid)
+                    kill.done = True
+                    logger.info("killed %s mid-run (SIGKILL to %d processes)", kill.stage, n)
+                    return
+                if time.monotonic() > deadline:
+                    timed_out.set()
+                    kill_tree(proc.pid)
+                    return
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -176,7 +190,7 @@ def run_dvc(
     final = "ok" if rc == 0 else "failed"
     if kill is not None and kill.done:
         final = "killed"
-    elif state["timed_out"]:
+    elif timed_out.is_set():
         final = "failed"
         reader.error = reader.error or f"timed out after {timeout:.0f} s"
     elif rc != 0 and not reader.error:
@@ -186,28 +200,10 @@ def run_dvc(
     return DvcRun(index, cmd, rc, reader.stages, log_path, reader.error, list(reader.tail))
 
 
-def _watch(
-    proc: subprocess.Popen, reader: _Reader, kill: Kill | None, deadline: float, state: dict
-) -> None:
-    while proc.poll() is None:
-        cur = reader.current
-        victim_running = kill is not None and cur is not None and cur.stage == kill.stage
-        if victim_running and not kill.done and kill.ready():
-            n = kill_tree(proc.pid)
-            kill.done = True
-            logger.info("killed %s mid-run (SIGKILL to %d processes)", kill.stage, n)
-            return
-        if time.monotonic() > deadline:
-            state["timed_out"] = True
-            kill_tree(proc.pid)
-            return
-        time.sleep(0.05)
-
-
 def stage_list(root: Path, env: dict[str, str]) -> list[str]:
     """The stage names of the copy's ``dvc.yaml`` (``dvc stage list --name-only``)."""
     out = subprocess.run(
-        [sys.executable, "-m", "dvc", "stage", "list", "--name-only"],
+        dvc_command("stage", "list", "--name-only"),
         cwd=root, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     if out.returncode != 0:

@@ -7,9 +7,8 @@ all of them. Every job runs the local
 launcher's command, ``dvc --wait-for-lock repro -s STAGE``, in the shared workspace; training
 goes through ``srun`` + torchrun over the job's nodes when the profile uses torchrun.
 
-* :mod:`~dnlrepro.launch.slurm.plan`: which jobs, with which resources and dependencies;
-* :mod:`~dnlrepro.launch.slurm.scripts`: the sbatch scripts, kept under
-  ``work_dirs/slurm/<launch>/``;
+* :mod:`~dnlrepro.launch.slurm.plan`: which jobs, with which resources and dependencies, and
+  their sbatch scripts, kept under ``work_dirs/slurm/<launch>/``;
 * :mod:`~dnlrepro.launch.slurm.queue`: sbatch, squeue/sacct, the receipt;
 * :mod:`~dnlrepro.launch.slurm.cli`: the options and ``--status`` / ``--wait``.
 

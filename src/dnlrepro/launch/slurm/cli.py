@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dnlrepro.core.files import write_json
 from dnlrepro.core.profile import Profile, read_params
 from dnlrepro.core.workspace import Workspace
 from dnlrepro.launch.slurm import plan, queue
-from dnlrepro.launch.slurm.scripts import write_scripts
 from dnlrepro.launch.stages import final_stages, shared_stages
 
 logger = logging.getLogger(__name__)
@@ -69,9 +69,7 @@ def resources(args: argparse.Namespace, profile: Profile) -> plan.Resources:
     torchrun = s.gpus > 1  # as engine.launcher.run_training decides
     per_node = s.gpus // s.nnodes
     nodes = args.nodes if args.nodes is not None else s.nnodes
-    gpus = args.gpus_per_node
-    if gpus is None:
-        gpus = per_node if torchrun else 0
+    gpus = args.gpus_per_node if args.gpus_per_node is not None else per_node if torchrun else 0
     if nodes < 1 or gpus < 0:
         raise ValueError(f"--nodes {nodes} / --gpus-per-node {gpus}: need nodes >= 1, GPUs >= 0")
     if torchrun and 0 < gpus < per_node:
@@ -123,7 +121,7 @@ def main(args: argparse.Namespace, ws: Workspace, configs: Sequence[str]) -> int
         launch_dir = launch_dir.with_name(launch_dir.name + "x")
     if args.dry_run:
         shutil.rmtree(launch_dir, ignore_errors=True)  # only this plan's scripts
-    scripts = write_scripts(jobs, launch_dir, ws.root)
+    scripts = plan.write_scripts(jobs, launch_dir, ws.root)
     if args.dry_run:
         print_plan(jobs, scripts, ws)
         return 0
@@ -152,7 +150,7 @@ def saver(path: Path, receipt: dict[str, Any]) -> Callable[[list[dict[str, Any]]
 
     def save(records: list[dict[str, Any]]) -> None:
         receipt["jobs"] = records
-        queue.save_receipt(path, receipt)
+        write_json(path, receipt)
 
     return save
 

@@ -4,20 +4,32 @@ DVC decides what is done: ``dvc status`` lists the stale stages, and only those 
 running the same launch command again resubmits exactly what did not finish. Each job runs the
 local launcher's command (:func:`dnlrepro.launch.stages.dvc_command`), which skips a stage that
 turns out to be up to date, so submitting one job too many costs only queue time.
+
+The job scripts (:func:`write_scripts`) are written to ``work_dirs/slurm/<launch>/`` and kept
+there: every job is a plain sbatch script rendered from ``templates/job.sbatch.j2``, its resources
+as ``#SBATCH`` lines, then the one DVC command it runs. A user can read it, and resubmit it alone
+with ``sbatch``. Training jobs also get ``torchrun-node.sh``, the per-node wrapper that ``srun``
+starts once per node.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+
+import jinja2
 
 from dnlrepro.core import runs
 from dnlrepro.core.runs import parse_stage
-from dnlrepro.launch.stages import dvc_command, is_shared
+from dnlrepro.launch.stages import dvc_command, is_shared, stage_command
 
+NODE_SCRIPT = "torchrun-node.sh"
 CPUS_PER_GPU = 5  # mmseg's tools/slurm_train.sh default (CPUS_PER_TASK=5 per GPU task)
 
 
@@ -147,12 +159,36 @@ def _needed(name: str, prepare: Sequence[str]) -> bool:
     return name in prepare or (kind == "download" and key in datasets)
 
 
-def stage_command(*stages: str) -> list[str]:
-    """``dvc --wait-for-lock repro -s STAGE...``, the local launcher's command for a stage.
+def log_pattern(launch_dir: Path, name: str) -> Path:
+    """Where Slurm writes the job's output (``%j``: the job id; appended to on requeue)."""
+    return launch_dir / "logs" / f"{name}-%j.out"
 
-    Single-item (``-s``, run in the order given): a job runs only its own stages, so the
-    reports job never trains a configuration left out of this launch (its rows stay as they
-    are). The ``prepare`` job is the exception (:func:`plan_jobs`): it runs with its upstream
-    ``download@<dataset>``, as the local launcher does.
-    """
-    return dvc_command("--wait-for-lock", "repro", "-s", *stages)
+
+def write_scripts(jobs: list[JobSpec], launch_dir: Path, root: Path) -> dict[str, Path]:
+    """Render one ``<name>.sbatch`` per job into ``launch_dir``; returns name -> script path."""
+    (launch_dir / "logs").mkdir(parents=True, exist_ok=True)
+    node_script = launch_dir / NODE_SCRIPT
+    source = resources.files("dnlrepro.launch.slurm").joinpath(f"templates/{NODE_SCRIPT}")
+    with resources.as_file(source) as path:
+        shutil.copyfile(path, node_script)
+    node_script.chmod(0o755)
+    text = resources.files("dnlrepro.launch.slurm").joinpath("templates/job.sbatch.j2").read_text()
+    env = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    template = env.from_string(text)
+    scripts = {}
+    for job in jobs:
+        script = launch_dir / f"{job.name}.sbatch"
+        text = template.render(
+            name=job.name,
+            launch=launch_dir.name,
+            root=root,
+            log=log_pattern(launch_dir, job.name),
+            options=job.options,
+            training=job.training,
+            node_script=shlex.quote(str(node_script)),
+            command=shlex.join(job.command),
+        )
+        script.write_text(text, encoding="utf-8")
+        script.chmod(0o755)
+        scripts[job.name] = script
+    return scripts

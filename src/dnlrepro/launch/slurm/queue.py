@@ -17,9 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dnlrepro.core.files import write_json
-from dnlrepro.launch.slurm.plan import JobSpec
-from dnlrepro.launch.slurm.scripts import log_pattern
+from dnlrepro.launch.slurm.plan import JobSpec, log_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +163,3 @@ def read_receipt(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise RuntimeError(f"cannot read the launch receipt {path}: {e}") from e
-
-
-def save_receipt(path: Path, receipt: dict[str, Any]) -> None:
-    write_json(path, receipt)
