@@ -230,6 +230,19 @@ def test_malformed_results_name_the_file(tmp_path: Path):
         load_measured(NAME, tmp_path / "results")
 
 
+def test_malformed_memory_names_the_timing_file(tmp_path: Path):
+    """Mem comes from timings/<run>/train.json: a bad value there is reported there."""
+    (tmp_path / "results" / NAME).mkdir(parents=True)
+    (tmp_path / "results" / NAME / "train_summary.json").write_text("{}")
+    timing = tmp_path / "timings" / NAME / "train.json"
+    timing.parent.mkdir(parents=True)
+    timing.write_text(
+        json.dumps({"max_memory_gb": "3 GB", "memory_kind": "cuda_max_memory_allocated"})
+    )
+    with pytest.raises(ResultsError, match=r"timings/.*/train\.json: key 'max_memory_gb'"):
+        load_measured(NAME, tmp_path / "results")
+
+
 def run_check(path: Path, allow_missing: bool = False) -> int:
     return check.main(argparse.Namespace(report=str(path), allow_missing=allow_missing))
 

@@ -153,8 +153,10 @@ def load_measured(
     train = {**train, **timing}
     # §5.5 defines Mem as CUDA max_memory_allocated; a CPU RSS figure is not that number.
     if train and train.get("memory_kind", CUDA_MEMORY) == CUDA_MEMORY:
-        # GiB = MB / 1024 (§5.5), as engine/train_summary.py's build_timing writes it
-        metrics["mem_gb"] = _number(train, "max_memory_gb", path, "")
+        # GiB = MB / 1024 (§5.5), as engine/train_summary.py's build_timing writes it (into
+        # timings/<run>/train.json; an error names the file the value came from)
+        mem_file = troot / "train.json" if "max_memory_gb" in timing else path
+        metrics["mem_gb"] = _number(train, "max_memory_gb", mem_file, "")
     path = troot / "benchmark.json"
     bench = _read_mapping(path, files, "benchmark", "`dnlrepro benchmark`")
     # The published fps / Mem are V100 figures (§5.4, §5.5): a CPU timing is not that quantity,
