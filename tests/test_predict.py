@@ -177,6 +177,16 @@ def test_foreign_file_at_an_output_path_is_refused_with_nothing_written(setup, t
     assert _snapshot(out) == {MANIFEST: b'{"files": {}}'}
 
 
+def test_the_manifest_given_as_an_input_is_refused_and_kept(setup, tmp_path):
+    cfg, _, ckpt, images, _ = setup
+    out = tmp_path / "out"
+    predict(cfg, ckpt, [images], out, device="cpu")  # a real manifest of predict's own
+    before = _snapshot(out)
+    with pytest.raises(ValueError, match=r"refusing to overwrite the input .*predict\.json"):
+        predict(cfg, ckpt, [images / "a.png", out / MANIFEST], out, device="cpu")
+    assert _snapshot(out) == before
+
+
 def test_a_symlinked_sub_folder_leading_outside_out_is_refused(setup, tmp_path):
     cfg, _, ckpt, images, _ = setup
     val = tmp_path / "val"

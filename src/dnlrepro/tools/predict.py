@@ -171,8 +171,10 @@ def predict(
                 manifest.write(item.label, buf.getvalue(), kind="label", labels=labels, **source)
                 written.append(item.label)
                 if item.overlay is not None:  # colours of the train ids, whatever --labels says
-                    data = cv2.imencode(".png", overlay(img, label, palette))[1].tobytes()
-                    manifest.write(item.overlay, data, kind="overlay", **source)
+                    ok, data = cv2.imencode(".png", overlay(img, label, palette))
+                    if not ok:  # pragma: no cover - cv2 encodes any uint8 HxWx3 array
+                        raise RuntimeError(f"cv2 could not encode the overlay of {item.source}")
+                    manifest.write(item.overlay, data.tobytes(), kind="overlay", **source)
     finally:
         if written:  # also after an error or Ctrl-C: what was written stays predict's own
             manifest.save()

@@ -43,12 +43,16 @@ def load_manifest(folder: Path) -> dict[str, Any] | None:
 def owned_files(folder: Path, manifest: dict[str, Any] | None) -> set[Path]:
     """Resolved paths of files the manifest lists that still hold the content predict wrote."""
     owned: set[Path] = set()
-    for rel, entry in (manifest or {"files": {}})["files"].items():
+    if manifest is None:
+        return owned
+    root = folder.resolve()
+    for rel, entry in manifest["files"].items():
         p = folder / rel
-        if not isinstance(entry, dict) or not p.resolve().is_relative_to(folder.resolve()):
+        path = p.resolve()
+        if not isinstance(entry, dict) or not path.is_relative_to(root):
             continue
         if not p.is_symlink() and p.is_file() and file_digest(p) == entry.get("sha256"):
-            owned.add(p.resolve())
+            owned.add(path)
     return owned
 
 
@@ -165,7 +169,7 @@ def check_outputs(plan: Sequence[Planned], out_dir: str | Path) -> None:
                     "folders"
                 )
             targets[res] = (p.source, kind)
-    _check_existing(plan, out)
+    _check_existing(plan, out, set(sources))
 
 
 def _refuse_escaping_link(dest: Path, out: Path) -> None:
@@ -181,7 +185,7 @@ def _refuse_escaping_link(dest: Path, out: Path) -> None:
             )
 
 
-def _check_existing(plan: Sequence[Planned], out: Path) -> None:
+def _check_existing(plan: Sequence[Planned], out: Path, sources: set[Path]) -> None:
     """Refuse a foreign manifest, a file where a folder must go, and any foreign output file."""
     manifest_path = out / MANIFEST
     manifest = load_manifest(out)
@@ -190,6 +194,8 @@ def _check_existing(plan: Sequence[Planned], out: Path) -> None:
             f"refusing to overwrite {manifest_path}: it is not a manifest written by dnlrepro "
             f"predict -- {_HOW} or delete the file"
         )
+    if manifest_path.resolve() in sources:  # an input file given by name, e.g. predict.json
+        raise ValueError(f"refusing to overwrite the input {manifest_path} -- {_HOW}")
     owned = owned_files(out, manifest)
     foreign: list[Path] = []
     for p in plan:
