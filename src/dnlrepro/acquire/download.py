@@ -522,7 +522,7 @@ def fetch(
     elif what == "pretrained":  # the registry rows' (validated; default: all) backbones
         urls = [PRETRAINED_URLS[n] for n in pretrained_for(checkpoint_urls(configs))]
     elif what in ("checkpoints", "logs"):
-        urls = list(_registry_urls(configs, what.removesuffix("s")).values())
+        urls = list((checkpoint_urls if what == "checkpoints" else log_urls)(configs).values())
     else:
         raise ValueError(f"unknown download {what!r}; choose one of {', '.join(WHAT)}")
     names = names or [Path(u).name for u in urls]

@@ -170,12 +170,7 @@ def _run(
     files = mirror.build(
         base / "mirror", sws, bool(plan.settings["train"]), plan.miniature.synthetic()
     )
-    for name in corrupt:
-        match = [f for f in files if f.name == name]
-        if not match:
-            known = ", ".join(f.name for f in files)
-            raise ValueError(f"--corrupt {name}: not a file of this mirror; choose from {known}")
-        mirror.corrupt(match[0])
+    _corrupt(files, corrupt)
     rec.setup("build mirror miniatures", f"{len(files)} files", time.monotonic() - t)
     rec.mirror_files = [report.file_entry(f) for f in files]
     with mirror.serve(base / "mirror") as served:
@@ -183,12 +178,7 @@ def _run(
         rec.mirror_url, rec.environment = served.url, report.env_differences(env)
         expected = stages.stage_list(root, env)
         configs = [k for kind, k in map(parse_stage, expected) if kind == "evaluate"]
-        kill = None
-        if plan.victim:  # killed as soon as its first checkpoint (iter_1.pth) exists
-            scratch = root / "work_dirs" / plan.victim / "scratch"
-            kill = stages.Kill(
-                stage("train", plan.victim), lambda: any(scratch.glob("*/iter_1.pth"))
-            )
+        kill = _kill_plan(root, plan.victim) if plan.victim else None
         runs = [stages.run_dvc(root, env, out / "dvc-repro-1.log", 1, kill, timeout)]
         if kill is not None and kill.done:
             runs.append(stages.run_dvc(root, env, out / "dvc-repro-2.log", 2, None, timeout))
@@ -218,6 +208,21 @@ def _run(
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
+
+
+def _corrupt(files: list[mirror.MirrorFile], names: tuple[str, ...]) -> None:
+    for name in names:
+        match = [f for f in files if f.name == name]
+        if not match:
+            known = ", ".join(f.name for f in files)
+            raise ValueError(f"--corrupt {name}: not a file of this mirror; choose from {known}")
+        mirror.corrupt(match[0])
+
+
+def _kill_plan(root: Path, config: str) -> stages.Kill:
+    """Kill ``train@config`` as soon as its first checkpoint (``iter_1.pth``) exists."""
+    scratch = root / "work_dirs" / config / "scratch"
+    return stages.Kill(stage("train", config), lambda: any(scratch.glob("*/iter_1.pth")))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
