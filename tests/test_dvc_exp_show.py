@@ -1,13 +1,18 @@
 """``dvc exp show`` as documented (docs/pipeline.md, "Comparing experiments"): the verdict counts
-are the pipeline's headline metric, ``--only-changed --drop 'results/|timings/'`` fits an
-80-column terminal, and ``dvc metrics diff`` lists the per-row numbers that moved."""
+are the pipeline's headline metric and the first columns of the default (paged) view,
+``--only-changed --drop 'results/|timings/'`` fits an 80-column terminal, and ``dvc metrics diff``
+lists the per-row numbers that moved."""
 
 from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +77,48 @@ def test_only_changed_fits_80_columns(tmp_path: Path, clone_repo) -> None:
     )
     (line,) = [x for x in changed.stdout.splitlines() if ROW in x]
     assert line.split()[1:] == ["mIoU", f"{values['mIoU'] + 1.0:g}", f"{values['mIoU']:g}", "-1.0"]
+
+
+def _as_a_terminal_shows_it(root: Path, columns: int = 80) -> list[str]:
+    """``dvc exp show`` with no option, on a terminal: DVC renders the whole table and pipes it to
+    its pager, ``less -RS``, which cuts each line at the terminal's edge (the rest is a scroll
+    away). A pseudo-terminal makes DVC take that path; ``cat`` as the pager keeps the output."""
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": str(columns), "DVC_PAGER": "cat", "NO_COLOR": "1"}
+    command = [str(DVC), "exp", "show"]
+    proc = subprocess.Popen(
+        command, cwd=root, env=env, stdin=follower, stdout=follower, stderr=follower
+    )
+    os.close(follower)
+    chunks, deadline = [], time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if not select.select([leader], [], [], 1.0)[0]:
+            if proc.poll() is not None:
+                break
+            continue
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0, b"".join(chunks).decode(errors="replace")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode()).replace("\r", "")
+    return [line[:columns] for line in text.splitlines()]
+
+
+@pytest.mark.slow
+def test_the_default_view_opens_on_the_verdict_counts(tmp_path: Path, clone_repo) -> None:
+    # DVC orders metric columns by the stages' order in dvc.yaml: diff is listed first for this
+    root = clone_repo(tmp_path / "clone", git=True)
+    shown = _as_a_terminal_shows_it(root)
+    header = next(line for line in shown if "Experiment" in line).split()
+    assert header[:6] == ["Experiment", "Created", "pass", "fail", "missing", "not_comparable"], (
+        shown
+    )
+    counts = json.loads((root / "reports" / "summary.json").read_text(encoding="utf-8"))
+    expected = [str(counts[k]) for k in ("pass", "fail", "missing", "not_comparable")]
+    workspace = next(line for line in shown if line.split()[:1] == ["workspace"]).split()
+    assert workspace[2:6] == expected, shown
