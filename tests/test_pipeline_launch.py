@@ -151,6 +151,15 @@ def test_shared_stages_are_the_launched_datasets_prepare_and_runs_resolve():
     assert not stages.is_shared("train@x") and not stages.is_shared("report")
 
 
+def test_final_stages_run_in_dag_order_whatever_their_place_in_dvc_yaml():
+    # dvc.yaml lists diff first (for `dvc exp show`); `dvc repro -s` runs its targets as given,
+    # so the report stages come in the order they must run: report reads tables' and diff's files
+    repo = Path(__file__).resolve().parents[1]
+    names = stages.stage_names(repo)
+    assert names.index("diff") < names.index("tables")  # the file order this guards against
+    assert stages.final_stages(repo) == ["tables", "diff", "report"]
+
+
 def test_a_row_launches_with_all_its_seeds():
     """`--configs ROW` launches every seed of the row (params/runs.yaml), a run key just itself."""
     import argparse

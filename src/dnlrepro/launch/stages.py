@@ -51,12 +51,20 @@ def shared_stages(runs: Sequence[str], ws: workspace.Workspace | None = None) ->
     return [stage("prepare", d) for d in datasets] + [stage("resolve", r) for r in runs]
 
 
-def final_stages(repo: Path) -> list[str]:
-    """The report stages (tables, diff, report), in dvc.yaml's order."""
+def stage_names(repo: Path, env: dict[str, str] | None = None) -> list[str]:
+    """The stage names of ``repo``'s dvc.yaml (``dvc stage list --name-only``), in file order."""
     result = subprocess.run(
         dvc_command("stage", "list", "--name-only"),
-        cwd=repo, capture_output=True, text=True, check=False,
+        cwd=repo, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     if result.returncode != 0:
         raise RuntimeError(f"`dvc stage list` failed in {repo}: {result.stderr.strip()[-2000:]}")
-    return [n for n in result.stdout.split() if parse_stage(n)[0] in REPORT_STAGES]
+    return result.stdout.split()
+
+
+def final_stages(repo: Path) -> list[str]:
+    """The report stages of ``repo``'s ``dvc.yaml`` in the order they must run (tables, diff,
+    report: :data:`~dnlrepro.core.runs.REPORT_STAGES`), not in file order: ``dvc repro -s`` runs
+    its targets as given, and ``diff`` is listed first in the file for ``dvc exp show``."""
+    present = set(stage_names(repo))
+    return [s for s in REPORT_STAGES if s in present]

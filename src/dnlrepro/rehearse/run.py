@@ -31,6 +31,7 @@ from dnlrepro.core import workspace
 from dnlrepro.core.files import write_json
 from dnlrepro.core.runs import config_of, parse_stage, stage
 from dnlrepro.core.workspace import Workspace
+from dnlrepro.launch.stages import stage_names
 from dnlrepro.rehearse import checks, mirror, report, shrink, stages
 
 logger = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def _run(
     with mirror.serve(base / "mirror") as served:
         env = stage_env(root, served, rec.stage_device)
         rec.mirror_url, rec.environment = served.url, report.env_differences(env)
-        expected = stages.stage_list(root, env)
+        expected = stage_names(root, env)
         configs = [k for kind, k in map(parse_stage, expected) if kind == "evaluate"]
         kill = _kill_plan(root, plan.victim) if plan.victim else None
         runs = [stages.run_dvc(root, env, out / "dvc-repro-1.log", 1, kill, timeout)]

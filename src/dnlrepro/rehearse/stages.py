@@ -198,14 +198,3 @@ def run_dvc(
         reader.error = f"dvc repro exited with {rc}{why} without naming a failed stage"
     reader._close(end, final)
     return DvcRun(index, cmd, rc, reader.stages, log_path, reader.error, list(reader.tail))
-
-
-def stage_list(root: Path, env: dict[str, str]) -> list[str]:
-    """The stage names of the copy's ``dvc.yaml`` (``dvc stage list --name-only``)."""
-    out = subprocess.run(
-        dvc_command("stage", "list", "--name-only"),
-        cwd=root, env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if out.returncode != 0:
-        raise RuntimeError(f"dvc stage list failed in {root}: {out.stderr.strip()}")
-    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
