@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -169,13 +168,8 @@ def log_to_mlflow(cfg: Config, payload: dict[str, Any], started: float | None = 
         tracker.log_metrics({**measured, **published_metrics(cfg, measured)}, tracker.repeat)
         tracker.log_dict(payload, "eval.json")  # as results/<config>/eval.json
         rows = per_class_rows(payload)
-        with tempfile.TemporaryDirectory() as tmp:
-            for fname, text in (
-                ("per_class.csv", per_class_csv(rows)),
-                ("per_class.md", per_class_markdown(rows)),
-            ):
-                (Path(tmp) / fname).write_text(text, encoding="utf-8")
-                tracker.log_artifact(Path(tmp) / fname)
+        tracker.log_text(per_class_csv(rows), "per_class.csv")
+        tracker.log_text(per_class_markdown(rows), "per_class.md")
         tracker.log_plot("per_class_iou", rows, "per_class_iou.png")
 
 

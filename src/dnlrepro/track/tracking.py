@@ -223,6 +223,9 @@ class Tracker:
         """JSON, or YAML when ``artifact_file`` ends in .yaml/.yml (MLflow decides by suffix)."""
         self._call("log_dict", lambda: self._client.log_dict(self.run_id, obj, artifact_file))
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._call("log_text", lambda: self._client.log_text(self.run_id, text, artifact_file))
+
     def log_figure(self, fig: Any, artifact_file: str) -> None:
         self._call("log_figure", lambda: self._client.log_figure(self.run_id, fig, artifact_file))
 
